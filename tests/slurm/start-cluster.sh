@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Start a real one-node SLURM cluster on this machine, for the tests in tests/slurm/.
+#
+#   sudo bash tests/slurm/start-cluster.sh        # as root; prints `export SLURM_CONF=...`
+#   bash tests/slurm/stop-cluster.sh              # stops exactly what this started
+#
+# What it does:
+#   - installs Debian's slurmctld, slurmd, slurm-client and munge if they are missing
+#     (apt-get update once, then apt-get install);
+#   - writes munge's key, slurm.conf, all state, spool, logs and pid files into ONE folder,
+#     $MOE_SLURM_DIR (default /tmp/moe-harness-slurm); nothing is written to /etc:
+#     every SLURM client honours the SLURM_CONF variable, so callers export
+#     SLURM_CONF=$MOE_SLURM_DIR/etc/slurm.conf (the fixture in conftest.py does);
+#   - starts munged, slurmctld and slurmd as root in the foreground mode of each daemon,
+#     detached with setsid, and records "name pid" lines in $MOE_SLURM_DIR/run/pids;
+#   - waits (up to $MOE_SLURM_START_TIMEOUT s, default 60) until sinfo shows the node idle.
+#
+# It is idempotent: while the recorded daemons are alive and the node answers, a second call
+# prints the SLURM_CONF line and exits 0. Leftover daemons of a half-dead earlier start are
+# stopped (through stop-cluster.sh, i.e. by recorded pid) before a fresh start.
+#
+# Accounting (sacct), MOE_SLURM_ACCOUNTING:
+#   1    also start a private MariaDB (datadir in $MOE_SLURM_DIR, bound to 127.0.0.1 and a
+#        unix socket in $MOE_SLURM_DIR) and slurmdbd, so that `sacct` works; installs
+#        Debian's mariadb-server and slurmdbd if missing. Fails if they don't come up.
+#   0    no accounting: AccountingStorageType=accounting_storage/none, `sacct` fails.
+#   auto (default) try as with 1; if the database side does not come up within
+#        $MOE_SLURM_DBD_TIMEOUT s (default 60), stop it and go on without accounting.
+#   Whether accounting is on is written to $MOE_SLURM_DIR/run/accounting (1 or 0).
+#
+# Other knobs: MOE_SLURM_CTLD_PORT (6817), MOE_SLURM_D_PORT (6818), MOE_SLURM_DBD_PORT (6819),
+# MOE_SLURM_DB_PORT (3307), MOE_SLURM_PARTITION (debug), MOE_SLURM_CLUSTER (moeharness).
+set -euo pipefail
+
+DIR=${MOE_SLURM_DIR:-/tmp/moe-harness-slurm}
+ACCOUNTING=${MOE_SLURM_ACCOUNTING:-auto}
+START_TIMEOUT=${MOE_SLURM_START_TIMEOUT:-60}
+DBD_TIMEOUT=${MOE_SLURM_DBD_TIMEOUT:-60}
+CTLD_PORT=${MOE_SLURM_CTLD_PORT:-6817}
+D_PORT=${MOE_SLURM_D_PORT:-6818}
+DBD_PORT=${MOE_SLURM_DBD_PORT:-6819}
+DB_PORT=${MOE_SLURM_DB_PORT:-3307}
+PARTITION=${MOE_SLURM_PARTITION:-debug}
+CLUSTER=${MOE_SLURM_CLUSTER:-moeharness}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+CONF=$DIR/etc/slurm.conf
+PIDS=$DIR/run/pids
+export SLURM_CONF=$CONF
+
+log() { echo "start-cluster: $*" >&2; }
+die() { echo "start-cluster: ERROR: $*" >&2; exit 1; }
+
+case $ACCOUNTING in 0|1|auto) ;; *) die "MOE_SLURM_ACCOUNTING must be 0, 1 or auto, not '$ACCOUNTING'";; esac
+[[ $(id -u) == 0 ]] || die "must run as root (the daemons run as root and jobs may run as any user)"
+[[ $DIR == /* ]] || die "MOE_SLURM_DIR must be an absolute path, not '$DIR'"
+
+# ---------------------------------------------------------------- already running?
+# alive PID EXE: the pid is alive and runs EXE, the program we started (guards against pid reuse)
+alive() { [[ $(readlink "/proc/$1/exe" 2>/dev/null) == "$2" ]]; }
+
+all_alive() {
+    [[ -s $PIDS ]] || return 1
+    local name pid exe
+    while read -r name pid exe; do
+        alive "$pid" "$exe" || return 1
+    done < "$PIDS"
+}
+
+node_state() { sinfo -h -N -p "$PARTITION" -o %T 2>/dev/null | head -n1; }
+
+print_env() {
+    echo "export SLURM_CONF=$CONF"
+}
+
+if all_alive; then
+    state=$(node_state || true)
+    if [[ $state == idle* || $state == mix* || $state == alloc* ]]; then
+        log "already running (node $state, accounting=$(cat "$DIR/run/accounting" 2>/dev/null || echo ?))"
+        print_env
+        exit 0
+    fi
+fi
+if [[ -s $PIDS ]]; then
+    log "an earlier start is half alive or unresponsive: stopping its recorded daemons first"
+    bash "$HERE/stop-cluster.sh" || true
+fi
+
+T0=$(date +%s.%N)
+
+# ---------------------------------------------------------------- packages
+install_missing() {  # install_missing PKG... (only those whose status is not "installed")
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
+    if [[ ! -e /tmp/.moe-harness-apt-updated ]]; then
+        log "apt-get update"
+        apt-get update -q >&2 || die "apt-get update failed"
+        touch /tmp/.moe-harness-apt-updated
+    fi
+    log "apt-get install ${missing[*]}"
+    # The packages' postinst scripts may try to start Debian's own services; those use
+    # /etc/slurm and /run/munge, not our folder or ports... except the default ports: we
+    # stop them below if they did start.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        || die "apt-get install ${missing[*]} failed"
+}
+install_missing slurmctld slurmd slurm-client munge
+
+# ---------------------------------------------------------------- layout and config
+mkdir -p "$DIR"/{etc,run,log,state,spool,munge,db}
+chmod 755 "$DIR"
+chmod 700 "$DIR/munge"
+: > "$PIDS"
+
+HOST=$(hostname -s)
+NCPU=$(nproc)
+MEM_TOTAL=$(free -m | awk '/^Mem:/ {print $2}')
+# leave 10% (at least 512 MiB) to the OS and the daemons
+MARGIN=$(( MEM_TOTAL / 10 > 512 ? MEM_TOTAL / 10 : 512 ))
+REAL_MEM=$(( MEM_TOTAL - MARGIN ))
+(( REAL_MEM > 256 )) || die "too little memory for a node: free -m says ${MEM_TOTAL} MiB"
+DEF_MEM_PER_CPU=$(( REAL_MEM / NCPU ))
+
+# Accepted by slurmctld >= 20.02: a preempted job gets the --signal user signal (submitit's
+# checkpoint signal) before SIGTERM, as on most production clusters.
+CTLD_PARAMS=""
+if grep -aq preempt_send_user_signal "$(command -v slurmctld)"; then
+    CTLD_PARAMS="SlurmctldParameters=preempt_send_user_signal"
+fi
+
+write_conf() {  # write_conf ACCOUNTING(0|1)
+    local acct_lines
+    if [[ $1 == 1 ]]; then
+        acct_lines="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30"
+    else
+        acct_lines="AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none"
+    fi
+    cat > "$CONF.tmp" <<EOF
+# Written by tests/slurm/start-cluster.sh for a one-node test cluster. Do not edit: rewritten
+# on every start.
+ClusterName=$CLUSTER
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$D_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$DIR/munge/munge.socket
+CredType=cred/munge
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool/slurmd-%n
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+$CTLD_PARAMS
+SlurmdParameters=config_overrides
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$DEF_MEM_PER_CPU
+JobRequeue=1
+ReturnToService=2
+# quick turnaround for tests
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=2
+MinJobAge=60
+Waittime=0
+MessageTimeout=10
+SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
+$acct_lines
+JobCompType=jobcomp/none
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=$REAL_MEM State=UNKNOWN
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+    mv "$CONF.tmp" "$CONF"
+}
+
+# ---------------------------------------------------------------- daemons
+# start NAME CMD...: run a daemon in its foreground mode, detached, and record its pid
+start() {
+    local name=$1 exe; shift
+    exe=$(readlink -f "$(command -v "$1")") || die "$1 not found"
+    setsid "$@" > "$DIR/log/$name.out" 2>&1 < /dev/null &
+    local pid=$!
+    echo "$name $pid $exe" >> "$PIDS"
+    sleep 0.2
+    alive "$pid" "$exe" || { tail -n 20 "$DIR/log/$name.out" >&2 || true; die "$name exited at once (log: $DIR/log/$name.out)"; }
+}
+
+# wait_for WHAT TIMEOUT CMD...: retry CMD every 0.25 s until it succeeds
+wait_for() {
+    local what=$1 timeout=$2; shift 2
+    local deadline=$(( $(date +%s) + timeout ))
+    until "$@" >/dev/null 2>&1; do
+        (( $(date +%s) < deadline )) || return 1
+        sleep 0.25
+    done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+for p in "$CTLD_PORT" "$D_PORT"; do
+    port_free "$p" || die "port $p is already in use on 127.0.0.1 (another slurm? Debian's own service?); set MOE_SLURM_CTLD_PORT/MOE_SLURM_D_PORT"
+done
+
+# munge: our own key and socket, never /etc/munge or /run/munge
+if [[ ! -s $DIR/munge/munge.key ]]; then
+    dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1024 count=1 status=none
+fi
+chmod 400 "$DIR/munge/munge.key"
+rm -f "$DIR/munge/munge.socket" "$DIR/munge/munge.socket.lock"
+start munged munged --foreground --force \
+    --socket="$DIR/munge/munge.socket" --key-file="$DIR/munge/munge.key" \
+    --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" \
+    --seed-file="$DIR/munge/munged.seed"
+wait_for munge 10 bash -c "munge -n -S '$DIR/munge/munge.socket' | unmunge -S '$DIR/munge/munge.socket'" \
+    || die "munged did not answer within 10 s (log: $DIR/log/munged.log)"
+
+start_accounting() { return 1; }
+# accounting: MariaDB + slurmdbd (optional)
+ACCT_ON=0
+if [[ $ACCOUNTING != 0 ]]; then
+    if start_accounting; then
+        ACCT_ON=1
+    elif [[ $ACCOUNTING == 1 ]]; then
+        die "accounting did not start (MOE_SLURM_ACCOUNTING=1); see $DIR/log/accounting-start.out"
+    else
+        log "accounting did not start; going on without it (sacct will not work)"
+    fi
+fi
+echo "$ACCT_ON" > "$DIR/run/accounting"
+write_conf "$ACCT_ON"
+
+start slurmctld slurmctld -D -f "$CONF"
+wait_for slurmctld 30 scontrol ping \
+    || { tail -n 30 "$DIR/log/slurmctld.log" >&2 || true; die "slurmctld did not answer within 30 s (log: $DIR/log/slurmctld.log)"; }
+start slurmd slurmd -D -f "$CONF"
+
+deadline=$(( $(date +%s) + START_TIMEOUT ))
+while :; do
+    state=$(node_state || true)
+    [[ $state == idle* || $state == mix* || $state == alloc* ]] && break
+    if [[ $state == drain* || $state == down* ]] && (( $(date +%s) > deadline - START_TIMEOUT + 5 )); then
+        # a node left drained or down by an earlier run: ReturnToService=2 covers most cases
+        scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+    fi
+    if (( $(date +%s) >= deadline )); then
+        sinfo -N -l >&2 || true
+        tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+        die "node $HOST not idle after ${START_TIMEOUT} s (state: '${state:-no answer}'); logs in $DIR/log"
+    fi
+    sleep 0.25
+done
+
+T1=$(date +%s.%N)
+log "cluster up in $(awk -v a="$T0" -v b="$T1" 'BEGIN {printf "%.1f", b - a}') s: node $HOST ($NCPU CPUs, ${REAL_MEM} MiB), partition $PARTITION, accounting=$ACCT_ON, $(sinfo -V)"
+print_env
