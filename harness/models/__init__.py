@@ -1,0 +1,275 @@
+"""The ViT family: named sizes, compact spec strings, MoE placement, and ``build``.
+
+Spec strings (used by the CLI and the study files)::
+
+    vit-SIZE/PATCH[@RES][:ROUTER][:eN][:sN][:kN][:cF][:PLACEMENT]
+
+SIZE is a registered name (ti, s, b, l, h) or a custom shape ``wWIDTHdDEPTHhHEADSmMLP``
+(e.g. ``w64d4h4m256``). ROUTER is one of ``harness.moe.ROUTERS`` (dense if omitted); ``eN``
+experts, ``sN`` slots per expert (Soft MoE), ``kN`` experts per token (Tokens Choice), ``cF``
+capacity factor (sparse routers), PLACEMENT one of ``half`` (the paper's last half, default),
+``lastN``, ``everyN`` or ``b8.9.10.11`` (explicit block indices). Examples::
+
+    vit-s/16   vit-s/16:soft:e128:s1   vit-b/16:tokens_choice:e32:k1   vit-w64d4h4m256/4@16:soft:e16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from harness.errors import ConfigError
+from harness.moe import ROUTERS, make_mlp, uses_capacity, uses_experts, uses_k, uses_slots
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+
+
+SIZES: dict[str, ViTSize] = {}
+
+
+def register_size(name: str, size: ViTSize) -> None:
+    if name in SIZES:
+        raise ConfigError(f"model size {name!r} is already registered")
+    SIZES[name] = size
+
+
+# The paper's backbones (its Table "Backbones").
+register_size("ti", ViTSize(192, 12, 3, 768))
+register_size("s", ViTSize(384, 12, 6, 1536))
+register_size("b", ViTSize(768, 12, 12, 3072))
+register_size("l", ViTSize(1024, 24, 16, 4096))
+register_size("h", ViTSize(1280, 32, 16, 5120))
+
+CUSTOM_SIZE = re.compile(r"w(\d+)d(\d+)h(\d+)m(\d+)")
+MODEL_NAME = re.compile(r"vit-([a-z0-9]+)/(\d+)(?:@(\d+))?")
+POOLS = ("gap", "map")
+
+
+def lookup_size(name: str) -> ViTSize:
+    if name in SIZES:
+        return SIZES[name]
+    custom = CUSTOM_SIZE.fullmatch(name)
+    if custom:
+        return ViTSize(*map(int, custom.groups()))
+    raise ConfigError(
+        f"unknown model size {name!r}; allowed: {', '.join(SIZES)} or a custom "
+        f"'wWIDTHdDEPTHhHEADSmMLP' such as 'w64d4h4m256'"
+    )
+
+
+# --- MoE placement -------------------------------------------------------------------------
+PLACEMENT_HELP = "'last_half', 'last:N', 'every:K', or a list of block indices"
+
+
+def resolve_placement(placement: str | list[int] | tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Block indices that get the MoE MLP, validated against ``depth``."""
+    if isinstance(placement, (list, tuple)):
+        blocks = tuple(sorted(set(int(i) for i in placement)))
+    elif placement == "last_half":
+        blocks = tuple(range(depth - depth // 2, depth))
+    elif m := re.fullmatch(r"last:(\d+)", str(placement)):
+        n = int(m.group(1))
+        if not 1 <= n <= depth:
+            raise ConfigError(f"moe_layers 'last:{n}' needs 1 <= N <= depth {depth}")
+        blocks = tuple(range(depth - n, depth))
+    elif m := re.fullmatch(r"every:(\d+)", str(placement)):
+        step = int(m.group(1))
+        if not 1 <= step <= depth:
+            raise ConfigError(f"moe_layers 'every:{step}' needs 1 <= K <= depth {depth}")
+        blocks = tuple(range(step - 1, depth, step))  # ends at the last block when K | depth
+    elif re.fullmatch(r"\d+(,\d+)*", str(placement)):
+        blocks = tuple(sorted(set(int(i) for i in str(placement).split(","))))
+    else:
+        raise ConfigError(f"moe_layers {placement!r} is not one of {PLACEMENT_HELP}")
+    bad = [i for i in blocks if not 0 <= i < depth]
+    if bad or not blocks:
+        raise ConfigError(
+            f"moe_layers {placement!r}: block indices must lie in 0..{depth - 1} "
+            f"(depth {depth}), got {list(blocks)}"
+        )
+    return blocks
+
+
+def canonical_placement(placement: str | list[int] | tuple[int, ...]) -> str:
+    if isinstance(placement, (list, tuple)):
+        return ",".join(str(i) for i in sorted(set(int(i) for i in placement)))
+    return str(placement)
+
+
+# --- configuration -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything ``build`` needs. Fields a router does not use are normalised to None."""
+
+    size: str = "s"
+    patch_size: int = 16
+    image_size: int = 224
+    in_chans: int = 3
+    num_classes: int = 1000
+    pool: str = "gap"
+    attention: str = "auto"
+    router: str = "dense"
+    num_experts: int | None = None
+    slots_per_expert: int | None = None
+    k: int | None = None
+    capacity_factor: float | None = None
+    moe_layers: str = "last_half"
+    group_size: int | None = None
+
+    def __post_init__(self):
+        shape = lookup_size(self.size)
+        if self.router not in ROUTERS:
+            raise ConfigError(f"unknown router {self.router!r}; allowed: {', '.join(ROUTERS)}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if shape.width % shape.heads:
+            raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
+        if self.patch_size <= 0 or self.image_size % self.patch_size:
+            raise ConfigError(
+                f"image_size {self.image_size} must be a positive multiple of patch_size "
+                f"{self.patch_size}"
+            )
+        set_ = lambda **kw: [object.__setattr__(self, k, v) for k, v in kw.items()]  # noqa: E731
+        r = self.router
+        set_(
+            num_experts=(self.num_experts or 8) if uses_experts(r) else None,
+            slots_per_expert=(self.slots_per_expert or 1) if uses_slots(r) else None,
+            k=(self.k or 1) if uses_k(r) else None,
+            capacity_factor=(float(self.capacity_factor or 1.0)) if uses_capacity(r) else None,
+            moe_layers=canonical_placement(self.moe_layers),
+        )
+        if self.num_experts is not None and self.num_experts <= 0:
+            raise ConfigError(f"num_experts must be > 0, got {self.num_experts}")
+        if self.slots_per_expert is not None and self.slots_per_expert <= 0:
+            raise ConfigError(f"slots_per_expert must be > 0, got {self.slots_per_expert}")
+        if self.k is not None and not 1 <= self.k <= self.num_experts:
+            raise ConfigError(f"k must lie in 1..num_experts ({self.num_experts}), got {self.k}")
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
+        self.moe_blocks  # validates the placement against the depth
+
+    @property
+    def shape(self) -> ViTSize:
+        return lookup_size(self.size)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def moe_blocks(self) -> tuple[int, ...]:
+        if not uses_experts(self.router):
+            return ()
+        return resolve_placement(self.moe_layers, self.shape.depth)
+
+    @property
+    def name(self) -> str:
+        """The backbone part of the spec, e.g. ``vit-s/16``."""
+        res = "" if self.image_size == 224 else f"@{self.image_size}"
+        return f"vit-{self.size}/{self.patch_size}{res}"
+
+    @property
+    def spec(self) -> str:
+        """The compact spec string that parses back to this config (sizes and data aside)."""
+        parts = [self.name]
+        if self.router != "dense":
+            parts += [self.router, f"e{self.num_experts}"]
+            if self.slots_per_expert is not None:
+                parts.append(f"s{self.slots_per_expert}")
+            if self.k is not None:
+                parts.append(f"k{self.k}")
+            if self.capacity_factor is not None:
+                parts.append(f"c{self.capacity_factor:g}")
+            if self.moe_layers != "last_half":
+                parts.append(_placement_token(self.moe_layers))
+        return ":".join(parts)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _placement_token(placement: str) -> str:
+    if m := re.fullmatch(r"(last|every):(\d+)", placement):
+        return f"{m.group(1)}{m.group(2)}"
+    return "b" + placement.replace(",", ".")
+
+
+def parse_model_spec(spec: str, **overrides) -> ModelConfig:
+    """Parse ``vit-s/16:soft:e128:s1`` (see module doc) into a ModelConfig.
+
+    ``overrides`` (e.g. num_classes, image_size) are applied on top; the spec wins for the
+    fields it names explicitly, except image_size which the override sets when the spec has
+    no ``@RES``.
+    """
+    head, *tokens = spec.strip().lower().split(":")
+    m = MODEL_NAME.fullmatch(head)
+    if not m:
+        raise ConfigError(
+            f"model spec {spec!r}: expected 'vit-SIZE/PATCH[@RES]' such as 'vit-s/16' or "
+            f"'vit-w64d4h4m256/4@16'"
+        )
+    fields: dict = dict(overrides)
+    fields["size"], fields["patch_size"] = m.group(1), int(m.group(2))
+    if m.group(3):
+        fields["image_size"] = int(m.group(3))
+    for tok in tokens:
+        fields.update(_parse_token(spec, tok))
+    return ModelConfig(**fields)
+
+
+def _parse_token(spec: str, tok: str) -> dict:
+    if tok in ROUTERS:
+        return {"router": tok}
+    patterns = {
+        r"e(\d+)": ("num_experts", int),
+        r"s(\d+)": ("slots_per_expert", int),
+        r"k(\d+)": ("k", int),
+        r"c(\d+(?:\.\d+)?)": ("capacity_factor", float),
+    }
+    for pattern, (field, cast) in patterns.items():
+        if m := re.fullmatch(pattern, tok):
+            return {field: cast(m.group(1))}
+    if tok == "half":
+        return {"moe_layers": "last_half"}
+    if m := re.fullmatch(r"(last|every)(\d+)", tok):
+        return {"moe_layers": f"{m.group(1)}:{m.group(2)}"}
+    if m := re.fullmatch(r"b(\d+(?:\.\d+)*)", tok):
+        return {"moe_layers": m.group(1).replace(".", ",")}
+    raise ConfigError(
+        f"model spec {spec!r}: unknown part {tok!r}; allowed: a router ({', '.join(ROUTERS)}), "
+        f"eN, sN, kN, cF, half, lastN, everyN, bI.J.K"
+    )
+
+
+def build(cfg: ModelConfig | str, **overrides):
+    """Build the VisionTransformer for a config (or a spec string)."""
+    from harness.models.vit import VisionTransformer
+
+    if isinstance(cfg, str):
+        cfg = parse_model_spec(cfg, **overrides)
+    elif overrides:
+        cfg = cfg.replace(**overrides)
+    shape = cfg.shape
+
+    def mlp_factory(dim: int, hidden: int):
+        return make_mlp(cfg.router, dim, hidden, num_experts=cfg.num_experts,
+                        slots_per_expert=cfg.slots_per_expert, k=cfg.k,
+                        capacity_factor=cfg.capacity_factor, group_size=cfg.group_size)
+
+    return VisionTransformer(
+        image_size=cfg.image_size, patch_size=cfg.patch_size, width=shape.width,
+        depth=shape.depth, heads=shape.heads, mlp_dim=shape.mlp_dim,
+        num_classes=cfg.num_classes, in_chans=cfg.in_chans, pool=cfg.pool,
+        attention=cfg.attention, moe_blocks=cfg.moe_blocks, mlp_factory=mlp_factory,
+    )
+
+
+__all__ = ["SIZES", "ModelConfig", "ViTSize", "build", "parse_model_spec", "register_size",
+           "resolve_placement"]

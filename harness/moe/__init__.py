@@ -1,0 +1,92 @@
+"""MoE layers. Every MLP kind maps (batch, tokens, dim) -> (batch, tokens, dim) and exposes
+``aux_loss`` (a scalar tensor, zero where the router has none) and ``metrics`` (floats from the
+last forward).
+
+Axis letters used in this package: G groups (one image by default), S tokens per group,
+E experts, K choices per token, C capacity (buffer rows per expert and group), D model dim,
+H expert hidden dim, m tokens per image, n·p slots (n experts × p slots each).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.moe.dense import Mlp
+from harness.moe.experts import BatchedExperts
+from harness.moe.experts_choice import ExpertsChoice
+from harness.moe.routing import compute_capacity
+from harness.moe.soft import SoftMoE
+from harness.moe.tokens_choice import TokensChoice
+
+# Soft MoE's fixed-routing ablations: router name -> (dispatch, combine).
+SOFT_VARIANTS = {
+    "soft": ("soft", "soft"),
+    "soft_uniform": ("soft", "uniform"),
+    "uniform_soft": ("uniform", "soft"),
+    "uniform": ("uniform", "uniform"),
+    "identity": ("identity", "identity"),
+}
+ROUTERS = ("dense", *SOFT_VARIANTS, "tokens_choice", "experts_choice")
+
+
+def uses_experts(router: str) -> bool:
+    return router != "dense"
+
+
+def uses_slots(router: str) -> bool:
+    return router in SOFT_VARIANTS
+
+
+def uses_k(router: str) -> bool:
+    return router == "tokens_choice"
+
+
+def uses_capacity(router: str) -> bool:
+    return router in ("tokens_choice", "experts_choice")
+
+
+def make_mlp(
+    router: str,
+    dim: int,
+    hidden_dim: int,
+    *,
+    num_experts: int | None = None,
+    slots_per_expert: int | None = None,
+    k: int | None = None,
+    capacity_factor: float | None = None,
+    group_size: int | None = None,
+) -> nn.Module:
+    """Build the MLP block for ``router``; arguments a router does not use are ignored."""
+    if router == "dense":
+        return Mlp(dim, hidden_dim)
+    if router not in ROUTERS:
+        raise ConfigError(f"unknown router {router!r}; allowed: {', '.join(ROUTERS)}")
+    if num_experts is None:
+        raise ConfigError(f"router {router!r} needs num_experts")
+    if router in SOFT_VARIANTS:
+        dispatch, combine = SOFT_VARIANTS[router]
+        return SoftMoE(dim, num_experts, slots_per_expert or 1, hidden_dim,
+                       dispatch=dispatch, combine=combine)
+    cf = 1.0 if capacity_factor is None else capacity_factor
+    if router == "tokens_choice":
+        return TokensChoice(dim, num_experts, hidden_dim, k=k or 1, capacity_factor=cf,
+                            group_size=group_size)
+    return ExpertsChoice(dim, num_experts, hidden_dim, capacity_factor=cf, group_size=group_size)
+
+
+__all__ = [
+    "ROUTERS",
+    "SOFT_VARIANTS",
+    "BatchedExperts",
+    "ExpertsChoice",
+    "Mlp",
+    "SoftMoE",
+    "TokensChoice",
+    "compute_capacity",
+    "make_mlp",
+    "uses_capacity",
+    "uses_experts",
+    "uses_k",
+    "uses_slots",
+]

@@ -1,0 +1,78 @@
+"""Experts Choice (Zhou et al., 2022): each expert takes its top-C tokens of the group.
+
+Axes: G groups, S tokens per group, E experts, C capacity, D dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.moe.experts import BatchedExperts
+from harness.moe.routing import check_positive, compute_capacity, to_groups
+
+
+class ExpertsChoice(nn.Module):
+    """gates = softmax over experts of ``router(x)``; expert e takes the C tokens with the
+    largest gate in column e, C = ceil(capacity_factor · S / E). A token's output is the
+    gate-weighted sum over the experts that took it (zero if none did). No auxiliary loss.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int,
+        hidden_dim: int,
+        capacity_factor: float = 1.0,
+        group_size: int | None = None,
+    ):
+        super().__init__()
+        check_positive("num_experts", num_experts)
+        self.num_experts, self.capacity_factor, self.group_size = (
+            num_experts,
+            capacity_factor,
+            group_size,
+        )
+        self.router = nn.Linear(dim, num_experts, bias=False)
+        nn.init.normal_(self.router.weight, std=dim**-0.5)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
+        self.aux_loss = torch.zeros(())
+        self.metrics: dict[str, float] = {}
+        self.track_metrics = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xg = to_groups(x, self.group_size)
+        g, s, d = xg.shape
+        e = self.num_experts
+        capacity = compute_capacity(s, e, self.capacity_factor)
+
+        gates = torch.softmax(self.router(xg), dim=-1)  # (G, S, E)
+        top_gate, top_token = gates.transpose(1, 2).topk(capacity, dim=-1)  # (G, E, C)
+
+        token = (top_token + torch.arange(g, device=x.device).view(g, 1, 1) * s).reshape(-1)
+        expert_in = xg.reshape(g * s, d)[token].view(g, e, capacity, d)
+        expert_in = expert_in.transpose(0, 1).reshape(e, g * capacity, d)
+        out = self.experts(expert_in).view(e, g, capacity, d).transpose(0, 1)  # (G, E, C, D)
+        weighted = (out * top_gate.unsqueeze(-1)).reshape(-1, d)
+        y = xg.new_zeros(g * s, d).index_add(0, token, weighted)
+
+        self.aux_loss = x.new_zeros(())
+        if self.track_metrics:
+            self._record_metrics(token, g * s)
+        return y.reshape(x.shape)
+
+    @torch.no_grad()
+    def _record_metrics(self, token: torch.Tensor, num_tokens: int) -> None:
+        taken = torch.bincount(token, minlength=num_tokens)
+        coverage = (taken > 0).float().mean().item()
+        self.metrics = {
+            "dropped_fraction": 1.0 - coverage,
+            "token_coverage": coverage,
+            "experts_per_token": taken.float().mean().item(),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, capacity_factor={self.capacity_factor}, "
+            f"group_size={self.group_size}"
+        )

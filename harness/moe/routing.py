@@ -1,0 +1,53 @@
+"""Helpers shared by the routers: capacity, grouping, metric math."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from harness.errors import ConfigError
+
+
+def compute_capacity(group_tokens: int, num_experts: int, capacity_factor: float) -> int:
+    """Buffer size per expert and group: ceil(capacity_factor * group_tokens / num_experts).
+
+    One rounding rule for every router, so that Tokens Choice (capacity_factor = k * C) and
+    Experts Choice (capacity_factor = c) with the same factor get the same buffers. At least
+    1, at most ``group_tokens`` (an expert never holds a token twice from one group).
+    """
+    if capacity_factor <= 0:
+        raise ConfigError(f"capacity_factor must be > 0, got {capacity_factor}")
+    capacity = math.ceil(capacity_factor * group_tokens / num_experts - 1e-9)
+    return max(1, min(group_tokens, capacity))
+
+
+def to_groups(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """(batch, tokens, dim) -> (groups, group_size, dim); one image per group by default."""
+    batch, tokens, dim = x.shape
+    if group_size is None or group_size == tokens:
+        return x
+    if (batch * tokens) % group_size:
+        raise ConfigError(
+            f"group_size {group_size} must divide batch*tokens = {batch}*{tokens} = {batch * tokens}"
+        )
+    return x.reshape(-1, group_size, dim)
+
+
+def normalized_entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean entropy of the distributions ``p`` along ``dim``, divided by its maximum (log n)."""
+    n = p.shape[dim]
+    if n <= 1:
+        return p.new_zeros(())
+    ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim)
+    return ent.mean() / math.log(n)
+
+
+def coefficient_of_variation_sq(x: torch.Tensor) -> torch.Tensor:
+    """(std / mean)² over the last axis, averaged over the others (V-MoE's balance losses)."""
+    return (x.std(dim=-1, unbiased=False) / (x.mean(dim=-1) + 1e-9)).pow(2).mean()
+
+
+def check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
