@@ -49,7 +49,14 @@ PIDS=$DIR/run/pids
 export SLURM_CONF=$CONF
 
 log() { echo "start-cluster: $*" >&2; }
-die() { echo "start-cluster: ERROR: $*" >&2; exit 1; }
+die() {
+    echo "start-cluster: ERROR: $*" >&2
+    if [[ ${STARTED_ANY:-0} == 1 ]]; then
+        echo "start-cluster: stopping what this run started" >&2
+        bash "$HERE/stop-cluster.sh" >&2 || true
+    fi
+    exit 1
+}
 
 case $ACCOUNTING in 0|1|auto) ;; *) die "MOE_SLURM_ACCOUNTING must be 0, 1 or auto, not '$ACCOUNTING'";; esac
 [[ $(id -u) == 0 ]] || die "must run as root (the daemons run as root and jobs may run as any user)"
@@ -95,26 +102,27 @@ install_missing() {  # install_missing PKG... (only those whose status is not "i
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
     done
     ((${#missing[@]})) || return 0
-    command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
-    if [[ ! -e /tmp/.moe-harness-apt-updated ]]; then
+    command -v apt-get >/dev/null || { log "missing packages ${missing[*]} and no apt-get"; return 1; }
+    if [[ -z ${APT_UPDATED:-} ]]; then
         log "apt-get update"
-        apt-get update -q >&2 || die "apt-get update failed"
-        touch /tmp/.moe-harness-apt-updated
+        apt-get update -q >&2 || { log "apt-get update failed"; return 1; }
+        APT_UPDATED=1
     fi
     log "apt-get install ${missing[*]}"
     # The packages' postinst scripts may try to start Debian's own services; those use
     # /etc/slurm and /run/munge, not our folder or ports... except the default ports: we
     # stop them below if they did start.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-        || die "apt-get install ${missing[*]} failed"
+        || { log "apt-get install ${missing[*]} failed"; return 1; }
 }
-install_missing slurmctld slurmd slurm-client munge
+install_missing slurmctld slurmd slurm-client munge || die "cannot install the SLURM packages"
 
 # ---------------------------------------------------------------- layout and config
 mkdir -p "$DIR"/{etc,run,log,state,spool,munge,db}
 chmod 755 "$DIR"
 chmod 700 "$DIR/munge"
 : > "$PIDS"
+STARTED_ANY=1
 
 HOST=$(hostname -s)
 NCPU=$(nproc)
@@ -138,6 +146,9 @@ write_conf() {  # write_conf ACCOUNTING(0|1)
         acct_lines="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
+# for auth/munge, this names the munge socket used to talk to slurmdbd (clients would use
+# /run/munge/munge.socket.2 otherwise, whatever AuthInfo says)
+AccountingStoragePass=$DIR/munge/munge.socket
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30"
     else
@@ -169,6 +180,7 @@ SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
+MailProg=/bin/true
 SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -193,7 +205,8 @@ EOF
 }
 
 # ---------------------------------------------------------------- daemons
-# start NAME CMD...: run a daemon in its foreground mode, detached, and record its pid
+# start NAME CMD...: run a daemon in its foreground mode, detached, and record its pid and
+# program; returns non-zero if it exits at once
 start() {
     local name=$1 exe; shift
     exe=$(readlink -f "$(command -v "$1")") || die "$1 not found"
@@ -201,7 +214,10 @@ start() {
     local pid=$!
     echo "$name $pid $exe" >> "$PIDS"
     sleep 0.2
-    alive "$pid" "$exe" || { tail -n 20 "$DIR/log/$name.out" >&2 || true; die "$name exited at once (log: $DIR/log/$name.out)"; }
+    alive "$pid" "$exe" && return 0
+    tail -n 20 "$DIR/log/$name.out" >&2 || true
+    log "$name exited at once (log: $DIR/log/$name.out)"
+    return 1
 }
 
 # wait_for WHAT TIMEOUT CMD...: retry CMD every 0.25 s until it succeeds
@@ -229,11 +245,93 @@ rm -f "$DIR/munge/munge.socket" "$DIR/munge/munge.socket.lock"
 start munged munged --foreground --force \
     --socket="$DIR/munge/munge.socket" --key-file="$DIR/munge/munge.key" \
     --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" \
-    --seed-file="$DIR/munge/munged.seed"
+    --seed-file="$DIR/munge/munged.seed" || die "munged did not start"
 wait_for munge 10 bash -c "munge -n -S '$DIR/munge/munge.socket' | unmunge -S '$DIR/munge/munge.socket'" \
     || die "munged did not answer within 10 s (log: $DIR/log/munged.log)"
 
-start_accounting() { return 1; }
+# stop_recorded NAME: end a daemon that this run recorded, and forget it (used when the optional
+# accounting side fails half way)
+stop_recorded() {
+    local name pid exe
+    while read -r name pid exe; do
+        [[ $name == "$1" ]] || continue
+        if alive "$pid" "$exe"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 40); do alive "$pid" "$exe" || break; sleep 0.25; done
+            alive "$pid" "$exe" && kill -KILL "$pid" 2>/dev/null
+        fi
+    done < "$PIDS"
+    grep -v "^$1 " "$PIDS" > "$PIDS.tmp" || true
+    mv "$PIDS.tmp" "$PIDS"
+}
+
+# start_accounting: MariaDB (private datadir, 127.0.0.1 and a socket in $DIR only) and
+# slurmdbd; returns non-zero (after stopping what it started) if they are not up in time
+start_accounting() {
+    local t0 db=$DIR/db sock=$DIR/db/mysqld.sock pass
+    t0=$(date +%s)
+    install_missing mariadb-server slurmdbd || return 1
+    local p
+    for p in "$DB_PORT" "$DBD_PORT"; do
+        port_free "$p" || { log "port $p is in use; set MOE_SLURM_DB_PORT/MOE_SLURM_DBD_PORT"; return 1; }
+    done
+    mkdir -p "$db"
+    if [[ ! -d $db/data/mysql ]]; then
+        log "initialising MariaDB in $db/data"
+        rm -rf "$db/data"
+        mariadb-install-db --no-defaults --datadir="$db/data" --user=root --skip-test-db \
+            --auth-root-authentication-method=socket > "$DIR/log/mariadb-install.out" 2>&1 \
+            || { log "mariadb-install-db failed (log: $DIR/log/mariadb-install.out)"; return 1; }
+    fi
+    start mariadbd mariadbd --no-defaults --datadir="$db/data" --socket="$sock" \
+        --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve --user=root \
+        --pid-file="$DIR/run/mariadbd.pid" --log-error="$DIR/log/mariadbd.log" \
+        --innodb-buffer-pool-size=64M --innodb-use-native-aio=0 --skip-log-bin || return 1
+    if ! wait_for mariadb "$DBD_TIMEOUT" mariadb --no-defaults -S "$sock" -u root -e 'select 1'; then
+        log "MariaDB did not answer within $DBD_TIMEOUT s (log: $DIR/log/mariadbd.log)"
+        stop_recorded mariadbd; return 1
+    fi
+    [[ -s $db/slurm.pass ]] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$db/slurm.pass")
+    pass=$(cat "$db/slurm.pass")
+    mariadb --no-defaults -S "$sock" -u root -e "
+        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+        CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" \
+        || { log "could not create the slurm database user"; stop_recorded mariadbd; return 1; }
+    (umask 077; cat > "$DIR/etc/slurmdbd.conf" <<EOF
+# Written by tests/slurm/start-cluster.sh; read by slurmdbd from SLURM_CONF's folder.
+AuthType=auth/munge
+AuthInfo=socket=$DIR/munge/munge.socket
+DbdAddr=127.0.0.1
+DbdHost=$HOST
+DbdPort=$DBD_PORT
+SlurmUser=root
+PidFile=$DIR/run/slurmdbd.pid
+LogFile=$DIR/log/slurmdbd.log
+DebugLevel=info
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$pass
+StorageLoc=slurm_acct_db
+EOF
+    )
+    write_conf 1   # sacctmgr reads AccountingStorageHost/Port from slurm.conf
+    start slurmdbd slurmdbd -D || { stop_recorded mariadbd; return 1; }
+    local left=$(( DBD_TIMEOUT - ($(date +%s) - t0) ))
+    (( left > 5 )) || left=5
+    if ! wait_for slurmdbd "$left" sacctmgr -n -i list cluster; then
+        log "slurmdbd did not answer within $left s (log: $DIR/log/slurmdbd.log)"
+        tail -n 10 "$DIR/log/slurmdbd.log" >&2 || true
+        stop_recorded slurmdbd; stop_recorded mariadbd; return 1
+    fi
+    if ! sacctmgr -n -P list cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; then
+        sacctmgr -i add cluster "$CLUSTER" >&2 \
+            || { log "sacctmgr add cluster failed"; stop_recorded slurmdbd; stop_recorded mariadbd; return 1; }
+    fi
+    log "accounting up in $(( $(date +%s) - t0 )) s (MariaDB on 127.0.0.1:$DB_PORT, slurmdbd on 127.0.0.1:$DBD_PORT)"
+}
 # accounting: MariaDB + slurmdbd (optional)
 ACCT_ON=0
 if [[ $ACCOUNTING != 0 ]]; then
@@ -248,10 +346,10 @@ fi
 echo "$ACCT_ON" > "$DIR/run/accounting"
 write_conf "$ACCT_ON"
 
-start slurmctld slurmctld -D -f "$CONF"
+start slurmctld slurmctld -D -f "$CONF" || die "slurmctld did not start"
 wait_for slurmctld 30 scontrol ping \
     || { tail -n 30 "$DIR/log/slurmctld.log" >&2 || true; die "slurmctld did not answer within 30 s (log: $DIR/log/slurmctld.log)"; }
-start slurmd slurmd -D -f "$CONF"
+start slurmd slurmd -D -f "$CONF" || die "slurmd did not start"
 
 deadline=$(( $(date +%s) + START_TIMEOUT ))
 while :; do
