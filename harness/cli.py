@@ -4,6 +4,7 @@ commands, so ``moe-harness --help`` stays instant."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -47,6 +48,107 @@ def inspect(
         counts = parameter_counts(build(cfg), cfg.num_tokens)
         table.add_row(cfg.spec, f"{counts['params_total']:,}", f"{counts['params_active']:,}")
     Console().print(table)
+
+# --- studies -------------------------------------------------------------------------------
+StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a field: key.path=value (repeatable), e.g. train.steps=50")]
+ProfileOpt = Annotated[str | None, typer.Option(help="Profile of the study file (laptop, cluster)")]
+ResultsOpt = Annotated[Path | None, typer.Option(
+    help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
+
+
+def _load(study: Path, set_: list[str] | None, profile: str | None):
+    from harness.study import load
+
+    return load(study, set_ or [], profile)
+
+
+@app.command()
+def run(
+    study: StudyArg,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+    executor: Annotated[str | None, typer.Option(help="local (default), debug, slurm")] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="Local runs at the same time")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the expanded runs and exit")] = False,
+    rerun: Annotated[bool, typer.Option(help="Redo every run, done or not")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Redo only the failed runs")] = False,
+    wait: Annotated[bool, typer.Option(help="SLURM: follow the jobs until they end")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
+) -> None:
+    """Run a study's pending runs (skips finished ones); --dry-run shows the plan."""
+    from rich.console import Console
+
+    from harness.store import Store, results_root
+    from runners import dispatch, plan
+
+    console = Console()
+    spec = _load(study, set_, profile)
+    store = Store(results_root(results), spec.name)
+    the_plan = plan(spec, store, rerun=rerun, retry_failed=retry_failed)
+    if dry_run:
+        from runners.views import plan_table
+
+        console.print(plan_table(spec, the_plan))
+        return
+    if not the_plan.todo:
+        what = "failed runs to retry" if retry_failed else "pending runs"
+        console.print(f"Nothing to do: no {what}; {the_plan.done} of {len(the_plan.specs)} "
+                      f"runs of {spec.name} are done ({store.runs_dir}).")
+        if the_plan.failed and not retry_failed:
+            console.print(f"{the_plan.failed} failed: --retry-failed runs them again.")
+        return
+    console.print(f"{spec.name}: {len(the_plan.todo)} to run, {the_plan.done} done of "
+                  f"{len(the_plan.specs)}")
+    summary = dispatch(spec, the_plan.todo, results_root=store.root, executor=executor,
+                       max_parallel=max_parallel, show_progress=not quiet, wait=wait)
+    if summary.waited:
+        console.print(f"{summary.submitted} runs: {summary.ok} ok, {summary.failed} failed, "
+                      f"{summary.diverged} diverged -> {store.runs_dir}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
+           results: ResultsOpt = None) -> None:
+    """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
+    from rich.console import Console
+
+    from runners.views import status_table
+    from harness.store import Store, results_root
+
+    spec = _load(study, set_, profile)
+    Console().print(status_table(spec, Store(results_root(results), spec.name)))
+
+
+@app.command()
+def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
+           results: ResultsOpt = None,
+           out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None) -> None:
+    """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
+    from harness.store import Store, results_root
+    from reports.build import build_report
+
+    spec = _load(study, set_, profile)
+    path = build_report(spec, Store(results_root(results), spec.name), out)
+    print(f"report: {path}")
+
+
+@app.command()
+def schema(out: Annotated[Path | None, typer.Option(help="File to write")] = None) -> None:
+    """Print (or write) the JSON schema of study files, for editors."""
+    import json
+
+    from harness.study import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+    else:
+        print(text, end="")
 
 
 def main() -> None:

@@ -139,10 +139,11 @@ class ModelConfig:
         set_ = lambda **kw: [object.__setattr__(self, k, v) for k, v in kw.items()]  # noqa: E731
         r = self.router
         set_(
-            num_experts=(self.num_experts or 8) if uses_experts(r) else None,
-            slots_per_expert=(self.slots_per_expert or 1) if uses_slots(r) else None,
-            k=(self.k or 1) if uses_k(r) else None,
-            capacity_factor=(float(self.capacity_factor or 1.0)) if uses_capacity(r) else None,
+            num_experts=_default(self.num_experts, 8) if uses_experts(r) else None,
+            slots_per_expert=_default(self.slots_per_expert, 1) if uses_slots(r) else None,
+            k=_default(self.k, 1) if uses_k(r) else None,
+            capacity_factor=float(_default(self.capacity_factor, 1.0)) if uses_capacity(r)
+            else None,
             moe_layers=canonical_placement(self.moe_layers),
         )
         if self.num_experts is not None and self.num_experts <= 0:
@@ -193,6 +194,10 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _default(value, default):
+    return default if value is None else value
 
 
 def _placement_token(placement: str) -> str:

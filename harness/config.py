@@ -1,0 +1,79 @@
+"""Typed sections of a study: data, training, measurement, executor.
+
+They live apart from ``harness.study`` (grids, expansion) so that the training loop, the data
+loaders and the runners depend on these small models only. Every model forbids unknown keys,
+so a typo in a study file is an error that lists the allowed keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: Literal["synthetic", "digits", "imagefolder", "cifar10"] = "synthetic"
+    path: str | None = None  # imagefolder / cifar10: a local folder; nothing is downloaded
+    image_size: PositiveInt = 16  # images are resized (digits, folders) or generated at this size
+    num_classes: PositiveInt | None = None  # synthetic: classes to generate
+    train_size: PositiveInt | None = None  # synthetic: images to generate; others: a cap
+    test_size: PositiveInt | None = None
+    seed: int = 0  # the data's own seed: the same data for every model seed
+    synthetic: dict[str, float | int] = Field(default_factory=dict)  # generator knobs
+
+
+class TrainConfig(Section):
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    schedule: Literal["cosine", "rsqrt", "constant"] = "cosine"
+    grad_clip: float | None = Field(1.0, gt=0)
+    aux_loss_weight: float = Field(0.01, ge=0)
+    eval_every: int = Field(100, ge=0)  # 0: evaluate only at the end
+    checkpoint_every: int = Field(100, ge=0)  # 0: no checkpoints
+    eval_batch_size: PositiveInt = 256
+    fewshot_shots: int = Field(10, ge=0)  # 0: no few-shot probe
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU
+    threads: PositiveInt | None = None  # torch CPU threads for this run
+    gpus: PositiveInt = 1  # > 1: DistributedDataParallel across the run's GPUs
+
+
+class MeasureConfig(Section):
+    enabled: bool = True
+    flops: bool = True
+    time: bool = True
+    memory: bool = True
+    batch_size: PositiveInt = 32  # throughput (images/s) batch
+    latency_batch_size: PositiveInt = 1
+    warmup: int = Field(2, ge=0)
+    repeats: PositiveInt = 5
+
+
+class SlurmConfig(Section):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: PositiveInt = 60
+    gpus_per_run: int = Field(0, ge=0)
+    cpus_per_run: PositiveInt = 1
+    mem_gb: PositiveFloat | None = None
+    constraint: str | None = None
+    array_parallelism: PositiveInt = 64
+    extra_sbatch: dict[str, Any] = Field(default_factory=dict)  # passed as slurm_additional_parameters
+    setup: list[str] = Field(default_factory=list)  # shell lines run before each job
+    signal_delay_s: PositiveInt = 120
+
+
+class ExecutorConfig(Section):
+    name: Literal["local", "debug", "slurm"] = "local"
+    max_parallel: PositiveInt = 1  # local: runs at the same time
+    max_retries: int = Field(0, ge=0)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)

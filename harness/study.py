@@ -1,0 +1,305 @@
+"""Study files: load and validate YAML, expand the grid into frozen ``RunSpec``s.
+
+A study names a grid over model axes (``AXES``) and training knobs (``TRAIN_AXES``). Axes a
+router does not use collapse instead of multiplying (dense ignores experts and slots; only Soft
+MoE uses slots; only Tokens Choice uses k), so each distinct run appears once. Each RunSpec has a
+canonical JSON form; its ``run_id`` is the first 12 hex digits of that JSON's SHA-256.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.config import DataConfig, ExecutorConfig, MeasureConfig, Section, TrainConfig
+from harness.errors import ConfigError, HarnessError
+from harness.models import MODEL_NAME, ModelConfig
+
+# Axes of the model; their defaults apply when neither grid nor fixed names them.
+AXES: dict[str, Any] = {
+    "model": None, "router": "dense", "num_experts": None, "slots_per_expert": None, "k": None,
+    "capacity_factor": None, "moe_layers": "last_half", "pool": "gap", "attention": "auto",
+    "group_size": None, "seed": 0,
+}
+# Training knobs that may also be grid axes; they override the study's ``train`` section.
+TRAIN_AXES = ("lr", "steps", "batch_size", "weight_decay", "aux_loss_weight", "warmup_steps")
+ALL_AXES = (*AXES, *TRAIN_AXES)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class RunSpec(Section):
+    """One run: everything that determines its result. Frozen; hashable by ``run_id``."""
+
+    study: str
+    model: str
+    router: str = "dense"
+    num_experts: int | None = None
+    slots_per_expert: int | None = None
+    k: int | None = None
+    capacity_factor: float | None = None
+    moe_layers: str = "last_half"
+    pool: str = "gap"
+    attention: str = "auto"
+    group_size: int | None = None
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+
+    def canonical_json(self) -> str:
+        """Sorted-key JSON of everything but the study name (renaming a study keeps ids)."""
+        return json.dumps(self.model_dump(mode="json", exclude={"study"}), sort_keys=True,
+                          separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    def model_config_(self, num_classes: int | None = None) -> ModelConfig:
+        """The ModelConfig of this run; ``num_classes`` comes from the dataset at run time."""
+        head = MODEL_NAME.fullmatch(self.model)
+        return ModelConfig(
+            size=head.group(1), patch_size=int(head.group(2)), image_size=self.data.image_size,
+            num_classes=num_classes or self.data.num_classes or 1000, pool=self.pool,
+            attention=self.attention, router=self.router, num_experts=self.num_experts,
+            slots_per_expert=self.slots_per_expert, k=self.k,
+            capacity_factor=self.capacity_factor, moe_layers=self.moe_layers,
+            group_size=self.group_size,
+        )
+
+    @property
+    def label(self) -> str:
+        """A short human name: the model spec plus the seed."""
+        return f"{self.model_config_().spec}#seed{self.seed}"
+
+    def flat(self) -> dict[str, Any]:
+        """The spec as flat record columns (the spec's axes plus the key training knobs)."""
+        out = {key: getattr(self, key) for key in AXES}
+        out.update({key: getattr(self.train, key) for key in TRAIN_AXES})
+        out.update(study=self.study, run_id=self.run_id, data=self.data.name,
+                   image_size=self.data.image_size, spec=self.model_config_().spec)
+        return out
+
+
+class Study(Section):
+    name: str
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    tune: dict[str, Any] | None = None  # validated by runners.tune
+    estimate: dict[str, Any] = Field(default_factory=dict)  # GPU-hour estimate settings
+    profile: str | None = None  # the profile applied, if any
+    source: str | None = None  # the study file's path (set by load)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not NAME.fullmatch(value):
+            raise ValueError("must be letters, digits, '_', '-' or '.', starting with a letter "
+                             "or digit (it names the results folder)")
+        return value
+
+    @field_validator("grid", "fixed")
+    @classmethod
+    def _known_axes(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(ALL_AXES))
+        if unknown:
+            raise ValueError(f"unknown axis {unknown[0]!r}; allowed: {', '.join(ALL_AXES)}")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _known_exclude_axes(cls, value: list[dict]) -> list[dict]:
+        for rule in value:
+            cls._known_axes(rule)
+        return value
+
+    def expand(self) -> list[RunSpec]:
+        """Every distinct run of the grid, in grid order, excluded points left out."""
+        axes = list(self.grid)
+        specs: dict[str, RunSpec] = {}
+        for values in itertools.product(*(self.grid[a] for a in axes)):
+            point = {**AXES, **self.fixed, **dict(zip(axes, values))}
+            if any(_matches(rule, point) for rule in self.exclude):
+                continue
+            spec = self._spec(point)
+            specs.setdefault(spec.run_id, spec)
+        return list(specs.values())
+
+    def _spec(self, point: dict[str, Any]) -> RunSpec:
+        where = f"{self.source or self.name}: grid point " + ", ".join(
+            f"{k}={v}" for k, v in point.items() if k in self.grid)
+        if point["model"] is None:
+            raise HarnessError(f"{self.source or self.name}: model: missing; give it in grid or "
+                               f"fixed, e.g. 'vit-s/16'")
+        model = str(point["model"])
+        m = MODEL_NAME.fullmatch(model)
+        if not m:
+            raise HarnessError(f"{where}: model {model!r}: expected a backbone 'vit-SIZE/PATCH' "
+                               f"such as 'vit-s/16' (routers and experts are axes of their own)")
+        if m.group(3) and int(m.group(3)) != self.data.image_size:
+            raise HarnessError(f"{where}: model {model!r} names {m.group(3)} px but "
+                               f"data.image_size is {self.data.image_size}")
+        train = self.train.model_copy(update={k: point[k] for k in TRAIN_AXES if k in point})
+        try:
+            TrainConfig.model_validate(train.model_dump())
+            cfg = ModelConfig(
+                size=m.group(1), patch_size=int(m.group(2)), image_size=self.data.image_size,
+                num_classes=self.data.num_classes or 1000, pool=point["pool"],
+                attention=point["attention"], router=point["router"],
+                num_experts=point["num_experts"], slots_per_expert=point["slots_per_expert"],
+                k=point["k"], capacity_factor=point["capacity_factor"],
+                moe_layers=point["moe_layers"], group_size=point["group_size"],
+            )
+        except ConfigError as err:
+            raise HarnessError(f"{where}: {err}") from None
+        except (ValidationError, TypeError, ValueError) as err:
+            raise HarnessError(f"{where}: {_first_error(err)}") from None
+        from harness.attention import check_backend
+
+        check_backend(cfg.attention)
+        return RunSpec(
+            study=self.name, model=f"vit-{cfg.size}/{cfg.patch_size}", router=cfg.router,
+            num_experts=cfg.num_experts, slots_per_expert=cfg.slots_per_expert, k=cfg.k,
+            capacity_factor=cfg.capacity_factor,
+            moe_layers=cfg.moe_layers if cfg.router != "dense" else "none",
+            pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size,
+            seed=int(point["seed"]), data=self.data, train=train, measure=self.measure,
+        )
+
+
+def _matches(rule: dict[str, Any], point: dict[str, Any]) -> bool:
+    def hit(want, have):
+        return have in want if isinstance(want, list) and not isinstance(have, list) else have == want
+
+    return all(hit(want, point.get(key)) for key, want in rule.items())
+
+
+def _first_error(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        return f"{loc}: {e['msg']}" if loc else e["msg"]
+    return str(err)
+
+
+# --- loading ---------------------------------------------------------------------------------
+def load(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Study:
+    """Read, merge the profile and ``--set key.path=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"{path}: no such study file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise HarnessError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{path}: a study file must be a mapping of keys "
+                           f"(name, data, train, grid, ...), got {type(raw).__name__}")
+    raw = apply_profile(path, raw, profile)
+    for item in overrides:
+        set_path(path, raw, item)
+    raw["source"] = str(path)
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as err:
+        raise HarnessError(f"{path}: {describe(err)}") from None
+    study.expand()  # surfaces impossible grid values now, as one clear error
+    return study
+
+
+def apply_profile(path: Path, raw: dict, profile: str | None) -> dict:
+    profiles = raw.pop("profiles", None) or {}
+    default = raw.pop("default_profile", None)
+    chosen = profile or default or (next(iter(profiles)) if profiles else None)
+    if chosen is None:
+        return raw
+    if chosen not in profiles:
+        allowed = ", ".join(profiles) or "none (the file has no 'profiles' section)"
+        raise HarnessError(f"{path}: profile {chosen!r} not found; allowed: {allowed}")
+    merged = deep_merge(raw, profiles[chosen] or {})
+    merged["profile"] = chosen
+    return merged
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_path(path: Path, raw: dict, item: str) -> None:
+    """Apply one ``key.path=value`` override; the value is parsed as YAML (numbers, lists)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise HarnessError(f"--set {item!r}: expected key.path=value, e.g. train.steps=100")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise HarnessError(f"{path}: --set {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe(err: ValidationError) -> str:
+    """The first validation error as 'field.path: what is wrong; allowed: ...'."""
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    where = ".".join(loc)
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return f"{where}: unknown key {loc[-1]!r}; allowed: {', '.join(allowed)}"
+    if e["type"] == "missing":
+        return f"{where}: missing (required)"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg} (got {e.get('input')!r})"
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Study
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return [k for k in model.model_fields if k not in ("source", "profile")]
+
+
+def json_schema() -> dict:
+    """JSON schema of the study format, for editors (``moe-harness schema``)."""
+    schema = Study.model_json_schema()
+    schema["properties"].pop("source", None)
+    schema["properties"]["profiles"] = {
+        "type": "object", "description": "named overrides merged over the file (--profile)",
+        "additionalProperties": {"type": "object"}}
+    schema["properties"]["default_profile"] = {"type": "string"}
+    schema["title"] = "moe-harness study"
+    return schema
+
