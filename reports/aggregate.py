@@ -103,24 +103,12 @@ def load_records(runs_dir: str | Path) -> pl.DataFrame:
 # --------------------------------------------------------------------------- roles
 
 
-def _runspec_fields() -> tuple[str, ...]:
-    """Field names of ``harness.study.RunSpec`` when it exists (the one source of truth)."""
-    try:
-        from harness.study import RunSpec  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - not written yet, or broken: fall back on SPEC_KEYS
-        return ()
-    fields = getattr(RunSpec, "model_fields", None)
-    if fields is None:
-        fields = getattr(RunSpec, "__dataclass_fields__", {})
-    return tuple(fields)
-
-
 def spec_keys(df: pl.DataFrame, spec: Iterable[str] | None = None) -> list[str]:
     """The group key: the spec columns present in ``df``, without the seed.
 
-    ``spec`` overrides the known list (``SPEC_KEYS`` plus ``harness.study.RunSpec`` fields).
+    ``spec`` overrides the known list, :data:`reports.metrics.SPEC_KEYS`.
     """
-    known = tuple(spec) if spec is not None else SPEC_KEYS + _runspec_fields()
+    known = tuple(spec) if spec is not None else SPEC_KEYS
     excluded = {SEED_KEY, *IDENTITY_KEYS, *PER_RUN_KEYS, *METRICS} - {"study"}
     seen: dict[str, None] = {}
     for key in known:
@@ -197,6 +185,10 @@ def aggregate(
             col.count().alias(f"{m}_n"),
         ]
     for name in carried:
+        if name in ("started_at", "finished_at"):  # the span of the group's runs
+            pick = pl.col(name).min() if name == "started_at" else pl.col(name).max()
+            aggs.append(pick.cast(pl.String).alias(name))
+            continue
         aggs.append(
             pl.col(name).drop_nulls().cast(pl.String).unique().sort().str.join(", ").alias(name)
         )

@@ -19,6 +19,10 @@ from typing import Literal
 
 IDENTITY_KEYS: tuple[str, ...] = ("study", "run_id", "status", "error", "diverged_step")
 SEED_KEY = "seed"
+#: The spec columns of a record (``harness.study.RunSpec.flat()``: the model axes
+#: ``AXES``, the training knobs ``TRAIN_AXES``, and what the data and model spec add).
+#: Kept literal here so that a report never imports torch; a test checks it against
+#: ``harness.study`` so that a new axis cannot be averaged over silently.
 SPEC_KEYS: tuple[str, ...] = (
     "study",
     "model",
@@ -28,10 +32,18 @@ SPEC_KEYS: tuple[str, ...] = (
     "k",
     "capacity_factor",
     "moe_layers",
+    "pool",
+    "attention",
+    "group_size",
     "lr",
     "steps",
     "batch_size",
+    "weight_decay",
+    "aux_loss_weight",
+    "warmup_steps",
     "data",
+    "image_size",
+    "spec",
 )
 ENVIRONMENT_KEYS: tuple[str, ...] = (
     "device",

@@ -1,0 +1,383 @@
+"""The study report: one self-contained HTML page, a pure function of the records.
+
+:func:`write_report` takes the frame of records (``reports.aggregate.load_records`` or
+``harness.store.load``) and writes one HTML file:
+
+1. a header with run counts, marked *partial* when runs are still pending;
+2. a summary table of the best configurations;
+3. quality against each cost axis, with every router's Pareto front;
+4. scaling curves (quality against experts and against slots per expert, per model);
+5. router diagnostics (dropped tokens, token coverage, slot entropy);
+6. caller-supplied sections (already-safe HTML), then the failed / diverged runs;
+7. the study file and the environments the runs used.
+
+plotly.js is embedded once in the page (about 4.8 MB): the report is one file that opens
+offline anywhere, can be attached, archived or uploaded as a CI artifact without a sibling
+``plotly.min.js`` getting lost, and always renders with the plotly.js version its figures
+were written for. Every string that comes from records or the study file is escaped, and
+figure JSON is written with ``<``, ``>`` and ``/`` escaped, so a ``</script>`` in a run's
+error stays text.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly
+import plotly.graph_objects as go
+import plotly.io as pio
+import polars as pl
+
+from reports.aggregate import aggregate, problems, status_counts
+from reports.figures import (
+    HOVER_META,
+    ROW,
+    SHARED,
+    config_label,
+    expected_points,
+    fig_router_diagnostic,
+    fig_scaling,
+    fmt,
+    fmt_mean_std,
+    hover_texts,
+    pareto_figures,
+    primary_quality,
+    quality_axes,
+    router_name,
+    sorted_routers,
+    with_rows,
+)
+from reports.metrics import COST_AXES, METRICS, ROUTER_DIAGNOSTICS, label
+
+#: Rows of the problems table written into the page (the count of the rest is stated).
+MAX_PROBLEM_ROWS = 2000
+_PLOTLY_CONFIG = {"responsive": True, "displaylogo": False, "scrollZoom": False}
+_ENV_TABLE_KEYS = ("device", "torch_version", "attention_backend", "git_sha", "hostname")
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto;
+       max-width: 1400px; padding: 0 1.5em 3em; color: #222; }
+h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em;
+     margin-top: 2em; }
+.meta { color: #555; } .note { color: #555; font-size: .92em; max-width: 70em; }
+.banner { padding: .7em 1em; border-radius: 4px; font-weight: 600; }
+.partial { background: #fff3cd; border: 1px solid #e0c060; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; font-size: .88em; margin: .5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.plot { width: 100%; min-height: 400px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1em; }
+pre { background: #f7f7f7; padding: .7em; overflow-x: auto; font-size: .85em; }
+details pre { max-height: 30em; }
+.scroll { overflow-x: auto; } .scroll-y { max-height: 40em; overflow-y: auto; }
+footer { margin-top: 3em; border-top: 1px solid #ddd; }
+"""
+
+
+def esc(value: Any) -> str:
+    """Escape any value for HTML text and attributes (``None`` -> ``-``)."""
+    return html.escape(fmt(value), quote=True)
+
+
+# --------------------------------------------------------------------------- figures in HTML
+
+
+def _figure_json(fig: go.Figure) -> str:
+    """Figure JSON safe inside ``<script>`` (plotly escapes ``< > /``; we add ``&`` and the
+    two line separators that JavaScript strings reject)."""
+    return _safe_json(pio.to_json(fig, validate=False))
+
+
+def _safe_json(text: str) -> str:
+    for raw, safe in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                      ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(raw, safe)
+    return text
+
+
+def hover_script(hover: Sequence[str]) -> str:
+    """The page's one array of hover texts (figures made with ``hover=SHARED`` index it)."""
+    return f"<script>var MOE_HOVER={_safe_json(json.dumps(list(hover)))};</script>"
+
+
+def figure_html(fig_id: str, fig: go.Figure) -> str:
+    """A plot's ``<div>`` and the script that draws it.
+
+    Traces made with ``hover=SHARED`` get their text from ``MOE_HOVER`` (see
+    :func:`hover_script`, which must come first in the page).
+
+    The div carries ``data-expected-points`` (markers plotly should draw) and, once drawn,
+    ``data-rendered="1"``: the browser test waits for it and counts the markers.
+    """
+    safe_id = html.escape(fig_id, quote=True)
+    return (
+        f'<div class="plot" id="{safe_id}" data-expected-points="{expected_points(fig)}"></div>'
+        f"<script>(function(){{var f={_figure_json(fig)};"
+        f'var el=document.getElementById("{safe_id}");'
+        f"f.data.forEach(function(t){{if(t.meta==={json.dumps(HOVER_META)}&&t.customdata)"
+        f"{{t.text=t.customdata.map(function(i){{return MOE_HOVER[i];}});}}}});"
+        f"Plotly.newPlot(el,f.data,f.layout,{pio.json.to_json_plotly(_PLOTLY_CONFIG)})"
+        f'.then(function(){{el.setAttribute("data-rendered","1");}});}})();</script>'
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, cls: str = "",
+           numeric: Sequence[bool] | None = None) -> str:
+    """An HTML table from already-escaped cells."""
+    numeric = numeric or [False] * len(headers)
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="num">{c}</td>' if n else f"<td>{c}</td>"
+            for c, n in zip(row, numeric, strict=False)
+        ) + "</tr>"
+        for row in rows
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def best_configurations(agg: pl.DataFrame, quality: str, top: int = 10) -> pl.DataFrame:
+    """The best configuration of each router, then the overall top ``top`` (deduplicated)."""
+    qcol = f"{quality}_mean"
+    descending = not METRICS[quality].lower_is_better
+    ranked = agg.filter(pl.col(qcol).is_not_null()).sort(qcol, descending=descending)
+    if "router" in ranked.columns:
+        per_router = ranked.group_by("router", maintain_order=True).first().select(ranked.columns)
+    else:
+        per_router = ranked.head(1)
+    rows = pl.concat([per_router, ranked.head(top)], how="vertical_relaxed")
+    return rows.unique(subset=ROW, keep="first", maintain_order=True).sort(
+        qcol, descending=descending
+    )
+
+
+def summary_table(agg: pl.DataFrame) -> str:
+    quality = primary_quality(agg)
+    if quality is None:
+        return '<p class="note">No quality metric recorded yet.</p>'
+    best = best_configurations(agg, quality)
+    qualities = quality_axes(agg)
+    costs = [c for c in ("gflops_per_image", "params_total", "params_active", "train_step_ms",
+                         "infer_images_per_s", "infer_latency_ms") if f"{c}_mean" in agg.columns]
+    specs = [c for c in ("num_experts", "slots_per_expert", "k", "capacity_factor",
+                         "moe_layers", "lr") if c in agg.columns]
+    headers = ["#", "model", "router", *specs, *(label(q) for q in qualities),
+               *(label(c) for c in costs), "seeds", "run ids"]
+    numeric = [True, False, False, *(True for _ in specs), *(True for _ in qualities),
+               *(True for _ in costs), True, False]
+    rows = []
+    for i, row in enumerate(best.iter_rows(named=True), 1):
+        rows.append([
+            str(i), esc(row.get("model")), esc(router_name(row.get("router"))),
+            *(esc(row[s]) for s in specs),
+            *(html.escape(fmt_mean_std(row[f"{q}_mean"], row[f"{q}_std"])) for q in qualities),
+            *(esc(row[f"{c}_mean"]) for c in costs),
+            esc(row.get("n_runs")),
+            html.escape(", ".join(str(r) for r in (row.get("run_ids") or []))),
+        ])
+    direction = "highest" if not METRICS[quality].lower_is_better else "lowest"
+    return (
+        f'<p class="note">Ranked by mean {esc(label(quality))} over seeds ({direction} first, '
+        "± one standard deviation): the best configuration of each router, then the overall "
+        "top ten.</p>" + '<div class="scroll">'
+        + _table([esc(h) for h in headers], rows, cls="summary", numeric=numeric) + "</div>"
+    )
+
+
+def problems_table(df: pl.DataFrame) -> str:
+    bad = problems(df)
+    if bad.height == 0:
+        return '<p class="note">No failed or diverged runs.</p>'
+    cols = [c for c in ("status", "run_id", "model", "router", "num_experts", "seed",
+                        "diverged_step") if c in bad.columns]
+    rows = []
+    for row in bad.head(MAX_PROBLEM_ROWS).iter_rows(named=True):
+        error = row.get("error")
+        if error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            cell = (f"<details><summary>{html.escape(first[:200])}</summary>"
+                    f"<pre>{html.escape(str(error))}</pre></details>")
+        else:
+            cell = "-"
+        rows.append([esc(row[c]) for c in cols] + [cell])
+    more = ""
+    if bad.height > MAX_PROBLEM_ROWS:
+        more = (f'<p class="note">{bad.height - MAX_PROBLEM_ROWS:,} more not shown here; '
+                "they are in the store.</p>")
+    counts = ", ".join(f"{esc(s)}: {n:,}" for s, n in status_counts(bad).items())
+    return (f'<p class="note">{bad.height:,} runs are not ok ({counts}). They are excluded '
+            "from every average and figure above.</p>"
+            + '<div class="scroll scroll-y">'
+            + _table([esc(c) for c in cols] + ["error"], rows, cls="problems") + "</div>" + more)
+
+
+def environment_table(df: pl.DataFrame) -> str:
+    keys = [k for k in _ENV_TABLE_KEYS if k in df.columns]
+    parts = []
+    if keys:
+        envs = (df.with_columns(pl.col(k).cast(pl.String) for k in keys)
+                .group_by(keys).len().sort("len", descending=True))
+        rows = [[esc(v) for v in row] for row in envs.iter_rows()]
+        parts.append(_table([esc(k) for k in keys] + ["runs"], rows, cls="environment",
+                            numeric=[False] * len(keys) + [True]))
+    span = [k for k in ("started_at", "finished_at") if k in df.columns]
+    if span:
+        first = df["started_at"].cast(pl.String).min() if "started_at" in span else None
+        last = df["finished_at"].cast(pl.String).max() if "finished_at" in span else None
+        parts.append(f'<p class="note">Runs from {esc(first)} to {esc(last)}.</p>')
+    versions = {
+        "python": platform.python_version(), "polars": pl.__version__,
+        "plotly": plotly.__version__, "platform": platform.platform(),
+    }
+    parts.append('<p class="note">Report written by ' + ", ".join(
+        f"{esc(k)} {esc(v)}" for k, v in versions.items()) + ".</p>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- page
+
+
+def _section(sec_id: str, title: str, body: str) -> str:
+    return f'<section id="{sec_id}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def _directions_note() -> str:
+    lower = [m.label for m in METRICS.values() if m.kind != "router" and m.lower_is_better]
+    higher = [m.label for m in METRICS.values() if m.kind != "router" and m.higher_is_better]
+    return (f'<p class="note">Lower is better: {esc(", ".join(lower))}. Higher is better: '
+            f"{esc(', '.join(higher))}.</p>")
+
+
+def render_report(
+    df: pl.DataFrame,
+    *,
+    study_name: str,
+    study_text: str | None = None,
+    pending: int = 0,
+    extra_sections: list[str] | None = None,
+    generated_at: _dt.datetime | None = None,
+) -> str:
+    """The page as a string (see :func:`write_report`)."""
+    agg = with_rows(aggregate(df))
+    counts = status_counts(df)
+    hover_text = hover_texts(agg)
+    hover = SHARED
+    generated = (generated_at or _dt.datetime.now(_dt.timezone.utc)).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+    title = f"moe-harness report: {study_name}" + (" (partial)" if pending > 0 else "")
+
+    header = [f"<h1>{html.escape(title)}</h1>",
+              f'<p class="meta">Generated {esc(generated)} from {df.height:,} records '
+              f"({', '.join(f'{esc(s)}: {n:,}' for s, n in counts.items()) or 'none yet'}); "
+              f"{agg.height:,} configurations with at least one ok run.</p>"]
+    if pending > 0:
+        header.append(
+            f'<p class="banner partial" id="partial-banner">Partial results: {pending:,} '
+            f"run{'s' if pending != 1 else ''} still pending. This page shows the runs "
+            "finished so far; averages, fronts and rankings will change.</p>")
+
+    sections: list[tuple[str, str, str]] = []
+    sections.append(("summary", "Best configurations", summary_table(agg)))
+
+    pareto = pareto_figures(agg, hover)
+    missing = [c for c in COST_AXES if c not in pareto]
+    body = [
+        '<p class="note">One point per configuration: the mean over its seeds, with error '
+        "bars of one standard deviation. Outlined points are on their router's Pareto front "
+        "(solid line); the dashed line is the front over all routers. Cost axes are "
+        "logarithmic. Hover a point for its full configuration and run ids; the menu at the "
+        "top right switches the quality metric.</p>",
+        _directions_note(),
+    ]
+    body += [figure_html(f"fig-pareto-{cost}", fig) for cost, fig in pareto.items()]
+    if missing:
+        body.append(f'<p class="note">Not measured in any ok run: '
+                    f"{esc(', '.join(label(c) for c in missing))}.</p>")
+    if not pareto:
+        body = ['<p class="note">Nothing to draw yet: no ok run with a cost and a quality.</p>']
+    sections.append(("pareto", "Quality against cost", "".join(body)))
+
+    scaling = [(f"fig-scaling-{x}", fig_scaling(agg, x, hover=hover))
+               for x in ("num_experts", "slots_per_expert")]
+    scaling_html = "".join(figure_html(i, f) for i, f in scaling if f is not None)
+    sections.append(("scaling", "Scaling", scaling_html or
+                     '<p class="note">No MoE run with a quality metric yet.</p>'))
+
+    diagnostics = [(f"fig-router-{m}", fig_router_diagnostic(agg, m, hover=hover))
+                   for m in ROUTER_DIAGNOSTICS]
+    diag_html = "".join(figure_html(i, f) for i, f in diagnostics if f is not None)
+    sections.append(("routers", "Router diagnostics",
+                     f'<div class="grid">{diag_html}</div>' if diag_html else
+                     '<p class="note">No router metric recorded yet.</p>'))
+
+    extra = "".join(extra_sections or [])
+    sections.append(("problems", "Failed and diverged runs", problems_table(df)))
+
+    nav = "<nav>" + "".join(
+        f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t, _ in sections) + \
+        '<a href="#environment">Study and environment</a></nav>'
+    footer = ['<footer id="environment"><h2>Study and environment</h2>']
+    if study_text is not None:
+        footer.append(f"<h3>Study file</h3><pre class=\"study\">{html.escape(study_text)}</pre>")
+    footer.append("<h3>Environment</h3>" + environment_table(df) + "</footer>")
+
+    main = [hover_script(hover_text)]
+    main += [_section(sid, t, b) for sid, t, b in sections] + [extra]
+    routers = sorted_routers(agg["router"].to_list()) if "router" in agg.columns else []
+    return "".join([
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>{html.escape(title)}</title>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{_CSS}</style>",
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>',
+        "</head>",
+        f'<body data-partial="{"true" if pending > 0 else "false"}" '
+        f'data-routers="{esc(", ".join(str(r) for r in routers))}">',
+        *header, nav, *main, *footer,
+        "</body></html>\n",
+    ])
+
+
+def write_report(
+    df: pl.DataFrame,
+    out: Path,
+    *,
+    study_name: str,
+    study_text: str | None = None,
+    pending: int = 0,
+    extra_sections: list[str] | None = None,
+) -> Path:
+    """Write the study's report to ``out`` and return its path.
+
+    ``df`` holds the records (any status); ``pending`` > 0 marks the page partial;
+    ``extra_sections`` are HTML snippets, already safe, placed after the failed-runs table,
+    before the footer.
+    The file is replaced atomically, so a browser reloading it never reads half a page.
+    """
+    out = Path(out)
+    page = render_report(df, study_name=study_name, study_text=study_text, pending=pending,
+                         extra_sections=extra_sections)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+__all__ = ["write_report", "render_report", "figure_html", "best_configurations", "esc",
+           "config_label"]
