@@ -240,3 +240,57 @@ def test_batched_experts_equal_per_expert_mlps():
 )
 def test_compute_capacity(tokens, experts, factor, expected):
     assert compute_capacity(tokens, experts, factor) == expected
+
+
+# --- Soft MoE's fixed-routing ablations (paper Table 2) ------------------------------------
+def ablation_ref(layer: SoftMoE, x):
+    """Loops over slots and tokens; learned weights from the equations, fixed ones by hand."""
+    batch, m, d = x.shape
+    n, p = layer.num_slots, layer.slots_per_expert
+    phi = layer.phi.detach().reshape(d, n) if layer.phi is not None else None
+    y = torch.zeros_like(x)
+    for b in range(batch):
+        xs = x[b]
+        if phi is not None:
+            xn = torch.stack([v / (v.norm() + 1e-6) for v in xs])
+            phin = torch.stack([phi[:, j] / (phi[:, j].norm() + 1e-6) for j in range(n)], 1)
+            logits = [[float(xn[i] @ phin[:, j]) * layer.scale.item() for j in range(n)]
+                      for i in range(m)]
+        slot_out = []
+        for j in range(n):
+            if layer.dispatch_kind == "identity":
+                slot_in = xs[j]
+            elif layer.dispatch_kind == "uniform":
+                slot_in = sum(xs[i] for i in range(m)) / m
+            else:
+                weights = softmax_list([logits[i][j] for i in range(m)])
+                slot_in = sum(weights[i] * xs[i] for i in range(m))
+            slot_out.append(expert_ref(layer.experts, j // p, slot_in))
+        for i in range(m):
+            if layer.combine_kind == "identity":
+                y[b, i] = slot_out[i]
+            elif layer.combine_kind == "uniform":
+                y[b, i] = sum(slot_out) / n
+            else:
+                weights = softmax_list(logits[i])
+                y[b, i] = sum(weights[j] * slot_out[j] for j in range(n))
+    return y
+
+
+@pytest.mark.parametrize("dispatch,combine", [
+    ("soft", "uniform"), ("uniform", "soft"), ("uniform", "uniform"), ("identity", "identity"),
+    ("soft", "soft"),
+])
+def test_soft_moe_ablations_match_reference(dispatch, combine):
+    torch.manual_seed(3)
+    layer = SoftMoE(8, 3, 2, 12, dispatch=dispatch, combine=combine)  # 6 slots
+    x = torch.randn(2, 6, 8)
+    assert rel_err(layer(x).detach(), ablation_ref(layer, x)) < TOL
+
+
+def test_identity_routing_needs_as_many_tokens_as_slots():
+    layer = SoftMoE(8, 4, 1, 12, dispatch="identity", combine="identity")
+    with pytest.raises(ConfigError, match="as many tokens as slots: 5 tokens, 4 experts x 1"):
+        layer(torch.randn(1, 5, 8))
+    with pytest.raises(ConfigError, match="dispatch must be one of"):
+        SoftMoE(8, 4, 1, 12, dispatch="random")
