@@ -38,7 +38,7 @@ UNREADABLE = "unreadable"
 # --------------------------------------------------------------------------- loading
 
 
-def records_to_frame(records: Sequence[dict[str, Any]]) -> pl.DataFrame:
+def records_frame(records: Sequence[dict[str, Any]]) -> pl.DataFrame:
     """Build a frame from record dicts, one column at a time.
 
     Keys missing from a record become nulls; a column whose values disagree in type takes
@@ -52,16 +52,22 @@ def records_to_frame(records: Sequence[dict[str, Any]]) -> pl.DataFrame:
     columns = []
     for key in keys:
         values = [record.get(key) for record in records]
-        try:
-            series = pl.Series(key, values, strict=False)
-        except Exception:  # noqa: BLE001 - polars raises several kinds here
-            series = pl.Series(
-                key, [None if v is None else json.dumps(v) for v in values], dtype=pl.String
-            )
+        kinds = {type(v) for v in values if v is not None}
+        if kinds & {list, dict} and len(kinds) > 1:  # polars would stringify lossily
+            series = _json_column(key, values)
+        else:
+            try:
+                series = pl.Series(key, values, strict=False)
+            except Exception:  # noqa: BLE001 - polars raises several kinds here
+                series = _json_column(key, values)
         columns.append(series)
     if not columns:
         return pl.DataFrame(schema={k: pl.String for k in IDENTITY_KEYS})
     return pl.DataFrame(columns)
+
+
+def _json_column(key: str, values: list[Any]) -> pl.Series:
+    return pl.Series(key, [None if v is None else json.dumps(v) for v in values], dtype=pl.String)
 
 
 def _runs_folder(path: Path) -> Path:
@@ -97,7 +103,7 @@ def load_records(runs_dir: str | Path) -> pl.DataFrame:
             }
         record.setdefault("run_id", path.stem)
         records.append(record)
-    return records_to_frame(records)
+    return records_frame(records)
 
 
 # --------------------------------------------------------------------------- roles

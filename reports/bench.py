@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reports.aggregate import load_records, records_to_frame
+from reports.aggregate import load_records, records_frame
 from reports.html import write_report
 from reports.synthetic import synthetic_records, write_store
 
@@ -42,7 +42,7 @@ def bench_report_detailed(
             df = load_records(runs)
         else:
             start = time.perf_counter()
-            df = records_to_frame(records)
+            df = records_frame(records)
         loaded = time.perf_counter()
         write_report(df, out, study_name="synthetic-bench", pending=0)
         done = time.perf_counter()

@@ -47,6 +47,13 @@ _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon"
 _HOVER_RUN_IDS = 6
 
 
+def ptext(value: Any) -> str:
+    """Record text for plotly: its pseudo-HTML (hover, legend, titles) decodes ``&lt;``,
+    ``&gt;`` and ``&amp;`` but shows ``&quot;`` as is, so quotes stay unescaped (harmless
+    without a ``<``)."""
+    return html.escape(str(value), quote=False)
+
+
 def router_name(router: str | None) -> str:
     return ROUTER_NAMES.get(router or "", str(router))
 
@@ -126,17 +133,17 @@ def hover_texts(agg: pl.DataFrame) -> list[str]:
     metrics = [m for m in (*QUALITY_AXES, *COST_AXES) if f"{m}_mean" in agg.columns]
     out = []
     for row in agg.iter_rows(named=True):
-        lines = [f"<b>{html.escape(config_label(row))}</b>"]
-        lines += [f"{html.escape(k)}: {html.escape(fmt(row[k]))}" for k in keys
+        lines = [f"<b>{ptext(config_label(row))}</b>"]
+        lines += [f"{ptext(k)}: {ptext(fmt(row[k]))}" for k in keys
                   if row[k] is not None]
         run_ids = row.get("run_ids") or []
-        shown = ", ".join(html.escape(str(r)) for r in run_ids[:_HOVER_RUN_IDS])
+        shown = ", ".join(ptext(str(r)) for r in run_ids[:_HOVER_RUN_IDS])
         more = f" (+{len(run_ids) - _HOVER_RUN_IDS} more)" if len(run_ids) > _HOVER_RUN_IDS else ""
         lines.append(f"runs ({row.get('n_runs')}): {shown}{more}")
         if row.get("seeds") is not None:
-            lines.append(f"seeds: {html.escape(fmt(row['seeds']))}")
+            lines.append(f"seeds: {ptext(fmt(row['seeds']))}")
         lines += [
-            f"{html.escape(label(m))}: {fmt_mean_std(row[f'{m}_mean'], row.get(f'{m}_std'))}"
+            f"{ptext(label(m))}: {fmt_mean_std(row[f'{m}_mean'], row.get(f'{m}_std'))}"
             for m in metrics if row[f"{m}_mean"] is not None
         ]
         out.append("<br>".join(lines))
@@ -220,7 +227,7 @@ def _power_ticks(values: Sequence[Any]) -> dict[str, Any]:
 
 def _base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
     base: dict[str, Any] = {
-        "title": {"text": html.escape(title)},
+        "title": {"text": ptext(title)},
         "template": "plotly_white",
         "hovermode": "closest",
         "legend": {"groupclick": "togglegroup"},
@@ -275,7 +282,7 @@ def fig_pareto(
         )
         first_trace = len(fig.data)
         for router in routers:
-            name = html.escape(router_name(router))
+            name = ptext(router_name(router))
             color = router_color(router, routers)
             sub = framed.filter(pl.col("router").eq_missing(router))
             front = sub.filter("_rf").sort(cost_col)
@@ -307,20 +314,20 @@ def fig_pareto(
         visible_sets.append(list(range(first_trace, len(fig.data))))
 
     def title(q: str) -> str:
-        return html.escape(f"{label(q)} against {label(cost)}")
+        return ptext(f"{label(q)} against {label(cost)}")
 
     _base_layout(
         fig, f"{label(axes[0])} against {label(cost)}",
-        xaxis={"type": "log", "title": {"text": html.escape(label(cost))}},
-        yaxis={"title": {"text": html.escape(label(axes[0]))}},
+        xaxis={"type": "log", "title": {"text": ptext(label(cost))}},
+        yaxis={"title": {"text": ptext(label(axes[0]))}},
     )
     if len(axes) > 1:
         n = len(fig.data)
         buttons = [{
-            "label": html.escape(label(q)),
+            "label": ptext(label(q)),
             "method": "update",
             "args": [{"visible": [t in visible_sets[i] for t in range(n)]},
-                     {"title.text": title(q), "yaxis.title.text": html.escape(label(q)),
+                     {"title.text": title(q), "yaxis.title.text": ptext(label(q)),
                       "yaxis.autorange": True}],
         } for i, q in enumerate(axes)]
         fig.update_layout(updatemenus=[{
@@ -350,11 +357,11 @@ def _facets(models: list[Any], title: str, x_title: str, y_title: str) -> go.Fig
     rows = math.ceil(len(models) / cols)
     fig = make_subplots(
         rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04,
-        vertical_spacing=0.12, subplot_titles=[html.escape(str(m)) for m in models],
+        vertical_spacing=0.12, subplot_titles=[ptext(str(m)) for m in models],
     )
     _base_layout(fig, title, height=360 * rows + 80)
-    fig.update_xaxes(type="log", title_text=html.escape(x_title))
-    fig.update_yaxes(title_text=html.escape(y_title), col=1)
+    fig.update_xaxes(type="log", title_text=ptext(x_title))
+    fig.update_yaxes(title_text=ptext(y_title), col=1)
     return fig
 
 
@@ -403,7 +410,7 @@ def fig_scaling(
             std = _std(sub, quality)
             fig.add_trace(go.Scatter(
                 x=_floats(sub[x]), y=_floats(sub[qcol]), mode="lines+markers",
-                name=html.escape(router_name(router)), legendgroup=str(router),
+                name=ptext(router_name(router)), legendgroup=str(router),
                 showlegend=router not in shown,
                 marker={"color": router_color(router, routers), "size": 7},
                 line={"color": router_color(router, routers)},
@@ -419,7 +426,7 @@ def fig_scaling(
                 x=list(x_range), y=[value, value], mode="lines", name="Dense",
                 legendgroup="dense", showlegend="dense" not in shown,
                 line={"color": router_color("dense"), "dash": "dot"},
-                hovertemplate=html.escape(f"dense {model}: {fmt(value)}") + "<extra></extra>",
+                hovertemplate=ptext(f"dense {model}: {fmt(value)}") + "<extra></extra>",
             ), row=row, col=col)
             shown.add("dense")
     return fig
@@ -464,7 +471,7 @@ def fig_router_diagnostic(
             std = _std(sub, metric)
             fig.add_trace(go.Scatter(
                 x=_floats(sub["num_experts"]), y=_floats(sub[col]), mode="markers",
-                name=html.escape(f"{router_name(router)}, {model}"),
+                name=ptext(f"{router_name(router)}, {model}"),
                 marker={"color": router_color(router, present), "size": 8,
                         "symbol": _SYMBOLS[j % len(_SYMBOLS)], "opacity": 0.8},
                 error_y={"type": "data", "array": std if std is not None else [],
@@ -476,7 +483,7 @@ def fig_router_diagnostic(
         fig, f"{label(metric)} ({which})",
         xaxis={"type": "log", "title": {"text": "experts"},
                **_power_ticks(data["num_experts"].to_list())},
-        yaxis={"title": {"text": html.escape(label(metric))}},
+        yaxis={"title": {"text": ptext(label(metric))}},
         legend={"orientation": "h", "y": -0.25, "x": 0, "yanchor": "top"},
         height=460,
     )

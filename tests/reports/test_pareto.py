@@ -16,12 +16,12 @@ def mask(df, *args, **kwargs):
 def brute_force(costs, qualities, cost_lower, quality_higher):
     """O(n^2) reference: i is on the front when no j is as good on both and better on one."""
     out = []
-    for i, (ci, qi) in enumerate(zip(costs, qualities)):
+    for i, (ci, qi) in enumerate(zip(costs, qualities, strict=True)):
         if ci is None or qi is None:
             out.append(False)
             continue
         dominated = False
-        for j, (cj, qj) in enumerate(zip(costs, qualities)):
+        for j, (cj, qj) in enumerate(zip(costs, qualities, strict=True)):
             if i == j or cj is None or qj is None:
                 continue
             c_ok = cj <= ci if cost_lower else cj >= ci
