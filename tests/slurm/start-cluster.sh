@@ -29,7 +29,9 @@
 #   Whether accounting is on is written to $MOE_SLURM_DIR/run/accounting (1 or 0).
 #
 # Other knobs: MOE_SLURM_CTLD_PORT (6817), MOE_SLURM_D_PORT (6818), MOE_SLURM_DBD_PORT (6819),
-# MOE_SLURM_DB_PORT (3307), MOE_SLURM_PARTITION (debug), MOE_SLURM_CLUSTER (moeharness).
+# MOE_SLURM_DB_PORT (3307), MOE_SLURM_PARTITION (debug), MOE_SLURM_CLUSTER (moeharness),
+# MOE_SLURM_CRED_EXPIRE (10 s: also the delay before a requeued job starts again; Slurm's
+# default is 120 s).
 set -euo pipefail
 
 DIR=${MOE_SLURM_DIR:-/tmp/moe-harness-slurm}
@@ -42,6 +44,9 @@ DBD_PORT=${MOE_SLURM_DBD_PORT:-6819}
 DB_PORT=${MOE_SLURM_DB_PORT:-3307}
 PARTITION=${MOE_SLURM_PARTITION:-debug}
 CLUSTER=${MOE_SLURM_CLUSTER:-moeharness}
+CRED_EXPIRE=${MOE_SLURM_CRED_EXPIRE:-10}
+PROCTRACK=${MOE_SLURM_PROCTRACK:-linuxproc}
+SLURMD_DEBUG=${MOE_SLURM_DEBUG:-info}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 CONF=$DIR/etc/slurm.conf
@@ -165,7 +170,8 @@ SlurmdPort=$D_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+# cred_expire (default 120 s) is also how long a requeued job waits before it may start again
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=$CRED_EXPIRE
 CredType=cred/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/slurmd-%n
@@ -174,10 +180,10 @@ SlurmdPidFile=$DIR/run/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
 SlurmctldDebug=info
-SlurmdDebug=info
+SlurmdDebug=$SLURMD_DEBUG
 $CTLD_PARAMS
 SlurmdParameters=config_overrides
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/$PROCTRACK
 TaskPlugin=task/none
 MpiDefault=none
 MailProg=/bin/true

@@ -1,0 +1,208 @@
+"""submitit against the real one-node SLURM cluster of conftest.py: plain jobs, job arrays,
+and requeues (through submitit's checkpoint path, and by an outside ``scontrol requeue``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import submitit
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# The jobs unpickle the callables below in a fresh interpreter, which cannot import this test
+# module (pytest puts tests/slurm on sys.path only in its own process): ship them by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+STEP_S = 0.25  # one unit of "work" in the requeue tests
+
+
+def _executor(folder: Path, cluster) -> submitit.AutoExecutor:
+    # cluster="slurm": fail rather than fall back to local processes if srun is missing
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    # timeout_min above 10 on purpose: submitit calls any signal in the first 80% of a job
+    # (or before timeout - 10 min) a preemption, which does not use up slurm_max_num_timeout
+    executor.update_parameters(
+        slurm_partition=cluster.partition, timeout_min=60, cpus_per_task=1, mem_gb=1
+    )
+    return executor
+
+
+def _wait(job: submitit.Job, timeout_s: float) -> None:
+    """job.result() waits forever for a job that died without a result (submitit sees only
+    state UNKNOWN when sacct does not work): wait with a deadline and show the job's log."""
+    deadline = time.monotonic() + timeout_s
+    while not job.done():
+        if time.monotonic() > deadline:
+            job.cancel(check=False)
+            pytest.fail(
+                f"job {job.job_id} not done after {timeout_s} s; state {job.state}\n"
+                f"stdout:\n{job.stdout()}\nstderr:\n{job.stderr()}"
+            )
+        time.sleep(0.25)
+
+
+def _wait_for_line(path: Path, prefix: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and any(x.startswith(prefix) for x in path.read_text().split("\n"))):
+        if time.monotonic() > deadline:
+            text = path.read_text() if path.exists() else "(no file)"
+            pytest.fail(f"no line {prefix!r} in {path} after {timeout_s} s:\n{text}")
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def answer(x: int) -> dict:
+    return {
+        "value": 6 * x,
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "python": sys.executable,
+    }
+
+
+class CheckpointedCounter(submitit.helpers.Checkpointable):
+    """Counts to `steps`, keeping its progress in memory only: it can resume after a requeue
+    only through submitit's checkpoint (the pickled object with its attributes)."""
+
+    def __init__(self, log: str, steps: int) -> None:
+        self.log = log
+        self.steps = steps
+        self.done = 0
+        self.starts = 0
+
+    def _write(self, line: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(line + "\n")
+
+    def __call__(self) -> dict:
+        self.starts += 1
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        self._write(f"start {self.starts} at {self.done} restarts {restarts}")
+        while self.done < self.steps:
+            time.sleep(STEP_S)
+            self.done += 1
+            self._write(f"step {self.done}")
+        return {"starts": self.starts, "done": self.done, "restarts": int(restarts)}
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        self._write(f"checkpoint at {self.done}")
+        return super().checkpoint(*args, **kwargs)
+
+
+class FileCounter(submitit.helpers.Checkpointable):
+    """Counts to `steps`, keeping its progress in a file: it resumes after any restart, also
+    one that submitit's checkpoint never saw."""
+
+    def __init__(self, log: str, steps: int) -> None:
+        self.log = log
+        self.steps = steps
+        self.starts_in_memory = 0
+
+    def __call__(self) -> dict:
+        self.starts_in_memory += 1
+        lines = Path(self.log).read_text().split("\n") if os.path.exists(self.log) else []
+        done = sum(x.startswith("step ") for x in lines)
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        with open(self.log, "a") as f:
+            f.write(f"start at {done} restarts {restarts}\n")
+        while done < self.steps:
+            time.sleep(STEP_S)
+            done += 1
+            with open(self.log, "a") as f:
+                f.write(f"step {done}\n")
+        return {"starts_in_memory": self.starts_in_memory, "done": done}
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        with open(self.log, "a") as f:
+            f.write("checkpoint\n")
+        return super().checkpoint(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_submit_and_array(slurm_cluster, tmp_path):
+    executor = _executor(tmp_path, slurm_cluster)
+    job = executor.submit(answer, 7)
+    jobs = executor.map_array(answer, [1, 2, 3])
+    _wait(job, 60)
+    for j in jobs:
+        _wait(j, 60)
+
+    out = job.result()
+    assert out["value"] == 42
+    assert out["job_id"] == job.job_id
+    assert out["python"] == sys.executable  # the job runs this interpreter (the venv's)
+
+    outs = [j.result() for j in jobs]
+    assert [o["value"] for o in outs] == [6, 12, 18]
+    array_id = jobs[0].job_id.split("_")[0]
+    assert [j.job_id for j in jobs] == [f"{array_id}_{i}" for i in range(3)]
+    assert {o["array_job_id"] for o in outs} == {array_id}
+    assert sorted(o["array_task_id"] for o in outs) == ["0", "1", "2"]
+    assert len({o["job_id"] for o in outs}) == 3
+
+    if slurm_cluster.accounting:
+        # sacct works, so submitit sees the real states (slurmctld sends them to slurmdbd a
+        # moment after the job ends: the result file can come first)
+        deadline = time.monotonic() + 20
+        while True:
+            states = [j.get_info(mode="force").get("State") for j in [job, *jobs]]
+            if states == ["COMPLETED"] * 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert states == ["COMPLETED"] * 4
+
+
+def test_requeue_through_submitit_checkpoint(slurm_cluster, tmp_path):
+    """SIGUSR2, as SLURM sends before a time limit (--signal) or on preemption: submitit calls
+    checkpoint(), pickles the object, runs `scontrol requeue`; the job starts again and resumes
+    from the pickled state."""
+    log = tmp_path / "progress.txt"
+    executor = _executor(tmp_path / "logs", slurm_cluster)
+    job = executor.submit(CheckpointedCounter(str(log), steps=16))
+    _wait_for_line(log, "step 3", 60)
+    job._interrupt()  # submitit's own test hook: scancel --signal TERM, then --signal USR2
+    _wait(job, 90)
+
+    out = job.result()
+    lines = log.read_text().split("\n")
+    assert out == {"starts": 2, "done": 16, "restarts": 1}, lines
+    checkpoint_at = int(next(x for x in lines if x.startswith("checkpoint at")).split()[-1])
+    assert checkpoint_at >= 3
+    # the second run starts where the checkpoint left off, not from 0
+    assert f"start 2 at {checkpoint_at} restarts 1" in lines
+    assert "Bypassing signal SIGTERM" in job.stderr()
+
+
+def test_requeue_by_scontrol(slurm_cluster, tmp_path):
+    """An outside `scontrol requeue` (an admin, a node failure): SLURM sends SIGTERM, which
+    submitit ignores, then SIGKILL after KillWait; checkpoint() is not called, so the job
+    starts again from the pickle as first submitted and can resume only from its own files."""
+    log = tmp_path / "progress.txt"
+    executor = _executor(tmp_path / "logs", slurm_cluster)
+    job = executor.submit(FileCounter(str(log), steps=60))
+    _wait_for_line(log, "step 3", 60)
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+    _wait(job, 90)
+
+    out = job.result()
+    lines = log.read_text().split("\n")
+    starts = [x for x in lines if x.startswith("start at")]
+    assert len(starts) == 2, lines
+    assert starts[0] == "start at 0 restarts 0"
+    resumed_at = int(starts[1].split()[2])
+    assert 3 <= resumed_at < 60 and starts[1].endswith("restarts 1"), starts
+    assert "checkpoint" not in lines
+    # the in-memory state was not carried over: the job ran again from the original pickle
+    assert out == {"starts_in_memory": 1, "done": 60}
+    assert "Bypassing signal SIGTERM" in job.stderr()
