@@ -47,6 +47,10 @@ _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon"
 _HOVER_RUN_IDS = 6
 
 
+#: Axis titles of spec columns used as x axes.
+SPEC_LABELS = {"num_experts": "experts", "slots_per_expert": "slots per expert"}
+
+
 def ptext(value: Any) -> str:
     """Record text for plotly: its pseudo-HTML (hover, legend, titles) decodes ``&lt;``,
     ``&gt;`` and ``&amp;`` but shows ``&quot;`` as is, so quotes stay unescaped (harmless
@@ -395,8 +399,9 @@ def fig_scaling(
     dense = (agg.filter(pl.col("router") == "dense") if "router" in agg.columns
              else agg.clear())
     dense_best = _best_per(dense, ["model"], quality) if dense.height else dense
-    fig = _facets(models, f"{label(quality)} against {label(x).replace('_', ' ')} "
-                  "(best configuration at each point)", x.replace("_", " "), label(quality))
+    x_label = SPEC_LABELS.get(x, x.replace("_", " "))
+    fig = _facets(models, f"{label(quality)} against {x_label} (best configuration at each "
+                  "point)", x_label, label(quality))
     cols = min(len(models), 3)
     fig.update_xaxes(**_power_ticks(best[x].to_list()))
     shown: set[Any] = set()

@@ -72,7 +72,9 @@ h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 
 nav a { margin-right: 1em; }
 table { border-collapse: collapse; font-size: .88em; margin: .5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
-th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f5f5f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.summary td { font-family: ui-monospace, monospace; font-size: .95em; }
 .plot { width: 100%; min-height: 400px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1em; }
 pre { background: #f7f7f7; padding: .7em; overflow-x: auto; font-size: .85em; }
@@ -162,6 +164,15 @@ def best_configurations(agg: pl.DataFrame, quality: str, top: int = 10) -> pl.Da
     )
 
 
+def _run_ids_cell(run_ids: Sequence[Any], shown: int = 3) -> str:
+    """The first run ids, the rest behind a disclosure (all of them stay in the page)."""
+    head = "<br>".join(esc(r) for r in run_ids[:shown])
+    if len(run_ids) <= shown:
+        return head
+    rest = "<br>".join(esc(r) for r in run_ids[shown:])
+    return f"{head}<details><summary>+{len(run_ids) - shown} more</summary>{rest}</details>"
+
+
 def summary_table(agg: pl.DataFrame) -> str:
     quality = primary_quality(agg)
     if quality is None:
@@ -184,7 +195,7 @@ def summary_table(agg: pl.DataFrame) -> str:
             *(html.escape(fmt_mean_std(row[f"{q}_mean"], row[f"{q}_std"])) for q in qualities),
             *(esc(row[f"{c}_mean"]) for c in costs),
             esc(row.get("n_runs")),
-            html.escape(", ".join(str(r) for r in (row.get("run_ids") or []))),
+            _run_ids_cell(row.get("run_ids") or []),
         ])
     direction = "highest" if not METRICS[quality].lower_is_better else "lowest"
     return (
@@ -203,11 +214,13 @@ def problems_table(df: pl.DataFrame) -> str:
                         "diverged_step") if c in bad.columns]
     rows = []
     for row in bad.head(MAX_PROBLEM_ROWS).iter_rows(named=True):
-        error = row.get("error")
-        if error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        error = str(row.get("error") or "").strip()
+        trace = str(row.get("traceback") or "").strip()
+        if error or trace:
+            first = (error or trace).splitlines()[0]
+            full = "\n\n".join(t for t in (error, trace) if t)
             cell = (f"<details><summary>{html.escape(first[:200])}</summary>"
-                    f"<pre>{html.escape(str(error))}</pre></details>")
+                    f"<pre>{html.escape(full)}</pre></details>")
         else:
             cell = "-"
         rows.append([esc(row[c]) for c in cols] + [cell])

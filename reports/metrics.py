@@ -53,9 +53,13 @@ ENVIRONMENT_KEYS: tuple[str, ...] = (
     "started_at",
     "finished_at",
     "hostname",
+    "device_type",
+    "python_version",
+    "slurm_job_id",
 )
-#: Columns that are neither grouped on nor averaged (nested, per-run data).
-PER_RUN_KEYS: tuple[str, ...] = ("history",)
+#: Per-run columns that are neither grouped on, averaged nor carried into the aggregate
+#: (``spec_json`` differs between seeds, ``traceback`` belongs to the problems table).
+PER_RUN_KEYS: tuple[str, ...] = ("history", "spec_json", "traceback", "label")
 
 Kind = Literal["cost", "quality", "router"]
 

@@ -107,6 +107,14 @@ def test_unknown_columns_are_carried():
     assert row["device"] == "cpu"
 
 
+def test_per_run_text_is_not_carried_into_the_aggregate():
+    df = frame([record("a", 0, spec_json='{"seed": 0}', traceback=None, slurm_job_id="12"),
+                record("b", 1, spec_json='{"seed": 1}', traceback=None, slurm_job_id="13")])
+    agg = aggregate(df)
+    assert "spec_json" not in agg.columns and "traceback" not in agg.columns
+    assert agg["slurm_job_id"][0] == "12, 13" and agg["n_runs"][0] == 2
+
+
 def test_same_run_id_twice_keeps_the_latest():
     df = frame([record("a", 0, acc=0.1, finished_at="2026-01-02"),
                 record("a", 0, acc=0.9, finished_at="2026-01-03")])

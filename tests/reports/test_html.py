@@ -28,7 +28,8 @@ EVIL_END = "</script><img src=x onerror=alert(1)>"
 def records():
     recs = synthetic_records(120, seed=1, small=True, failure_rate=0.1)
     recs[0]["model"] = f"vit-s/16{EVIL}"
-    recs[1].update(status="failed", error=f"RuntimeError: {EVIL_END}\nline two")
+    recs[1].update(status="failed", error=f"RuntimeError: {EVIL_END}\nline two",
+                   traceback="Traceback (most recent call last):\n  File <x>, line 1")
     recs[2]["note"] = EVIL  # an unknown text column, carried into the hover text
     return recs
 
@@ -68,6 +69,7 @@ def test_failed_runs_table_and_study_file(page):
     assert 'id="problems"' in page
     assert "RuntimeError: &lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
     assert "failed" in page
+    assert "Traceback (most recent call last):\n  File &lt;x&gt;, line 1" in page
     assert '<pre class="study">name: x\n# &lt;/script&gt;' in page
 
 
