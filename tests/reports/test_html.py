@@ -172,3 +172,30 @@ def test_bench_runs_on_a_small_store(tmp_path):
     result = bench_report_detailed(100, out_dir=tmp_path)
     assert result["total_s"] > 0 and result["size_mb"] > 1
     assert Path(tmp_path / "report.html").is_file()
+
+
+@pytest.mark.parametrize("case", ["dense_only", "no_costs", "one_record", "only_loss",
+                                  "unknown_router"])
+def test_odd_stores_still_render(case, tmp_path):
+    base = {"study": "s", "status": "ok", "model": "vit-s/16", "router": "dense", "seed": 0,
+            "num_experts": None, "test_accuracy": 0.5, "test_loss": 1.0,
+            "gflops_per_image": 1.0, "params_total": 10}
+    if case == "dense_only":
+        recs = [{**base, "run_id": f"{i:012x}", "seed": i % 2, "lr": 10.0 ** -(i // 2)}
+                for i in range(6)]
+    elif case == "no_costs":
+        recs = [{"run_id": "a" * 12, "status": "ok", "router": "soft", "num_experts": 4,
+                 "test_accuracy": 0.4}]
+    elif case == "one_record":
+        recs = [{**base, "run_id": "a" * 12}]
+    elif case == "only_loss":
+        recs = [{**base, "run_id": "a" * 12, "test_accuracy": None}]
+    else:
+        recs = [{**base, "run_id": "a" * 12, "router": "<b>new</b>", "num_experts": 4,
+                 "router_expert_load_cv": 0.3}]
+    text = write_report(records_frame(recs), tmp_path / "r.html", study_name=case).read_text()
+    assert text.rstrip().endswith("</html>")
+    if case == "no_costs":
+        assert "Nothing to draw yet" in text
+    if case == "unknown_router":
+        assert "<b>new</b>" not in text
