@@ -120,8 +120,24 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     from runners.views import status_table
     from harness.store import Store, results_root
 
+    from runners.slurm import jobs_file, live_view
+
     spec = _load(study, set_, profile)
-    Console().print(status_table(spec, Store(results_root(results), spec.name)))
+    store = Store(results_root(results), spec.name)
+    live = live_view(store) if jobs_file(store).exists() else {}
+    Console().print(status_table(spec, store, live))
+
+
+@app.command()
+def cancel(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
+           results: ResultsOpt = None) -> None:
+    """Cancel the study's live SLURM jobs."""
+    from harness.store import Store, results_root
+    from runners.slurm import cancel as cancel_jobs
+
+    spec = _load(study, set_, profile)
+    ids = cancel_jobs(Store(results_root(results), spec.name))
+    print(f"cancelled {len(ids)} jobs: {' '.join(ids)}" if ids else "no live jobs")
 
 
 @app.command()
@@ -135,6 +151,44 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     spec = _load(study, set_, profile)
     path = build_report(spec, Store(results_root(results), spec.name), out)
     print(f"report: {path}")
+
+
+@app.command()
+def tune(
+    study: StudyArg,
+    trials: Annotated[int | None, typer.Option(
+        help="Finish this many trials in all (default: tune.trials)", min=1)] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Workers pulling trials from the shared storage (default: tune.workers)",
+        min=1)] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="Where workers run: local (default), debug (in this process), slurm")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage: sqlite:///PATH, journal:PATH, postgresql+psycopg2://USER@HOST/DB "
+             "(default: RESULTS/STUDY/tune/optuna.db; a journal file for SLURM)")] = None,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Print the best trial (or Pareto set) and parameter importances")] = False,
+    wait: Annotated[bool, typer.Option(help="SLURM: follow the workers until they end")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Tune a study's `tune:` space with Optuna; running it again continues the same study."""
+    from harness.store import results_root
+    from runners.tune import show as show_tuning
+    from runners.tune import tune as run_tuning
+
+    spec = _load(study, set_, profile)
+    root = results_root(results)
+    if show:
+        show_tuning(spec, root, storage)
+        return
+    summary = run_tuning(spec, results_root=root, trials=trials, workers=workers,
+                         executor=executor, storage=storage, wait=wait, show_progress=not quiet)
+    if summary["worker_errors"] or summary["after"]["finished"] < summary["trials"] and (
+            summary["executor"] != "slurm" or wait):
+        raise typer.Exit(1)
 
 
 @app.command()

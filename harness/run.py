@@ -60,6 +60,16 @@ def environment(device) -> dict[str, Any]:
     }
 
 
+def job_log_path() -> str | None:
+    """The stderr log of the submitit job running this (None outside a job)."""
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().paths.stderr)
+    except Exception:  # noqa: BLE001 - not inside a submitit job
+        return None
+
+
 def progress_writer(path: Path, spec: RunSpec, every_s: float = 1.0):
     """A throttled ``on_progress`` callback writing ``progress.json`` for the CLI to show."""
     last = [0.0]
@@ -72,23 +82,56 @@ def progress_writer(path: Path, spec: RunSpec, every_s: float = 1.0):
     return on_progress
 
 
-def execute(spec: RunSpec, results_root: str | Path) -> dict[str, Any]:
-    """Run one grid point end to end and write its record; returns the record."""
+class Pruned(Exception):
+    """Raised by an ``on_progress`` callback to end a run early (a tuning pruner's verdict).
+
+    ``execute`` then writes the run's record with status ``pruned``: what was measured before
+    (parameters, cost, environment) is kept, ``pruned_step`` says when it stopped.
+    """
+
+    def __init__(self, step: int, reason: str = ""):
+        super().__init__(reason or f"pruned at step {step}")
+        self.step = step
+
+
+def _chain(*callbacks):
+    callbacks = [c for c in callbacks if c is not None]
+
+    def on_progress(info: dict[str, Any]) -> None:
+        for callback in callbacks:
+            callback(info)
+
+    return on_progress
+
+
+def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
+            tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one grid point end to end and write its record; returns the record.
+
+    ``on_progress`` (optional) gets each progress dict of training (step, steps, loss, and
+    evaluation results when there are some) and may raise :class:`Pruned` to stop the run.
+    ``tags`` are extra record columns (e.g. ``tune_trial``).
+    """
     store = Store(results_root, spec.study)
-    record: dict[str, Any] = {**spec.flat(), "status": "failed", "error": None,
+    record: dict[str, Any] = {**spec.flat(), **(tags or {}), "status": "failed", "error": None,
                               "started_at": now(), "spec_json": spec.canonical_json()}
     workdir = store.workdir(spec.run_id)
+    partial: dict[str, Any] = {}
     try:
-        record.update(_run(spec, workdir))
+        record.update(_run(spec, workdir, partial, on_progress))
+    except Pruned as stop:
+        record.update(partial)
+        record.update(status="pruned", pruned_step=stop.step, prune_reason=str(stop))
     except Exception as err:  # noqa: BLE001 - a failed run is a record, not a crashed sweep
         record.update(status="failed", error=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc(limit=20))
+                      traceback=traceback.format_exc(limit=20), log_path=job_log_path())
     record["finished_at"] = now()
     store.write(record)
     return record
 
 
-def _run(spec: RunSpec, workdir: Path) -> dict[str, Any]:
+def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
+         on_progress=None) -> dict[str, Any]:
     import torch
 
     from harness import cost
@@ -99,7 +142,8 @@ def _run(spec: RunSpec, workdir: Path) -> dict[str, Any]:
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     device = pick_device(spec.train.device)
-    out: dict[str, Any] = environment(device)
+    out = {} if out is None else out  # filled as we go: a pruned run keeps what it measured
+    out.update(environment(device))
     data = load_data(spec.data)
     cfg = spec.model_config_(data.num_classes)
     torch.manual_seed(spec.seed)
@@ -109,7 +153,8 @@ def _run(spec: RunSpec, workdir: Path) -> dict[str, Any]:
         out.update(cost.measure(model, cfg, spec.measure, device=device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
     quality = fit(model, spec, data, workdir=workdir, device=device,
-                  on_progress=progress_writer(workdir / "progress.json", spec))
+                  on_progress=_chain(progress_writer(workdir / "progress.json", spec),
+                                     on_progress))
     out.update(quality)
     out["attention_backend"] = getattr(model, "attention_backend", None)
     if out.get("gflops_per_image") is not None:
