@@ -15,9 +15,10 @@ def extra_sections(study: Study, store: Store, frame) -> list[str]:
 
 
 def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
+    from reports.aggregate import load_records
     from reports.html import write_report
 
-    frame = store.load()
+    frame = load_records(store.runs_dir)  # an unreadable record shows up as a problem row
     recorded = set(frame["run_id"].to_list())
     pending = sum(1 for spec in study.expand() if spec.run_id not in recorded)
     text = Path(study.source).read_text() if study.source else None
