@@ -16,8 +16,10 @@ from typing import Any
 from harness.errors import HarnessError
 
 ENV_ROOT = "MOE_HARNESS_RESULTS"
-DONE = ("ok", "diverged")  # finished: a result, not retried unless --rerun
-STATUSES = ("ok", "failed", "diverged")
+# finished: a result, not retried unless --rerun. "pruned": a tuning trial stopped early by its
+# pruner (runners.tune); its record keeps the cost measured before training and pruned_step.
+DONE = ("ok", "diverged", "pruned")
+STATUSES = ("ok", "failed", "diverged", "pruned")
 
 # Columns every frame has, with their polars dtypes, so that old records missing a key still
 # load into the same schema (as nulls). Other keys are carried along as found.
