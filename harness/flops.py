@@ -1,0 +1,392 @@
+"""FLOPs of a model, counted three ways that must agree.
+
+**Convention (everywhere in moe-harness): 1 multiply-add = 2 FLOPs.** Counted are the
+multiply-adds of matrix products: linear layers, the patch-embedding convolution,
+``mm``/``matmul``/``bmm``/``baddbmm``, ``einsum`` contractions and attention (q·kᵀ and
+p·v). Not counted, by convention (as in the paper, fvcore's matmul handles and torch's
+``FlopCounterMode``): elementwise work (biases, GELU, softmax, layer norm, the Soft MoE
+L2 normalisation, residual adds), reductions (means, sums; e.g. Tokens Choice's
+gate-weighted sum over its k choices, S·k·D multiply-adds, under 0.1% of a layer) and data
+movement or routing decisions (gather/scatter/index ops, top-k, sort, cumsum, one-hot).
+At the paper's shapes these are well under 1% of the total.
+
+The three counters:
+
+- :func:`fvcore_flops` (primary): ``fvcore.nn.FlopCountAnalysis`` on the real model with
+  real images. fvcore counts 1 per multiply-add; we double it. We register handles for the
+  ops it does not count in our models (``baddbmm``, ``scaled_dot_product_attention``,
+  xformers' attention ops, broadcasting ``matmul``, our experts' autograd function) and
+  declare the zero-cost ops above explicitly. **Any other op is an error**
+  (:class:`UncountedOpError`), never a silent zero.
+- :func:`torch_flops`: ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per
+  multiply-add already), with a ``custom_mapping`` for the CPU flash-attention kernel it
+  would count as 0. It also runs on the ``meta`` device, so it counts models too large to
+  build (Soft MoE H/14 256E).
+- :func:`analytic_flops`: a closed form per layer kind written from the shapes.
+
+fvcore traces with TorchScript, which torch has deprecated; the cross-checks (tests) tell
+when a torch upgrade breaks it.
+
+Per-image numbers are counted at the smallest batch that holds one routing group (one
+image unless ``group_size`` spans several), divided by that batch. The MAP head computes its
+query projection once per batch; at batch 1 it is counted once per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import HarnessError
+
+KINDS = ("patch_embed", "attention", "mlp", "experts", "routing", "head")
+"""Layer kinds of a ViT. ``mlp`` = dense MLP blocks, ``experts`` = the MoE layers' expert
+MLPs, ``routing`` = everything else in an MoE layer (router logits, dispatch, combine),
+``head`` = pooling (MAP head) and classifier."""
+
+ROUTING_PARTS = ("router_logits", "dispatch", "combine")
+
+CONVENTION = "1 multiply-add = 2 FLOPs (fvcore's count of multiply-adds doubled)"
+
+
+class UncountedOpError(HarnessError):
+    """The model ran an op that no FLOP handle covers and that is not declared zero-cost."""
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """FLOPs per image (2 per multiply-add), in total and per layer kind."""
+
+    total: float
+    by_kind: dict[str, float]
+    counter: str
+    by_op: dict[str, float] = field(default_factory=dict)
+    routing_parts: dict[str, float] = field(default_factory=dict)  # analytic only
+
+    @property
+    def gflops(self) -> float:
+        return self.total / 1e9
+
+    def gflops_by_kind(self) -> dict[str, float]:
+        return {kind: value / 1e9 for kind, value in self.by_kind.items()}
+
+
+# --- ops that do no multiply-adds by our convention (each must be listed) -----------------
+ZERO_COST_OPS: dict[str, tuple[str, ...]] = {
+    "elementwise": (
+        "aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::rsub", "aten::mul",
+        "aten::mul_", "aten::div", "aten::div_", "aten::pow", "aten::sqrt", "aten::rsqrt",
+        "aten::reciprocal", "aten::neg", "aten::exp", "aten::log", "aten::erf", "aten::gelu",
+        "aten::gelu_", "aten::relu", "aten::softmax", "aten::_softmax", "aten::log_softmax",
+        "aten::layer_norm", "aten::group_norm", "aten::batch_norm", "aten::clamp_min",
+        "aten::clamp_max", "aten::where", "aten::lt", "aten::le", "aten::gt", "aten::ge",
+        "aten::eq", "aten::ne", "aten::abs", "aten::sigmoid", "aten::tanh", "aten::addcmul",
+    ),
+    "reduction": (
+        "aten::mean", "aten::sum", "aten::amax", "aten::linalg_vector_norm", "aten::norm",
+        "aten::frobenius_norm", "aten::std", "aten::var", "aten::bincount",
+    ),
+    "routing bookkeeping and data movement": (
+        "aten::topk", "aten::sort", "aten::argsort", "aten::cumsum", "aten::one_hot",
+        "aten::scatter", "aten::scatter_", "aten::index_copy", "aten::index_copy_",
+        "aten::index_add", "aten::index_add_", "aten::index_select", "aten::empty_like",
+        "aten::empty_strided", "aten::masked_select", "aten::repeat", "aten::fill_",
+        "aten::zero_", "aten::clone", "aten::randn_like", "aten::normal", "aten::lift_fresh",
+        "aten::alias", "aten::as_strided", "aten::expand_as", "aten::view_as",
+        "aten::resolve_conj", "aten::resolve_neg", "aten::_unsafe_view", "aten::argmax",
+    ),
+}
+
+
+# --- shape-level MAC formulas (shared by the fvcore handles and the analytic count) -----------
+def matmul_macs(a: list[int], b: list[int]) -> int:
+    """Multiply-adds of ``a @ b`` with numpy/torch broadcasting (1-D operands allowed)."""
+    a, b = list(a), list(b)
+    if len(a) == 1:
+        a = [1, *a]
+    if len(b) == 1:
+        b = [*b, 1]
+    *batch_a, m, k = a
+    *batch_b, k2, n = b
+    if k != k2:
+        raise ValueError(f"matmul shapes do not contract: {a} @ {b}")
+    batch = _broadcast(batch_a, batch_b)
+    return math.prod(batch) * m * k * n
+
+
+def attention_macs(q: list[int], k: list[int], v: list[int], layout: str = "bhmd") -> int:
+    """q·kᵀ plus p·v multiply-adds; ``layout`` 'bhmd' (torch SDPA) or 'bmhd' (xformers)."""
+    if layout == "bmhd":
+        q, k, v = ([*s[:-3], s[-2], s[-3], s[-1]] for s in (q, k, v))
+    *batch, lq, dq = q
+    lk, dv = k[-2], v[-1]
+    return math.prod(batch) * lq * lk * (dq + dv)
+
+
+def _broadcast(a: list[int], b: list[int]) -> list[int]:
+    out = []
+    for x, y in zip([1] * (len(b) - len(a)) + a, [1] * (len(a) - len(b)) + b, strict=True):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"batch shapes do not broadcast: {a} and {b}")
+        out.append(max(x, y))
+    return out
+
+
+# --- fvcore --------------------------------------------------------------------------------
+def _shapes(values: Iterable[Any]) -> list[list[int] | None]:
+    from fvcore.nn.jit_handles import get_shape
+
+    return [get_shape(v) for v in values]
+
+
+def _matmul_handle(inputs, outputs) -> int:
+    a, b = _shapes(inputs[:2])
+    return matmul_macs(a, b)
+
+
+def _baddbmm_handle(inputs, outputs) -> int:  # (self, batch1, batch2, beta, alpha)
+    a, b = _shapes(inputs[1:3])
+    return matmul_macs(a, b)
+
+
+def _sdpa_handle(inputs, outputs) -> int:  # (query, key, value, ...)
+    q, k, v = _shapes(inputs[:3])
+    return attention_macs(q, k, v, "bhmd")
+
+
+def _bmhk_attention_handle(inputs, outputs) -> int:
+    """xformers' kernels take (batch, tokens, heads, head_dim): the first three 4-D tensors."""
+    shapes = [s for s in _shapes(inputs) if s is not None and len(s) == 4][:3]
+    if len(shapes) < 3:
+        raise UncountedOpError("xformers attention op without (q, k, v) 4-D tensor inputs")
+    return attention_macs(*shapes, layout="bmhd")
+
+
+def _experts_handle(inputs, outputs) -> int:  # _ExpertsFunction(x, w1, b1, w2, b2)
+    x, w1, _, w2, _ = _shapes(inputs[:5])
+    return matmul_macs(x, w1) + matmul_macs([*x[:-1], w1[-1]], w2)
+
+
+def _zero(inputs, outputs) -> int:
+    return 0
+
+
+FVCORE_HANDLES = {
+    "aten::matmul": _matmul_handle,
+    "aten::mm": _matmul_handle,
+    "aten::baddbmm": _baddbmm_handle,
+    "aten::scaled_dot_product_attention": _sdpa_handle,
+    # xformers (CUDA only; these are the ops memory_efficient_attention dispatches to)
+    "xformers::efficient_attention_forward_cutlass": _bmhk_attention_handle,
+    "xformers_flash::flash_fwd": _bmhk_attention_handle,
+    "xformers_flash3::flash_fwd": _bmhk_attention_handle,
+    "aten::_efficient_attention_forward": _bmhk_attention_handle,
+    "aten::_flash_attention_forward": _bmhk_attention_handle,
+    "prim::PythonOp._fMHA": _bmhk_attention_handle,
+    # our fused expert MLPs (harness.moe.experts): a custom autograd function
+    "prim::PythonOp._ExpertsFunction": _experts_handle,
+}
+"""fvcore handles we add or replace (multiply-adds, fvcore's unit). fvcore's own handles
+for ``linear``, ``addmm``, ``bmm``, ``einsum`` and ``_convolution`` are kept."""
+
+
+def fvcore_flops(model, images) -> FlopCount:
+    """FLOPs per image of ``model(images)`` by fvcore, 2 per multiply-add, per layer kind.
+
+    Raises :class:`UncountedOpError` if the trace holds an op that has no handle and is not
+    declared zero-cost in :data:`ZERO_COST_OPS`.
+    """
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+
+    with _counting_mode(model), torch.no_grad():
+        analysis = FlopCountAnalysis(model, images)
+        analysis.set_op_handle(**FVCORE_HANDLES)
+        analysis.set_op_handle(**{op: _zero for ops in ZERO_COST_OPS.values() for op in ops})
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        total = analysis.total()
+        unsupported = dict(analysis.unsupported_ops())
+    if unsupported:
+        raise UncountedOpError(
+            f"fvcore met ops that no FLOP handle counts: {unsupported}; add a handle in "
+            f"harness.flops.FVCORE_HANDLES or, if they do no multiply-adds, declare them in "
+            f"ZERO_COST_OPS"
+        )
+    per_image = 2.0 / images.shape[0]
+    by_module = {name: 2.0 * v for name, v in analysis.by_module().items()}
+    by_kind = _split_by_kind(model, by_module, 2.0 * total)
+    return FlopCount(
+        total=total * per_image,
+        by_kind={k: v / images.shape[0] for k, v in by_kind.items()},
+        counter="fvcore",
+        by_op={op: v * per_image for op, v in analysis.by_operator().items()},
+    )
+
+
+# --- torch FlopCounterMode -------------------------------------------------------------------
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return 2 * attention_macs(list(query_shape), list(key_shape), list(value_shape), "bhmd")
+
+
+def torch_flops(model, images) -> FlopCount:
+    """FLOPs per image by ``torch.utils.flop_counter.FlopCounterMode`` (works on ``meta``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
+    with _counting_mode(model), torch.no_grad():
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            model(images)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    by_module = {"": float(sum(counts.get(root, {}).values()))}
+    for name, ops in counts.items():
+        if name.startswith(root + "."):
+            by_module[name[len(root) + 1:]] = float(sum(ops.values()))
+    total = float(counter.get_total_flops())
+    batch = images.shape[0]
+    by_kind = _split_by_kind(model, by_module, total)
+    return FlopCount(
+        total=total / batch,
+        by_kind={k: v / batch for k, v in by_kind.items()},
+        counter="FlopCounterMode",
+        by_op={str(op): v / batch for op, v in counts.get("Global", {}).items()},
+    )
+
+
+# --- attribution to layer kinds ---------------------------------------------------------------
+def _split_by_kind(model, by_module: dict[str, float], total: float) -> dict[str, float]:
+    """Per-kind FLOPs from per-module (inclusive) counts of a VisionTransformer."""
+    get = lambda name: by_module.get(name, 0.0)  # noqa: E731
+    kinds = dict.fromkeys(KINDS, 0.0)
+    kinds["patch_embed"] = get("patch_embed")
+    moe_blocks = set(getattr(model, "moe_blocks", ()))
+    for i in range(len(model.blocks)):
+        kinds["attention"] += get(f"blocks.{i}.attn")
+        if i in moe_blocks:
+            experts = get(f"blocks.{i}.mlp.experts")
+            kinds["experts"] += experts
+            kinds["routing"] += get(f"blocks.{i}.mlp") - experts
+        else:
+            kinds["mlp"] += get(f"blocks.{i}.mlp")
+    kinds["head"] = get("head") + get("map_head")
+    other = total - sum(kinds.values())
+    if abs(other) > 1e-9 * max(total, 1.0):
+        kinds["other"] = other  # outside every known part: a bug to look at, never dropped
+    return kinds
+
+
+class _counting_mode:
+    """Eval mode and no MoE metric tracking while counting; restores both."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.training = self.model.training
+        self.tracking = [getattr(m, "track_metrics", None) for m in _moe_layers(self.model)]
+        self.model.eval()
+        for layer in _moe_layers(self.model):
+            layer.track_metrics = False
+        return self
+
+    def __exit__(self, *exc):
+        self.model.train(self.training)
+        for layer, on in zip(_moe_layers(self.model), self.tracking, strict=True):
+            layer.track_metrics = on
+
+
+def _moe_layers(model) -> list:
+    return model.moe_layers() if hasattr(model, "moe_layers") else []
+
+
+# --- closed form ---------------------------------------------------------------------------------
+def analytic_flops(cfg) -> FlopCount:
+    """FLOPs per image of the model ``cfg`` (a ModelConfig) in closed form, per layer kind.
+
+    Written from the shapes, independently of the module code; ``routing_parts`` splits the
+    routing into router logits, dispatch and combine.
+    """
+    from harness.moe import SOFT_VARIANTS, compute_capacity
+
+    s = cfg.shape
+    d, h, m = s.width, s.mlp_dim, cfg.num_tokens
+    macs = dict.fromkeys(KINDS, 0)
+    parts = dict.fromkeys(ROUTING_PARTS, 0)
+    macs["patch_embed"] = m * cfg.in_chans * cfg.patch_size**2 * d
+    attention = m * d * 3 * d + 2 * m * m * d + m * d * d  # qkv, q·kᵀ and p·v, proj
+    macs["attention"] = s.depth * attention
+    moe = len(cfg.moe_blocks)
+    macs["mlp"] = (s.depth - moe) * m * 2 * d * h
+    if moe:
+        e = cfg.num_experts
+        if cfg.router in SOFT_VARIANTS:
+            n = e * cfg.slots_per_expert
+            dispatch, combine = SOFT_VARIANTS[cfg.router]
+            rows = n  # slots per image
+            if "soft" in (dispatch, combine):
+                parts["router_logits"] = moe * m * d * n
+            if dispatch == "soft":
+                parts["dispatch"] = moe * n * m * d
+            if combine == "soft":
+                parts["combine"] = moe * m * n * d
+        else:
+            group = cfg.group_size or m
+            factor = cfg.capacity_factor * (cfg.k if cfg.router == "tokens_choice" else 1)
+            rows = e * compute_capacity(group, e, factor) * m / group  # buffer rows per image
+            parts["router_logits"] = moe * m * d * e
+        macs["experts"] = moe * rows * 2 * d * h
+        macs["routing"] = sum(parts.values())
+    macs["head"] = d * cfg.num_classes
+    if cfg.pool == "map":  # probe query, keys/values, attention, proj, MLP on one token
+        macs["head"] += d * d + m * d * 2 * d + 2 * m * d + d * d + 2 * d * h
+    by_kind = {k: 2.0 * v for k, v in macs.items()}
+    return FlopCount(
+        total=sum(by_kind.values()),
+        by_kind=by_kind,
+        counter="analytic",
+        routing_parts={k: 2.0 * v for k, v in parts.items()},
+    )
+
+
+# --- entry points --------------------------------------------------------------------------------
+def counting_batch(cfg) -> int:
+    """Images per counted forward: 1, or enough for one routing group when it spans images."""
+    group = getattr(cfg, "group_size", None)
+    if group is None or group <= cfg.num_tokens:
+        return 1
+    return math.ceil(group / cfg.num_tokens)
+
+
+COUNTERS = {"fvcore": fvcore_flops, "torch": torch_flops}
+
+
+def count_flops(model, cfg, counter: str = "fvcore", device=None) -> FlopCount:
+    """FLOPs per image of ``model`` (built from ``cfg``) by ``counter`` ('fvcore', 'torch'
+    or 'analytic'), on images of the config's size on the model's device."""
+    import torch
+
+    if counter == "analytic":
+        return analytic_flops(cfg)
+    if counter not in COUNTERS:
+        raise ValueError(f"unknown FLOP counter {counter!r}; allowed: analytic, fvcore, torch")
+    if device is None:
+        device = next(model.parameters()).device
+    images = torch.randn(counting_batch(cfg), cfg.in_chans, cfg.image_size, cfg.image_size,
+                         device=device)
+    return COUNTERS[counter](model, images)
+
+
+def train_exaflops(gflops_per_image: float, images_seen: float) -> dict[str, float]:
+    """Training compute of a run, in exaFLOP, in two labelled conventions.
+
+    ``train_exaflops``: ours, forward FLOPs (2 per multiply-add) × 3 (forward + backward)
+    × images seen. ``train_exaflops_paper``: the paper's "training exaFLOP" column,
+    3 × forward multiply-adds × images seen, i.e. half of ours.
+    """
+    ours = 3.0 * gflops_per_image * 1e9 * images_seen / 1e18
+    return {"train_exaflops": ours, "train_exaflops_paper": ours / 2.0}
