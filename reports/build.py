@@ -11,6 +11,12 @@ from harness.study import Study
 def extra_sections(study: Study, store: Store, frame) -> list[str]:
     """Sections beyond the generic page: tuning history, the paper's figures and claims."""
     sections: list[str] = []
+    if study.tune is not None:
+        from reports.tuning import tuning_section
+
+        tuning = tuning_section(study, store)  # None until `moe-harness tune` made a storage
+        if tuning:
+            sections.append(tuning)
     return sections
 
 

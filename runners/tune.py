@@ -821,7 +821,7 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
     if record.get("status") == "pruned":
         trial.set_user_attr("outcome", "pruned")
         raise optuna.TrialPruned(f"pruned at step {record.get('pruned_step')}")
-    values = _values(record, cfg)
+    values = _values(record, cfg) if record.get("status") in ("ok", "diverged") else None
     if values is None:
         trial.set_user_attr("outcome", "failed")
         error = record.get("error") or f"no {', '.join(cfg.metrics)} in the record"
