@@ -207,7 +207,7 @@ def schema(out: Annotated[Path | None, typer.Option(help="File to write")] = Non
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -222,6 +222,7 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -535,12 +535,16 @@ def _retry_callback(cfg: TuneConfig):
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.heartbeat.retries)
 
 
-def make_sampler(cfg: TuneConfig, worker: int = 0):
+def make_sampler(cfg: TuneConfig, worker: int = 0, resumed_at: int = 0):
+    """The seeded sampler of one worker. The seed mixes in the worker index and the number of
+    trials the study held when this ``tune`` started, so that workers (and later ``tune`` calls,
+    whose random start would otherwise replay the first one's) draw different points; one
+    worker and the same sequence of calls reproduce the same trials."""
     import warnings
 
     import optuna
 
-    seed = cfg.sampler.seed + worker
+    seed = (cfg.sampler.seed + 1009 * worker + 7919 * resumed_at) % 2**32
     constraints = _constraints_func if cfg.constraints else None
     name = cfg.sampler.name
     with warnings.catch_warnings():
@@ -576,12 +580,13 @@ def make_pruner(cfg: TuneConfig, steps: int):
 
 
 def open_study(study: Study, cfg: TuneConfig, url: str, *, worker: int = 0,
-               create: bool = False, heartbeats: bool = True):
+               resumed_at: int = 0, create: bool = False, heartbeats: bool = True):
     """The Optuna study named after the study, in ``url``; created if ``create``."""
     import optuna
 
     storage = open_storage(url, cfg, heartbeats=heartbeats)
-    sampler, pruner = make_sampler(cfg, worker), make_pruner(cfg, study.train.steps)
+    sampler = make_sampler(cfg, worker, resumed_at)
+    pruner = make_pruner(cfg, study.train.steps)
     try:
         if create:
             ostudy = optuna.create_study(storage=storage, study_name=study.name,
@@ -747,13 +752,13 @@ class _TrialFailed(Exception):
 
 # --- the worker --------------------------------------------------------------------------------
 def run_worker(study: Study, cfg: TuneConfig, url: str, trials: int, worker: int,
-               results_root: str) -> dict[str, int]:
+               results_root: str, resumed_at: int = 0) -> dict[str, int]:
     """One worker: take trials from the shared storage until ``trials`` are finished."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kind = storage_kind(url)
-    ostudy = open_study(study, cfg, url, worker=worker)
+    ostudy = open_study(study, cfg, url, worker=worker, resumed_at=resumed_at)
     if kind == "journal":
         recover_stale(ostudy, cfg, kind)
     objective = functools.partial(_objective, study=study, cfg=cfg, kind=kind, trials=trials,
@@ -789,6 +794,8 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("heartbeat_at", time.time())
     trial.set_user_attr("slurm_job_id", os.environ.get("SLURM_JOB_ID"))
+    if trial.user_attrs.get("stale"):  # a retry inherits its stale predecessor's attributes
+        trial.set_user_attr("stale", None)
     _check_surplus(trial, trials)
     params = suggest(trial, study, cfg)
     try:
@@ -933,11 +940,13 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     Returns a summary: storage, counts before and after, stale trials recovered, job ids and
     worker errors. Local workers are always waited for; SLURM workers only with ``wait``.
     """
+    import optuna
     from rich.console import Console
 
     from harness.store import Store
     from runners.local import thread_env
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = console or Console(stderr=True)
     cfg = parse(study)
     where = study.source or study.name
@@ -978,7 +987,8 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
                   f"{_without_password(url)}")
     threads = max(1, (os.cpu_count() or 1) // workers)
     worker_fn = functools.partial(run_worker, study, cfg, url, trials,
-                                  results_root=str(store.root))
+                                  results_root=str(store.root),
+                                  resumed_at=len(ostudy.get_trials(deepcopy=False)))
     with thread_env(threads):
         jobs = ex.map_array(worker_fn, list(range(workers)))
     summary["job_ids"] = [str(j.job_id) for j in jobs]
@@ -993,11 +1003,10 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         try:
             job.result()
         except Exception as err:  # noqa: BLE001 - killed, timed out, crashed: say so, go on
-            text = str(err).strip().splitlines()
-            line = next((t for t in reversed(text) if t.strip()), type(err).__name__)
-            summary["worker_errors"].append(f"worker {i} (job {job.job_id}): {line.strip()}")
-            console.print(f"[red]worker {i}[/] (job {job.job_id}) ended without finishing: "
-                          f"{line.strip()[:300]} (log: {job.paths.stderr})")
+            line = _job_error(err)
+            summary["worker_errors"].append(f"worker {i} (job {job.job_id}): {line}")
+            console.print(f"[red]worker {i}[/] (job {job.job_id}) ended early: {line[:300]} "
+                          f"(log: {job.paths.stderr})")
     late = recover_stale(ostudy, cfg, kind)
     for number, reason in late:
         console.print(f"[yellow]trial {number}[/] was left RUNNING ({reason}): marked failed"
@@ -1010,6 +1019,15 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
                   f"failed; {after['stale']} stale, {after['waiting']} queued, "
                   f"{after['running']} running) -> records in {store.runs_dir}")
     return summary
+
+
+def _job_error(err: Exception) -> str:
+    """One line for a worker job that raised or died."""
+    text = [t.strip() for t in str(err).splitlines() if t.strip()]
+    if "has not produced any output" in str(err):
+        state = str(err).split("(state: ", 1)[-1].split(")", 1)[0]
+        return f"the worker process ended without a result ({state.lower()}): killed?"
+    return text[-1] if text else type(err).__name__
 
 
 def _follow(ostudy, jobs, trials: int, before: dict, console, enabled: bool,
