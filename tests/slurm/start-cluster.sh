@@ -201,7 +201,7 @@ KillWait=2
 MinJobAge=60
 Waittime=0
 MessageTimeout=10
-SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
+SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,sched_interval=1,bf_interval=1
 $acct_lines
 JobCompType=jobcomp/none
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=$REAL_MEM State=UNKNOWN

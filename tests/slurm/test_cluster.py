@@ -47,6 +47,14 @@ def _wait(job: submitit.Job, timeout_s: float) -> None:
         time.sleep(0.25)
 
 
+def _result(job: submitit.Job):
+    """job.result(), failing with the job's log if the job raised."""
+    try:
+        return job.result()
+    except Exception as e:  # the job's own error, re-raised by submitit
+        pytest.fail(f"job {job.job_id} failed: {e!r}\nstderr:\n{job.stderr()}", pytrace=False)
+
+
 def _wait_for_line(path: Path, prefix: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not (path.exists() and any(x.startswith(prefix) for x in path.read_text().split("\n"))):
@@ -69,62 +77,69 @@ def answer(x: int) -> dict:
     }
 
 
-class CheckpointedCounter(submitit.helpers.Checkpointable):
-    """Counts to `steps`, keeping its progress in memory only: it can resume after a requeue
-    only through submitit's checkpoint (the pickled object with its attributes)."""
+class _Counter(submitit.helpers.Checkpointable):
+    """Counts to `steps`, one step per STEP_S. In its first run it stops at `hold_at` and
+    waits (at most `hold_s`) to be interrupted, so that the tests requeue it at a known point
+    whatever the machine's speed. Every line it writes goes to the file `log`."""
 
-    def __init__(self, log: str, steps: int) -> None:
+    def __init__(self, log: str, steps: int, hold_at: int, hold_s: float = 120) -> None:
         self.log = log
         self.steps = steps
+        self.hold_at = hold_at
+        self.hold_s = hold_s
         self.done = 0
-        self.starts = 0
 
     def _write(self, line: str) -> None:
         with open(self.log, "a") as f:
             f.write(line + "\n")
 
-    def __call__(self) -> dict:
-        self.starts += 1
-        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-        self._write(f"start {self.starts} at {self.done} restarts {restarts}")
-        while self.done < self.steps:
+    def _count(self, done: int, restarts: int) -> int:
+        while done < self.steps:
+            if restarts == 0 and done == self.hold_at:
+                time.sleep(self.hold_s)  # interrupted in here
+                raise RuntimeError(f"not interrupted within {self.hold_s} s")
             time.sleep(STEP_S)
-            self.done += 1
-            self._write(f"step {self.done}")
-        return {"starts": self.starts, "done": self.done, "restarts": int(restarts)}
+            done = self.done = done + 1  # on self too, for checkpoint() to pickle
+            self._write(f"step {done}")
+        return done
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        self._write(f"checkpoint at {self.done}")
+        self._write("checkpoint")
         return super().checkpoint(*args, **kwargs)
 
 
-class FileCounter(submitit.helpers.Checkpointable):
-    """Counts to `steps`, keeping its progress in a file: it resumes after any restart, also
-    one that submitit's checkpoint never saw."""
+class CheckpointedCounter(_Counter):
+    """Keeps its progress in memory only: it can resume after a requeue only through
+    submitit's checkpoint (the object pickled with its attributes)."""
 
-    def __init__(self, log: str, steps: int) -> None:
-        self.log = log
-        self.steps = steps
+    def __init__(self, log: str, steps: int, hold_at: int) -> None:
+        super().__init__(log, steps, hold_at)
+        self.starts = 0
+
+    def __call__(self) -> dict:
+        self.starts += 1
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        self._write(f"start {self.starts} at {self.done} restarts {restarts}")
+        done = self._count(self.done, restarts)
+        return {"starts": self.starts, "done": done, "restarts": restarts}
+
+
+class FileCounter(_Counter):
+    """Keeps its progress in the file only: it resumes after any restart, also one that
+    submitit's checkpoint never saw."""
+
+    def __init__(self, log: str, steps: int, hold_at: int) -> None:
+        super().__init__(log, steps, hold_at)
         self.starts_in_memory = 0
 
     def __call__(self) -> dict:
         self.starts_in_memory += 1
         lines = Path(self.log).read_text().split("\n") if os.path.exists(self.log) else []
         done = sum(x.startswith("step ") for x in lines)
-        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-        with open(self.log, "a") as f:
-            f.write(f"start at {done} restarts {restarts}\n")
-        while done < self.steps:
-            time.sleep(STEP_S)
-            done += 1
-            with open(self.log, "a") as f:
-                f.write(f"step {done}\n")
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        self._write(f"start at {done} restarts {restarts}")
+        done = self._count(done, restarts)
         return {"starts_in_memory": self.starts_in_memory, "done": done}
-
-    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        with open(self.log, "a") as f:
-            f.write("checkpoint\n")
-        return super().checkpoint(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- tests
@@ -138,12 +153,12 @@ def test_submit_and_array(slurm_cluster, tmp_path):
     for j in jobs:
         _wait(j, 60)
 
-    out = job.result()
+    out = _result(job)
     assert out["value"] == 42
     assert out["job_id"] == job.job_id
     assert out["python"] == sys.executable  # the job runs this interpreter (the venv's)
 
-    outs = [j.result() for j in jobs]
+    outs = [_result(j) for j in jobs]
     assert [o["value"] for o in outs] == [6, 12, 18]
     array_id = jobs[0].job_id.split("_")[0]
     assert [j.job_id for j in jobs] == [f"{array_id}_{i}" for i in range(3)]
@@ -163,25 +178,44 @@ def test_submit_and_array(slurm_cluster, tmp_path):
         assert states == ["COMPLETED"] * 4
 
 
+def _sacct_states(job_id: str) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return out.stdout.split()
+
+
 def test_requeue_through_submitit_checkpoint(slurm_cluster, tmp_path):
     """SIGUSR2, as SLURM sends before a time limit (--signal) or on preemption: submitit calls
     checkpoint(), pickles the object, runs `scontrol requeue`; the job starts again and resumes
     from the pickled state."""
     log = tmp_path / "progress.txt"
     executor = _executor(tmp_path / "logs", slurm_cluster)
-    job = executor.submit(CheckpointedCounter(str(log), steps=16))
-    _wait_for_line(log, "step 3", 60)
+    job = executor.submit(CheckpointedCounter(str(log), steps=8, hold_at=4))
+    _wait_for_line(log, "step 4", 60)
     job._interrupt()  # submitit's own test hook: scancel --signal TERM, then --signal USR2
     _wait(job, 90)
 
-    out = job.result()
+    out = _result(job)
     lines = log.read_text().split("\n")
-    assert out == {"starts": 2, "done": 16, "restarts": 1}, lines
-    checkpoint_at = int(next(x for x in lines if x.startswith("checkpoint at")).split()[-1])
-    assert checkpoint_at >= 3
+    assert out == {"starts": 2, "done": 8, "restarts": 1}, lines
     # the second run starts where the checkpoint left off, not from 0
-    assert f"start 2 at {checkpoint_at} restarts 1" in lines
+    assert lines[: lines.index("checkpoint") + 2] == [
+        "start 1 at 0 restarts 0",
+        "step 1",
+        "step 2",
+        "step 3",
+        "step 4",
+        "checkpoint",
+        "start 2 at 4 restarts 1",
+    ]
     assert "Bypassing signal SIGTERM" in job.stderr()
+    if slurm_cluster.accounting:
+        assert _sacct_states(job.job_id) == ["REQUEUED", "COMPLETED"]
 
 
 def test_requeue_by_scontrol(slurm_cluster, tmp_path):
@@ -190,19 +224,20 @@ def test_requeue_by_scontrol(slurm_cluster, tmp_path):
     starts again from the pickle as first submitted and can resume only from its own files."""
     log = tmp_path / "progress.txt"
     executor = _executor(tmp_path / "logs", slurm_cluster)
-    job = executor.submit(FileCounter(str(log), steps=60))
-    _wait_for_line(log, "step 3", 60)
+    job = executor.submit(FileCounter(str(log), steps=8, hold_at=4))
+    _wait_for_line(log, "step 4", 60)
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
     _wait(job, 90)
 
-    out = job.result()
+    out = _result(job)
     lines = log.read_text().split("\n")
-    starts = [x for x in lines if x.startswith("start at")]
-    assert len(starts) == 2, lines
-    assert starts[0] == "start at 0 restarts 0"
-    resumed_at = int(starts[1].split()[2])
-    assert 3 <= resumed_at < 60 and starts[1].endswith("restarts 1"), starts
+    assert [x for x in lines if x.startswith("start")] == [
+        "start at 0 restarts 0",
+        "start at 4 restarts 1",
+    ], lines
     assert "checkpoint" not in lines
     # the in-memory state was not carried over: the job ran again from the original pickle
-    assert out == {"starts_in_memory": 1, "done": 60}
+    assert out == {"starts_in_memory": 1, "done": 8}
     assert "Bypassing signal SIGTERM" in job.stderr()
+    if slurm_cluster.accounting:
+        assert _sacct_states(job.job_id) == ["REQUEUED", "COMPLETED"]
