@@ -485,12 +485,13 @@ def record_storage(store_dir: Path, url: str) -> None:
 def _without_password(url: str) -> str:
     if storage_kind(url) != "rdb":
         return url
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    parsed = make_url(url)
-    if parsed.password is None:
+    p = make_url(url)
+    if p.password is None:
         return url
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    return URL.create(p.drivername, p.username, None, p.host, p.port, p.database,
+                      p.query).render_as_string(hide_password=False)
 
 
 def open_storage(url: str, cfg: TuneConfig, *, heartbeats: bool = True):
@@ -545,7 +546,6 @@ def make_sampler(cfg: TuneConfig, worker: int = 0, resumed_at: int = 0):
     import optuna
 
     seed = (cfg.sampler.seed + 1009 * worker + 7919 * resumed_at) % 2**32
-    constraints = _constraints_func if cfg.constraints else None
     name = cfg.sampler.name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -553,16 +553,12 @@ def make_sampler(cfg: TuneConfig, worker: int = 0, resumed_at: int = 0):
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(
-                seed=seed, population_size=cfg.sampler.population_size,
-                constraints_func=constraints)
+                seed=seed, population_size=cfg.sampler.population_size)
+        # constraints: each trial sets its own (Trial.set_constraint, Optuna 5), which TPE and
+        # NSGA-II read; constraints_func is deprecated
         return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=cfg.sampler.startup_trials, multivariate=True,
-            group=True, constant_liar=True, constraints_func=constraints)
-
-
-def _constraints_func(trial) -> list[float]:
-    values = trial.user_attrs.get("constraints")
-    return list(values) if values else [math.inf]
+            group=True, constant_liar=True)
 
 
 def make_pruner(cfg: TuneConfig, steps: int):
@@ -823,8 +819,8 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
         if beat:
             beat.__exit__()
     trial.set_user_attr("status", record.get("status"))
-    if cfg.constraints:
-        trial.set_user_attr("constraints", _constraint_values(record, cfg))
+    for name, value in _constraint_values(record, cfg).items():
+        trial.set_constraint(name, value)
     if record.get("status") == "pruned":
         trial.set_user_attr("outcome", "pruned")
         raise optuna.TrialPruned(f"pruned at step {record.get('pruned_step')}")
@@ -870,18 +866,15 @@ def _values(record: dict, cfg: TuneConfig) -> list[float] | None:
     return values
 
 
-def _constraint_values(record: dict, cfg: TuneConfig) -> list[float]:
-    """Optuna's convention: a constraint holds when its value is <= 0."""
-    out = []
+def _constraint_values(record: dict, cfg: TuneConfig) -> dict[str, float]:
+    """Optuna's convention: a constraint holds when its value is <= 0 (unmeasured: inf)."""
+    out = {}
     for c in cfg.constraints:
         v = record.get(c.metric)
-        if v is None:
-            out.append(math.inf)
-            continue
         if c.max is not None:
-            out.append(float(v) - c.max)
+            out[f"{c.metric}<={c.max:g}"] = math.inf if v is None else float(v) - c.max
         if c.min is not None:
-            out.append(c.min - float(v))
+            out[f"{c.metric}>={c.min:g}"] = math.inf if v is None else c.min - float(v)
     return out
 
 
@@ -1093,7 +1086,7 @@ def best_trials(ostudy, cfg: TuneConfig) -> list:
     if not done:
         return []
     if cfg.constraints:
-        done = [t for t in done if all(v <= 0 for v in t.user_attrs.get("constraints", [1]))]
+        done = [t for t in done if all(v <= 0 for v in t.constraints.values())]
     if not cfg.multi:
         sign = 1 if cfg.directions[0] == "maximize" else -1
         return [max(done, key=lambda t: sign * t.values[0])] if done else []
