@@ -73,9 +73,11 @@ METRICS: dict[str, str | None] = {
     "train_images_per_s": "time", "infer_images_per_s": "time", "infer_latency_ms": "time",
     "train_step_ms": "time", "peak_memory_mb": "memory", "train_time_s": None,
 }
-# Metrics a trial reports while it trains (pruning needs the objective to be one of them).
-INTERMEDIATE = {"test_accuracy": "test_accuracy", "test_loss": "test_loss",
-                "train_loss": "train_loss"}
+# What a trial can report while it trains, for pruning: name -> (key in the progress dicts of
+# harness.train.fit, higher is better). fit reports the training loss every few steps; the
+# evaluation metrics are used when a progress dict carries them.
+INTERMEDIATE = {"train_loss": ("loss", False), "test_accuracy": ("test_accuracy", True),
+                "test_loss": ("test_loss", False)}
 
 
 class _Model(BaseModel):
@@ -176,6 +178,10 @@ class SamplerConfig(_Model):
 
 class PrunerConfig(_Model):
     name: Literal["none", "median", "hyperband"] = "none"
+    # the intermediate value judged: the training loss (smoothed) by default; reported negated
+    # when the objective is maximised, so that "worse" points the objective's way
+    metric: Literal["train_loss", "test_accuracy", "test_loss"] = "train_loss"
+    smoothing: float = Field(0.3, gt=0, le=1)  # weight of the newest value in the running mean
     startup_trials: int = Field(3, ge=0)  # median: trials finished before pruning starts
     warmup_steps: int = Field(0, ge=0)  # median: steps before a trial may be pruned
     min_resource: int | None = Field(None, ge=1)  # hyperband (training steps); None: auto
@@ -327,10 +333,6 @@ def _check(study: Study, cfg: TuneConfig, where: str) -> None:
             raise HarnessError(f"{at}: {metric} needs measure.enabled and measure.{needs}: true")
     if len(set(cfg.metrics)) != len(cfg.metrics):
         raise HarnessError(f"{where}: tune.objectives: a metric appears twice ({cfg.metrics})")
-    if cfg.pruner.name != "none" and cfg.metrics[0] not in INTERMEDIATE:
-        raise HarnessError(
-            f"{where}: tune.pruner.name: pruning needs an objective reported during training "
-            f"({', '.join(INTERMEDIATE)}), not {cfg.metrics[0]!r}")
     if cfg.storage is not None:
         storage_kind(cfg.storage, f"{where}: tune.storage")
 
@@ -748,32 +750,33 @@ class _TrialFailed(Exception):
 
 # --- the worker --------------------------------------------------------------------------------
 def run_worker(study: Study, cfg: TuneConfig, url: str, trials: int, worker: int,
-               results_root: str, resumed_at: int = 0) -> dict[str, int]:
-    """One worker: take trials from the shared storage until ``trials`` are finished."""
+               results_root: str, resumed_at: int = 0, poll_s: float = 2.0) -> dict[str, int]:
+    """One worker: take trials from the shared storage until ``trials`` are finished.
+
+    While the finished plus the running trials make ``trials``, the worker waits instead of
+    leaving: a running trial whose worker died turns stale (heartbeat or pid), is failed and
+    queued again, and this worker then runs it. So the study always reaches ``trials``.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kind = storage_kind(url)
     ostudy = open_study(study, cfg, url, worker=worker, resumed_at=resumed_at)
-    if kind == "journal":
-        recover_stale(ostudy, cfg, kind)
     objective = functools.partial(_objective, study=study, cfg=cfg, kind=kind, trials=trials,
                                   results_root=results_root, worker=worker)
-    done = [0]
-
-    def stop_when_enough(st, frozen) -> None:
-        done[0] += 1
-        if kind == "journal":
-            recover_stale(st, cfg, kind)
-        c = counts(st.get_trials(deepcopy=False))
+    ran = 0
+    while True:
+        recover_stale(ostudy, cfg, kind)
+        c = counts(ostudy.get_trials(deepcopy=False))
+        if c["finished"] >= trials:
+            break
         if c["finished"] + c["running"] >= trials:
-            st.stop()
-
-    c = counts(ostudy.get_trials(deepcopy=False))
-    if c["finished"] + c["running"] < trials:
-        ostudy.optimize(objective, callbacks=[stop_when_enough],
-                        catch=(_TrialFailed, _Surplus), gc_after_trial=True)
-    return {"worker": worker, "trials_run": done[0]}
+            time.sleep(poll_s)  # others are on the last trials: wait for them (or their death)
+            continue
+        ostudy.optimize(objective, n_trials=1, catch=(_TrialFailed, _Surplus),
+                        gc_after_trial=True)
+        ran += 1
+    return {"worker": worker, "trials_run": ran}
 
 
 def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
@@ -841,7 +844,6 @@ def _check_surplus(trial, trials: int) -> None:
                     if _counted(t) or t.state == S.RUNNING)
     if trial.number in active and active.index(trial.number) >= trials:
         trial.set_user_attr("outcome", "surplus")
-        trial.study.stop()
         raise _Surplus(f"trial {trial.number}: {trials} trials are already finished or running")
 
 
@@ -879,23 +881,28 @@ def _constraint_values(record: dict, cfg: TuneConfig) -> dict[str, float]:
 
 
 def _reporter(trial, cfg: TuneConfig):
-    """``on_progress`` for ``execute``: report the objective at each evaluation and raise
-    ``harness.run.Pruned`` when the pruner says so (single objective only)."""
-    if cfg.multi:
+    """``on_progress`` for ``execute``: report the pruner's metric (a running mean) at each
+    progress step and raise ``harness.run.Pruned`` when the pruner says so. Single objective
+    only (Optuna prunes nothing else); the value is negated when its direction is not the
+    objective's, e.g. the training loss of a study that maximises accuracy."""
+    if cfg.multi or cfg.pruner.name == "none":
         return None
     from harness.run import Pruned
 
-    metric = INTERMEDIATE.get(cfg.metrics[0])
-    seen: set[int] = set()
+    key, higher_better = INTERMEDIATE[cfg.pruner.metric]
+    sign = 1.0 if higher_better == (cfg.directions[0] == "maximize") else -1.0
+    alpha = cfg.pruner.smoothing
+    mean: list[float] = []
 
     def on_progress(info: dict[str, Any]) -> None:
-        value, step = info.get(metric), info.get("step")
-        if value is None or step is None or step in seen:
+        value, step = info.get(key), info.get("step")
+        if value is None or step is None or not math.isfinite(value):
             return
-        seen.add(step)
-        trial.report(float(value), int(step))
-        if cfg.pruner.name != "none" and trial.should_prune():
-            raise Pruned(int(step), f"{metric} {value:.4g} at step {step}")
+        mean[:] = [float(value) if not mean else alpha * float(value) + (1 - alpha) * mean[0]]
+        trial.report(sign * mean[0], int(step))
+        if trial.should_prune():
+            raise Pruned(int(step), f"{cfg.pruner.metric} {mean[0]:.4g} at step {step}: worse "
+                                    f"than the {cfg.pruner.name} pruner allows")
 
     return on_progress
 

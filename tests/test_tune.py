@@ -101,11 +101,29 @@ def test_tune_section_errors_are_one_clear_line(tmp_path, mutate, expected):
     assert parse_err(tmp_path, mutate).startswith(expected)
 
 
-def test_pruning_needs_an_objective_reported_while_training(tmp_path):
+def test_pruner_metric_is_one_training_reports(tmp_path):
     def mutate(t):
-        t["objectives"] = [{"metric": "gflops_per_image", "direction": "minimize"}]
-        t["pruner"] = {"name": "median"}
-    assert "pruning needs an objective reported during training" in parse_err(tmp_path, mutate)
+        t["objectives"] = t["objectives"][:1]
+        t["pruner"] = {"name": "median", "metric": "gflops_per_image"}
+    assert parse_err(tmp_path, mutate).startswith(
+        "tune.pruner.metric: Input should be 'train_loss', 'test_accuracy' or 'test_loss'")
+
+
+def test_reporter_reports_a_smoothed_value_in_the_objective_direction():
+    from harness.run import Pruned
+
+    cfg = T.TuneConfig.model_validate({
+        "space": {}, "objectives": [{"metric": "test_accuracy", "direction": "maximize"}],
+        "pruner": {"name": "median", "smoothing": 0.5}})
+    reported, verdicts = [], iter([False, True])
+    trial = SimpleNamespace(report=lambda v, s: reported.append((s, v)),
+                            should_prune=lambda: next(verdicts))
+    on_progress = T._reporter(trial, cfg)
+    on_progress({"step": 2, "steps": 10, "loss": 2.0})
+    with pytest.raises(Pruned) as stop:
+        on_progress({"step": 4, "steps": 10, "loss": 1.0})
+    assert reported == [(2, -2.0), (4, -1.5)]  # loss, negated: higher is better for accuracy
+    assert stop.value.step == 4
 
 
 def test_cli_prints_the_error_on_one_line_and_exits_2(tmp_path):
@@ -294,14 +312,12 @@ def test_surplus_trial_is_refused():
 
     mk = lambda n, state, **a: SimpleNamespace(number=n, state=state, user_attrs=a)  # noqa
     others = [mk(0, S.COMPLETE), mk(1, S.RUNNING), mk(2, S.FAIL), mk(3, S.FAIL, outcome="failed")]
-    stopped = []
-    study = SimpleNamespace(get_trials=lambda deepcopy=False: [*others, mk(4, S.RUNNING)],
-                            stop=lambda: stopped.append(1))
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: [*others, mk(4, S.RUNNING)])
     attrs = {}
     trial = SimpleNamespace(number=4, study=study,
                             set_user_attr=lambda k, v: attrs.__setitem__(k, v))
     T._check_surplus(trial, trials=4)  # 0, 1, 3 and 4 make four: fine
     with pytest.raises(T._Surplus):
         T._check_surplus(trial, trials=3)
-    assert attrs["outcome"] == "surplus" and stopped
+    assert attrs["outcome"] == "surplus"
     assert T.counts([*others])["finished"] == 2 and T.counts(others)["stale"] == 1
