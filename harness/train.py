@@ -1,0 +1,514 @@
+"""Training loop, evaluation, few-shot linear probe, checkpoints.
+
+``fit(model, spec, data, workdir=..., device=...) -> dict`` trains ``model`` with AdamW under
+``spec.train`` (warm-up then cosine, rsqrt or constant learning rate; gradient clipping; the MoE
+auxiliary losses weighted by ``aux_loss_weight``; bf16 autocast on GPU), evaluates it and
+returns one flat dict (see ``fit``). It is resumable: every ``checkpoint_every`` steps it
+writes ``workdir/checkpoint.pt`` atomically (model, optimizer, scheduler, every RNG state,
+step, history), and a later call with the same workdir continues from there; a run killed at
+any point and restarted ends with the same numbers as an unbroken one (same seed, same
+machine, same thread count).
+
+Batches are drawn with replacement by a ``torch.Generator`` seeded with the run's seed, so
+the batch sequence is part of the checkpointed state. A non-finite loss ends the run with
+``status="diverged"`` and the 1-based step that produced it; nothing is raised.
+
+Distributed training (later): ``train_steps`` takes the model already on its device and runs
+the step loop only; checkpoints are written and results returned on rank 0 (or when
+``torch.distributed`` is not initialised) only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from harness.config import TrainConfig
+from harness.errors import HarnessError
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY_EVAL_IMAGES = 1000  # history evaluations use this fixed, evenly spread test subset
+L2_GRID = tuple(2.0**k for k in range(-10, 21))  # few-shot ridge penalties searched
+BIAS_FEATURE = 100.0  # constant feature appended for the probe's bias (almost unpenalised)
+COOLDOWN_FRACTION = 0.1  # rsqrt: linear cooldown to zero over the last 10% of the steps
+
+
+# --- small helpers -------------------------------------------------------------------------------
+def is_main_process() -> bool:
+    """True on rank 0, or when torch.distributed is not in use."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return the generator that draws the training batches."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("train.device: 'cuda' but no CUDA device is available; use 'auto' "
+                           "or 'cpu'")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on GPU for 'auto'/'bf16', on CPU only for an explicit 'bf16'; else none."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier for the update with 0-based index ``step``.
+
+    Linear warm-up over ``warmup_steps`` ((step + 1) / warmup), then
+    ``cosine``: 0.5 (1 + cos(pi t)) with t = (step - warmup) / (steps - warmup), from 1 to ~0;
+    ``rsqrt``: sqrt(warmup / (step + 1)) (warmup taken as at least 1), times a linear cooldown
+    to zero over the last 10% of the steps (the paper's schedule);
+    ``constant``: 1.
+    """
+    warmup, total = cfg.warmup_steps, cfg.steps
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if cfg.schedule == "constant":
+        return warm
+    if cfg.schedule == "cosine":
+        t = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * t))
+    decay = math.sqrt(max(1, warmup) / max(step + 1, warmup, 1))
+    cooldown_steps = max(1, round(COOLDOWN_FRACTION * total))
+    cooldown = min(1.0, (total - step) / cooldown_steps)
+    return warm * decay * cooldown
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (and expert weight stacks) only, not on biases, norms, scales."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": other, "weight_decay": 0.0}]
+
+
+class _Batches:
+    """Gets images and labels by index, from tensors (in memory) or item by item (lazy)."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, workers: int = 4):
+        self.dataset, self.device = dataset, device
+        self.images = getattr(dataset, "images", None)
+        self.labels = getattr(dataset, "labels", None)
+        self.pool = None
+        if self.images is not None:
+            if device.type == "cuda" and self.images.numel() * 4 < 2**31:
+                self.images, self.labels = self.images.to(device), self.labels.to(device)
+        else:
+            self.pool = ThreadPoolExecutor(workers)  # Pillow decodes without the GIL
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.images is not None:
+            i = idx.to(self.images.device)
+            x, y = self.images[i], self.labels[i]
+        else:
+            items = list(self.pool.map(self.dataset.__getitem__, idx.tolist()))
+            x = torch.stack([im for im, _ in items])
+            y = torch.tensor([label for _, label in items], dtype=torch.long)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    precision: str = "fp32",
+    indices: torch.Tensor | None = None,
+    router_metrics: bool = True,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over ``dataset`` (or its ``indices``), in eval mode.
+
+    With ``router_metrics``, each MoE metric of ``model.moe_metrics()`` is averaged over the
+    batches (weighted by batch size) and returned as ``router_<key>``.
+    """
+    device = torch.device(device)
+    batches = dataset if isinstance(dataset, _Batches) else _Batches(dataset, device)
+    idx_all = torch.arange(len(batches)) if indices is None else indices
+    was_training = model.training
+    model.eval()
+    layers = model.moe_layers() if hasattr(model, "moe_layers") else []
+    tracked = [layer.track_metrics for layer in layers]
+    track = router_metrics and bool(layers)
+    for layer in layers:
+        layer.track_metrics = track
+    correct, loss_sum, n = 0, 0.0, 0
+    metric_sums: dict[str, float] = {}
+    try:
+        for start in range(0, len(idx_all), batch_size):
+            x, y = batches.get(idx_all[start:start + batch_size])
+            with autocast_for(x.device, precision):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(dim=-1) == y).sum().item()
+            n += len(y)
+            if track:
+                for key, value in model.moe_metrics().items():
+                    metric_sums[key] = metric_sums.get(key, 0.0) + value * len(y)
+    finally:
+        model.train(was_training)
+        for layer, on in zip(layers, tracked, strict=True):
+            layer.track_metrics = on
+        if batches is not dataset:
+            batches.close()
+    out = {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
+    out.update({f"router_{k}": v / n for k, v in sorted(metric_sums.items())})
+    return out
+
+
+@torch.no_grad()
+def features(model: nn.Module, batches: _Batches, indices: torch.Tensor, *, batch_size: int,
+             precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-logit features (float64) and labels of ``indices``, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    if hasattr(model, "set_track_metrics"):
+        model.set_track_metrics(False)
+    xs, ys = [], []
+    try:
+        for start in range(0, len(indices), batch_size):
+            x, y = batches.get(indices[start:start + batch_size])
+            with autocast_for(x.device, precision):
+                xs.append(model.pre_logits(x).float().cpu())
+            ys.append(y.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(xs).double().numpy(), torch.cat(ys).numpy()
+
+
+def fewshot_indices(labels: torch.Tensor, shots: int, num_classes: int, seed: int) -> torch.Tensor:
+    """``shots`` train indices per class (fewer where a class has fewer), chosen by ``seed``."""
+    order = torch.from_numpy(np.random.default_rng([seed, 11]).permutation(len(labels)))
+    picked: list[torch.Tensor] = []
+    ordered = labels[order]
+    for c in range(num_classes):
+        picked.append(order[ordered == c][:shots])
+    return torch.cat(picked)
+
+
+def ridge_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+    l2_grid: tuple[float, ...] = L2_GRID,
+) -> tuple[float, float]:
+    """Closed-form ridge regression to ±1 targets; returns (test accuracy, chosen penalty).
+
+    Features are standardised with the train (few-shot) statistics and get a constant bias
+    feature (``BIAS_FEATURE``, so the bias is barely penalised), as in big_vision's few-shot
+    evaluator. The penalty is chosen on the few-shot train set alone, by leave-one-out
+    cross-validation, which ridge regression gives in closed form: with the hat matrix
+    H = X (XᵀX + λI)⁻¹ Xᵀ, the prediction for point i from a fit without it is
+    (ŷᵢ − Hᵢᵢ yᵢ) / (1 − Hᵢᵢ). The λ of ``l2_grid`` (a log-scale grid) with the highest
+    leave-one-out accuracy wins; ties go to the lower leave-one-out squared error, then to the
+    larger λ. The test set is used only to score the chosen λ.
+    """
+    x = np.asarray(train_x, dtype=np.float64)
+    labels = np.asarray(train_y).astype(np.int64)
+    mean, std = x.mean(axis=0, keepdims=True), x.std(axis=0, keepdims=True) + 1e-5
+
+    def prep(z):
+        z = (np.asarray(z, dtype=np.float64) - mean) / std
+        return np.concatenate([z, np.full((len(z), 1), BIAS_FEATURE)], axis=1)
+
+    x, xt = prep(x), prep(test_x)
+    y = 2.0 * np.eye(num_classes)[labels] - 1.0  # (N, C) in {-1, +1}
+    eigs, q = np.linalg.eigh(x.T @ x)  # XᵀX = Q diag(eigs) Qᵀ
+    eigs = np.clip(eigs, 0.0, None)
+    xq, qty = x @ q, q.T @ (x.T @ y)  # (N, D), (D, C)
+    best = None
+    for l2 in l2_grid:
+        scale = 1.0 / (eigs + l2)
+        fitted = (xq * scale) @ qty  # X W
+        hat = np.einsum("nd,d,nd->n", xq, scale, xq)[:, None]  # H_ii
+        loo = (fitted - hat * y) / np.clip(1.0 - hat, 1e-12, None)
+        key = ((loo.argmax(axis=1) == labels).mean(), -((loo - y) ** 2).mean(), l2)
+        if best is None or key > best[0]:
+            best = (key, l2)
+    l2 = best[1]
+    w = q @ (qty / (eigs + l2)[:, None])  # (D, C)
+    accuracy = float(((xt @ w).argmax(axis=1) == np.asarray(test_y)).mean())
+    return accuracy, l2
+
+
+def fewshot_probe(train_x, train_y, test_x, test_y, num_classes: int,
+                  l2_grid: tuple[float, ...] = L2_GRID) -> float:
+    """Few-shot linear-probe test accuracy (see ``ridge_probe`` for how λ is chosen)."""
+    return ridge_probe(train_x, train_y, test_x, test_y, num_classes, l2_grid)[0]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    # Our own file (it holds numpy and python RNG states, which weights_only refuses).
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate(), "sampler": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    gen.set_state(state["sampler"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --- training ------------------------------------------------------------------------------------
+def train_steps(
+    model: nn.Module,
+    cfg: TrainConfig,
+    train: _Batches,
+    test: _Batches,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    state: dict[str, Any],
+    checkpoint: Callable[[], None] | None,
+    on_progress: Callable[[dict], None] | None,
+) -> None:
+    """The step loop, from ``state["step"]`` to ``cfg.steps``, on the model's device.
+
+    ``state`` (step, history, loss window, train time, status) is updated in place, so the
+    caller can checkpoint and report it. ``checkpoint()`` is called every ``checkpoint_every``
+    steps (after that step's history evaluation).
+    """
+    device = next(model.parameters()).device
+    model.train()
+    if hasattr(model, "set_track_metrics"):
+        model.set_track_metrics(False)
+    aux_fn = getattr(model, "aux_loss", None)
+    # torch.distributions (Tokens Choice's load loss) raises on NaN inputs by default; let NaN
+    # reach the loss instead, so that divergence is a status, not a crash.
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        _step_loop(model, cfg, train, test, optimizer, scheduler, generator, state, checkpoint,
+                   on_progress, aux_fn, device)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def _step_loop(model, cfg, train, test, optimizer, scheduler, generator, state, checkpoint,
+               on_progress, aux_fn, device) -> None:
+    history_idx = _spread(len(test), HISTORY_EVAL_IMAGES)
+    progress_every = max(1, min(10, cfg.steps // 20))
+    tic = time.perf_counter()
+    while state["step"] < cfg.steps:
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=generator)
+        x, y = train.get(idx)
+        with autocast_for(device, cfg.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            aux = aux_fn().float() if aux_fn is not None else loss.new_zeros(())
+        total = loss + cfg.aux_loss_weight * aux
+        value = total.item()
+        if not math.isfinite(value):
+            state.update(status="diverged", diverged_step=state["step"] + 1)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        state["loss_sum"] += loss.item()
+        state["loss_count"] += 1
+        step = state["step"]
+        if on_progress is not None and (step % progress_every == 0 or step == cfg.steps):
+            on_progress({"step": step, "steps": cfg.steps, "loss": loss.item()})
+        eval_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        ckpt_now = checkpoint is not None and cfg.checkpoint_every and (
+            step % cfg.checkpoint_every == 0 or step == cfg.steps)
+        if eval_now or ckpt_now:
+            state["train_time_s"] += time.perf_counter() - tic
+            if eval_now:
+                acc = evaluate(model, test, batch_size=cfg.eval_batch_size,
+                               precision=cfg.precision, indices=history_idx,
+                               router_metrics=False)["accuracy"]
+                state["history"].append({
+                    "step": step, "train_loss": state["loss_sum"] / state["loss_count"],
+                    "test_accuracy": acc})
+                state["loss_sum"], state["loss_count"] = 0.0, 0
+            if ckpt_now:
+                checkpoint()
+            tic = time.perf_counter()
+    state["train_time_s"] += time.perf_counter() - tic
+
+
+def _spread(n: int, k: int) -> torch.Tensor:
+    """``min(n, k)`` indices spread evenly over 0..n-1 (a fixed subset across classes)."""
+    if n <= k:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, k).round().long()
+
+
+def fit(
+    model: nn.Module,
+    spec,
+    data,
+    *,
+    workdir: Path,
+    device: torch.device | str,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict[str, Any] | None:
+    """Train ``model`` on ``data`` (a ``harness.data.Datasets``) as ``spec.train`` says.
+
+    Resumes from ``workdir/checkpoint.pt`` when it exists. Returns a flat dict (on rank 0 or
+    without torch.distributed; None on other ranks): ``status`` ("ok" | "diverged"),
+    ``diverged_step`` (1-based, None if ok), ``steps_done``, ``resumed_from_step`` (None if
+    fresh), ``train_loss`` (mean over the last history window, or over the steps since it),
+    ``test_accuracy``, ``test_loss``, ``fewshot_accuracy`` and ``fewshot_l2`` (None if
+    ``fewshot_shots`` is 0 or the run diverged), ``router_<metric>`` (each MoE metric
+    averaged over the test set),
+    ``history`` (list of {"step", "train_loss", "test_accuracy"} on a fixed test subset of
+    ``HISTORY_EVAL_IMAGES``), ``train_time_s`` (training steps only, summed over resumes) and
+    ``eval_time_s``.
+
+    The model's initial weights are the caller's: seed (``seed_everything(spec.seed)``) before
+    building it. ``fit`` reseeds python, numpy and torch with ``spec.seed`` at the start of a
+    fresh run, so the gate noise and the batches follow from the seed.
+    """
+    cfg: TrainConfig = spec.train
+    device = torch.device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    workdir = Path(workdir)
+    ckpt_path = workdir / CHECKPOINT
+    main = is_main_process()
+    model.to(device)
+
+    generator = seed_everything(spec.seed)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    state: dict[str, Any] = {"step": 0, "history": [], "loss_sum": 0.0, "loss_count": 0,
+                             "train_time_s": 0.0, "status": "ok", "diverged_step": None}
+    resumed_from = None
+    saved = load_checkpoint(ckpt_path, device)
+    if saved is not None:
+        if saved.get("run_id") != _run_id(spec):
+            raise HarnessError(f"{ckpt_path}: belongs to run {saved.get('run_id')}, not "
+                               f"{_run_id(spec)}; remove it or use another workdir")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"], generator)
+        state.update(saved["state"])
+        resumed_from = state["step"]
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(ckpt_path, {
+                "run_id": _run_id(spec), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(generator), "state": dict(state),
+            })
+
+    train = _Batches(data.train, device)
+    test = _Batches(data.test, device)
+    try:
+        train_steps(model, cfg, train, test, optimizer=optimizer, scheduler=scheduler,
+                    generator=generator, state=state,
+                    checkpoint=checkpoint if cfg.checkpoint_every else None,
+                    on_progress=on_progress)
+        if not main:
+            return None
+        result = {
+            "status": state["status"], "diverged_step": state["diverged_step"],
+            "steps_done": state["step"], "resumed_from_step": resumed_from,
+            "train_loss": (state["loss_sum"] / state["loss_count"] if state["loss_count"]
+                           else state["history"][-1]["train_loss"] if state["history"] else None),
+            "test_accuracy": None, "test_loss": None, "fewshot_accuracy": None,
+            "fewshot_l2": None,
+        }
+        tic = time.perf_counter()
+        if state["status"] == "ok":
+            scores = evaluate(model, test, batch_size=cfg.eval_batch_size,
+                              precision=cfg.precision)
+            result["test_accuracy"] = scores.pop("accuracy")
+            result["test_loss"] = scores.pop("loss")
+            result.update(scores)
+            if cfg.fewshot_shots:
+                labels = getattr(data.train, "labels", None)
+                if labels is None:
+                    labels = torch.tensor([data.train[i][1] for i in range(len(data.train))])
+                picked = fewshot_indices(labels, cfg.fewshot_shots, data.num_classes,
+                                         spec.data.seed)
+                fx, fy = features(model, train, picked, batch_size=cfg.eval_batch_size,
+                                  precision=cfg.precision)
+                tx, ty = features(model, test, torch.arange(len(test)),
+                                  batch_size=cfg.eval_batch_size, precision=cfg.precision)
+                acc, l2 = ridge_probe(fx, fy, tx, ty, data.num_classes)
+                result.update(fewshot_accuracy=acc, fewshot_l2=l2)
+        result.update(history=list(state["history"]), train_time_s=state["train_time_s"],
+                      eval_time_s=time.perf_counter() - tic)
+        return result
+    finally:
+        train.close()
+        test.close()
+
+
+def _run_id(spec) -> str:
+    return getattr(spec, "run_id", None) or "unknown"
+
+
+__all__ = ["evaluate", "fewshot_probe", "fit", "lr_factor", "ridge_probe", "save_checkpoint",
+           "seed_everything", "train_steps"]
