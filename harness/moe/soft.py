@@ -6,18 +6,114 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from harness.errors import ConfigError
-from harness.moe.experts import BatchedExperts
+from harness.moe.experts import BatchedExperts, fast_path_ok, needs_grad, new_buffer
 from harness.moe.routing import check_positive, normalized_entropy
 
 Weights = Literal["soft", "uniform", "identity"]
 WEIGHT_KINDS = ("soft", "uniform", "identity")
 
 
+EPS = 1e-6
+
+
 def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
     """x / (||x|| + 1e-6), as the paper writes it."""
-    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + 1e-6)
+    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + EPS)
+
+
+# --- the soft/soft path as two autograd functions with hand-written backwards -------------
+# Layouts (B images, m tokens, D dim, n = E·p slots): slots live in one (n, B, D) buffer,
+# slot-major, so that expert e's rows (its p slots of every image) are the contiguous block
+# (E, p·B, D)[e] the experts take, while the same memory read as (B, n, D) (strides D, B·D,
+# 1) is what the per-image dispatch and combine matmuls write and read: no transposes are
+# materialised. Logits are (B, m, n); x is normalised by scaling the logits' rows (never
+# writing a normalised copy of x), and the softmaxes are computed once.
+class _SoftDispatch(torch.autograd.Function):
+    """x (B, m, D), phi_t (n, D) -> expert inputs (E, p·B, D) and combine weights (B, m, n)."""
+
+    @staticmethod
+    def forward(ctx, x, phi_t, num_experts: int, normalize: bool, keep: bool):
+        batch, m, dim = x.shape
+        n = phi_t.shape[0]
+        x2 = x.reshape(batch * m, dim)
+        logits = torch.mm(x2, phi_t.t()).view(batch, m, n)
+        norm = None
+        if normalize:  # l2_normalize(x) @ phi == (x @ phi) / (||x|| + eps), row by row
+            norm = torch.linalg.vector_norm(x, dim=2, keepdim=True)
+            logits.div_(norm + EPS)
+        dispatch = torch.softmax(logits, dim=1)  # over tokens, per slot
+        combine = torch.softmax(logits, dim=2)  # over all slots, per token
+        slots = new_buffer((n, batch, dim), x)
+        torch.bmm(dispatch.transpose(1, 2), x, out=slots.transpose(0, 1))
+        if keep:
+            ctx.save_for_backward(x, phi_t, logits, dispatch, combine, norm)
+            ctx.normalize = normalize
+        else:
+            del logits, dispatch
+        return slots.view(num_experts, n // num_experts * batch, dim), combine
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_slots, d_combine):
+        x, phi_t, logits, dispatch, combine, norm = ctx.saved_tensors
+        batch, m, dim = x.shape
+        n = phi_t.shape[0]
+        d_slots = d_slots.reshape(n, batch, dim).transpose(0, 1)  # (B, n, D) view
+        d_dispatch = torch.bmm(x, d_slots.transpose(1, 2))  # (B, m, n)
+        d_x = torch.bmm(dispatch, d_slots, out=new_buffer(x.shape, x))
+        # softmax backward: p * (g - sum(p * g)) along each softmax's axis
+        d_logits = d_dispatch.mul_(dispatch)
+        d_logits.addcmul_(dispatch, d_logits.sum(dim=1, keepdim=True), value=-1.0)
+        if d_combine is not None:
+            d_comb = d_combine * combine
+            d_comb.addcmul_(combine, d_comb.sum(dim=2, keepdim=True), value=-1.0)
+            d_logits.add_(d_comb)
+            del d_comb
+        x2, d_x2 = x.reshape(batch * m, dim), d_x.view(batch * m, dim)
+        if ctx.normalize:
+            # logits = raw / (|x| + eps) with raw = x @ phi: d raw = d_logits / (|x| + eps),
+            # d|x| = -sum_n(d_logits * logits) / (|x| + eps), d x += d|x| * x / |x|.
+            inv = (norm + EPS).reciprocal_()
+            d_norm = (d_logits * logits).sum(dim=2, keepdim=True).mul_(inv).neg_()
+            d_norm.div_(norm).masked_fill_(norm == 0, 0.0)  # |x|'s gradient is 0 at x = 0
+            d_logits.mul_(inv)
+            d_x.addcmul_(x, d_norm)
+        d_l2 = d_logits.view(batch * m, n)
+        d_x2.addmm_(d_l2, phi_t)
+        d_phi_t = torch.mm(d_l2.t(), x2) if ctx.needs_input_grad[1] else None
+        return d_x, d_phi_t, None, None, None
+
+
+class _SoftCombine(torch.autograd.Function):
+    """combine (B, m, n), expert outputs (E, p·B, D) -> y (B, m, D) = combine · slots."""
+
+    @staticmethod
+    def forward(ctx, combine, slot_out, keep: bool):
+        batch, m, n = combine.shape
+        dim = slot_out.shape[2]
+        slots = slot_out.reshape(n, batch, dim).transpose(0, 1)  # (B, n, D) view
+        y = torch.bmm(combine, slots, out=new_buffer((batch, m, dim), slot_out))
+        if keep:
+            ctx.save_for_backward(combine, slot_out)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_y):
+        combine, slot_out = ctx.saved_tensors
+        batch, m, n = combine.shape
+        dim = slot_out.shape[2]
+        slots = slot_out.reshape(n, batch, dim).transpose(0, 1)
+        d_combine = torch.bmm(d_y, slots.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        d_slot_out = None
+        if ctx.needs_input_grad[1]:
+            d_slot_out = new_buffer((n, batch, dim), d_y)
+            torch.bmm(combine.transpose(1, 2), d_y, out=d_slot_out.transpose(0, 1))
+            d_slot_out = d_slot_out.view(slot_out.shape)
+        return d_combine, d_slot_out, None
 
 
 class SoftMoE(nn.Module):
@@ -59,12 +155,20 @@ class SoftMoE(nn.Module):
     def num_slots(self) -> int:
         return self.num_experts * self.slots_per_expert
 
+    def slot_params(self) -> torch.Tensor:
+        """(n·p, dim) slot parameters as the logits use them: Φᵀ, L2-normalised over dim and
+        times ``scale`` when ``normalize``."""
+        phi_t = self.phi.reshape(self.phi.shape[0], self.num_slots).t()
+        if self.normalize:
+            return l2_normalize(phi_t, 1) * self.scale
+        return phi_t
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, m, n·p) token-slot logits."""
-        phi = self.phi.reshape(self.phi.shape[0], self.num_slots)
-        if self.normalize:
-            return l2_normalize(x, -1) @ (self.scale * l2_normalize(phi, 0))
-        return x @ phi
+        logits = x @ self.slot_params().t()
+        if self.normalize:  # = l2_normalize(x) @ phi, without writing a normalised copy of x
+            logits = logits / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + EPS)
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, m, dim = x.shape
@@ -74,6 +178,18 @@ class SoftMoE(nn.Module):
                 f"SoftMoE identity routing needs as many tokens as slots: {m} tokens, "
                 f"{e} experts x {p} slots = {n} slots"
             )
+        if self.dispatch_kind == self.combine_kind == "soft":
+            phi_t = self.slot_params()
+            params = (phi_t, *(getattr(self.experts, w) for w in ("w1", "b1", "w2", "b2")))
+            if fast_path_ok(x, *params):
+                keep = needs_grad(x, *params)
+                expert_in, combine = _SoftDispatch.apply(x, phi_t, e, self.normalize, keep)
+                y = _SoftCombine.apply(combine, self.experts(expert_in), keep)
+                self.aux_loss = x.new_zeros(())
+                if self.track_metrics:  # diagnostics only: the logits once more, no graph
+                    with torch.no_grad():
+                        self._record_metrics(self.logits(x))
+                return y
         needs_logits = "soft" in (self.dispatch_kind, self.combine_kind)
         logits = self.logits(x) if needs_logits else None
 
