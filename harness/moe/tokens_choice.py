@@ -113,7 +113,7 @@ class TokensChoice(nn.Module):
             return importance / 2
         # Load: probability that expert e is among a token's top-k under fresh noise.
         threshold = noisy.topk(self.k, dim=-1).values[..., -1:]
-        normal = torch.distributions.Normal(0.0, self.noise_std)
+        normal = torch.distributions.Normal(0.0, self.noise_std, validate_args=False)
         p_selected = 1.0 - normal.cdf(threshold - logits)
         load = coefficient_of_variation_sq(p_selected.sum(dim=1))
         return (importance + load) / 2
