@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -337,61 +337,48 @@ def train_steps(
     aux_fn = getattr(model, "aux_loss", None)
     history_idx = _spread(len(test), HISTORY_EVAL_IMAGES)
     progress_every = max(1, min(10, cfg.steps // 20))
-    with _nan_is_a_value():
-        tic = time.perf_counter()
-        while state["step"] < cfg.steps:
-            idx = torch.randint(len(train), (cfg.batch_size,), generator=generator)
-            x, y = train.get(idx)
-            with autocast_for(device, cfg.precision):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                aux = aux_fn().float() if aux_fn is not None else loss.new_zeros(())
-            total = loss + cfg.aux_loss_weight * aux
-            if not math.isfinite(total.item()):
-                state.update(status="diverged", diverged_step=state["step"] + 1)
-                break
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_value = loss.item()
-            state["step"] += 1
-            state["loss_sum"] += loss_value
-            state["loss_count"] += 1
-            step = state["step"]
-            if on_progress is not None and (step % progress_every == 0 or step == cfg.steps):
-                on_progress({"step": step, "steps": cfg.steps, "loss": loss_value})
-            eval_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-            ckpt_now = checkpoint is not None and cfg.checkpoint_every and (
-                step % cfg.checkpoint_every == 0 or step == cfg.steps)
-            if eval_now or ckpt_now:
-                state["train_time_s"] += time.perf_counter() - tic
-                if eval_now:
-                    acc = evaluate(model, test, batch_size=cfg.eval_batch_size,
-                                   precision=cfg.precision, indices=history_idx,
-                                   router_metrics=False)["accuracy"]
-                    state["history"].append({
-                        "step": step, "train_loss": state["loss_sum"] / state["loss_count"],
-                        "test_accuracy": acc})
-                    state["loss_sum"], state["loss_count"] = 0.0, 0
-                if ckpt_now:
-                    checkpoint()
-                tic = time.perf_counter()
-        state["train_time_s"] += time.perf_counter() - tic
-
-
-@contextmanager
-def _nan_is_a_value():
-    """torch.distributions (Tokens Choice's load loss) raises on NaN inputs by default; turn
-    that off for the step loop, so that NaN reaches the loss and divergence is a status."""
-    previous = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(False)
-    try:
-        yield
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(previous)
+    tic = time.perf_counter()
+    while state["step"] < cfg.steps:
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=generator)
+        x, y = train.get(idx)
+        with autocast_for(device, cfg.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            aux = aux_fn().float() if aux_fn is not None else loss.new_zeros(())
+        total = loss + cfg.aux_loss_weight * aux
+        if not math.isfinite(total.item()):
+            state.update(status="diverged", diverged_step=state["step"] + 1)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+        state["step"] += 1
+        state["loss_sum"] += loss_value
+        state["loss_count"] += 1
+        step = state["step"]
+        if on_progress is not None and (step % progress_every == 0 or step == cfg.steps):
+            on_progress({"step": step, "steps": cfg.steps, "loss": loss_value})
+        eval_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        ckpt_now = checkpoint is not None and cfg.checkpoint_every and (
+            step % cfg.checkpoint_every == 0 or step == cfg.steps)
+        if eval_now or ckpt_now:
+            state["train_time_s"] += time.perf_counter() - tic
+            if eval_now:
+                acc = evaluate(model, test, batch_size=cfg.eval_batch_size,
+                               precision=cfg.precision, indices=history_idx,
+                               router_metrics=False)["accuracy"]
+                state["history"].append({
+                    "step": step, "train_loss": state["loss_sum"] / state["loss_count"],
+                    "test_accuracy": acc})
+                state["loss_sum"], state["loss_count"] = 0.0, 0
+            if ckpt_now:
+                checkpoint()
+            tic = time.perf_counter()
+    state["train_time_s"] += time.perf_counter() - tic
 
 
 def _spread(n: int, k: int) -> torch.Tensor:
