@@ -43,6 +43,7 @@ training the same run in the same work folder at the same time.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import os
@@ -1007,6 +1008,8 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
             summary["worker_errors"].append(f"worker {i} (job {job.job_id}): {line}")
             console.print(f"[red]worker {i}[/] (job {job.job_id}) ended early: {line[:300]} "
                           f"(log: {job.paths.stderr})")
+    del jobs, job  # submitit's LocalJob.__del__ must run now, not at interpreter exit
+    gc.collect()
     late = recover_stale(ostudy, cfg, kind)
     for number, reason in late:
         console.print(f"[yellow]trial {number}[/] was left RUNNING ({reason}): marked failed"
