@@ -5,7 +5,8 @@ several (multi-objective TPE or NSGA-II), optional constraints (a cost budget), 
 the storage. ``tune`` opens (or continues) the Optuna study, marks trials left RUNNING by dead
 workers as failed and re-queues their parameters, then launches K workers through submitit
 (``debug``, ``local`` or ``slurm``; SLURM reuses ``executor.slurm``). Each worker pulls trials
-from the shared storage until N trials are finished. Every trial turns its parameters into a
+from the shared storage until N trials are finished (a worker whose peers hold the last
+trials waits for them, and runs their retries if they die). Every trial turns its parameters into a
 RunSpec through ``Study._spec`` (the study's own validation; base point = axis defaults, then
 ``fixed:``, then the first value of each grid axis) and runs ``harness.run.execute``, so it
 writes a normal record (with ``tune_trial``) that ``report`` shows beside the grid runs.
@@ -18,26 +19,40 @@ Storage (``--storage``, else ``tune.storage``, else the one used last time, else
 - any SQLAlchemy URL, e.g. ``postgresql+psycopg2://user@host:5432/db``, for many nodes.
 
 Trials counted towards N ("finished"): COMPLETE, PRUNED, and FAIL of a trial that really ran
-and failed (its record says why). A trial whose worker died is *stale*: it is marked FAIL and
-its parameters are queued again (a WAITING trial, taken before any new sample), so it is
-neither lost nor counted twice. RDB storages (SQLite, PostgreSQL, MySQL) find stale trials with
-Optuna's heartbeats (``heartbeat_interval``, ``grace_period``,
-``RetryHeartbeatStaleTrialCallback``). A journal storage has no heartbeats, so workers write
-their own into the trial's user attributes (``worker_host``, ``worker_pid``, ``heartbeat_at``
-every ``heartbeat.interval_s``); ``tune`` at start and end, and every worker before each trial,
-fail RUNNING trials whose worker process is gone (same host) or whose heartbeat is older than
-``heartbeat.grace_s`` (any host).
+and failed (its record says why). Two workers that start the last trial at the same moment:
+the later one fails at once as ``surplus`` (user attribute ``outcome``), not counted.
 
-Pruning: a pruner (median or Hyperband) judges the intermediate values a trial reports while it
-trains (the objective's metric at each evaluation). Optuna prunes single-objective studies only,
-so a pruner with several objectives is refused. A pruned run is recorded with status
-``pruned`` (its cost columns, its history so far, ``pruned_step``); it counts as done (``run``
-does not retry it) and the trial as finished.
+A trial whose worker died is *stale*: it is marked FAIL and its parameters are queued again
+(a WAITING trial, taken before any new sample), so it is neither lost nor counted twice. RDB
+storages (SQLite, PostgreSQL, MySQL) find stale trials with Optuna's heartbeats
+(``heartbeat_interval``, ``grace_period``, ``RetryHeartbeatStaleTrialCallback``). A journal
+storage has no heartbeats, so workers write their own into the trial's user attributes
+(``worker_host``, ``worker_pid``, ``heartbeat_at`` every ``heartbeat.interval_s``); ``tune``
+at start and end, and every worker before each trial, fail RUNNING trials whose worker process
+is gone (same host) or whose heartbeat is older than ``heartbeat.grace_s`` (any host).
+
+Pruning: a pruner (median or Hyperband) judges the values a trial reports while it trains,
+through ``execute(on_progress=...)``: by default the training loss that ``harness.train.fit``
+reports every few steps (a running mean, ``pruner.smoothing``), negated when the objective is
+maximised so that the pruner's "worse" points the objective's way; ``pruner.metric`` may name
+``test_accuracy`` / ``test_loss`` for a training loop that reports evaluations. Optuna prunes
+single-objective studies only, so a pruner with several objectives is refused. The reporter
+raises ``harness.run.Pruned``; ``execute`` records the run with status ``pruned`` (parameters,
+cost and environment measured before training, ``pruned_step``, ``prune_reason``); the store
+counts it as done (``run`` does not retry it, ``--rerun`` does) and the trial is PRUNED,
+counted as finished.
 
 Identical parameters (TPE re-samples small categorical spaces) give the same run_id: a trial
 whose run already has an ``ok`` record reuses it (user attribute ``reused_record``) instead of
 training again, and a trial waits for an earlier RUNNING trial of the same run_id rather than
 training the same run in the same work folder at the same time.
+
+Seeds: worker i of a ``tune`` call samples with ``sampler.seed`` mixed with i and the number of
+trials the study held when the call started (see ``make_sampler``): one worker and the same
+sequence of calls give the same trials; several workers interleave nondeterministically.
+
+``tune --show`` prints the best trial (or the Pareto set, feasible trials only) and fANOVA
+parameter importances per objective; ``reports.tuning`` draws the same for the HTML report.
 """
 
 from __future__ import annotations
@@ -999,7 +1014,14 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
                       f"'moe-harness tune {where} --show'")
         summary["after"] = before
         return summary
-    _follow(ostudy, jobs, trials, before, console, show_progress, executor == "debug")
+    try:
+        _follow(ostudy, jobs, trials, before, console, show_progress, executor == "debug")
+    except KeyboardInterrupt:
+        for job in jobs:
+            job.cancel(check=False)
+        console.print("interrupted: workers cancelled; their running trials end FAILED; "
+                      "'moe-harness tune' again continues the study")
+        raise
     for i, job in enumerate(jobs):
         try:
             job.result()
@@ -1050,6 +1072,7 @@ def _follow(ostudy, jobs, trials: int, before: dict, console, enabled: bool,
                            console=console, disable=not enabled)
     with progress:
         task = progress.add_task("trials", total=trials, completed=before["finished"], info="")
+        all_done_at = None
         while True:
             running = [j for j in jobs if not j.done()]
             c = counts(ostudy.get_trials(deepcopy=False))
@@ -1058,6 +1081,11 @@ def _follow(ostudy, jobs, trials: int, before: dict, console, enabled: bool,
                                  f"failed {c['failed']}  running {c['running']}")
             if not running:
                 return
+            if c["finished"] >= trials and not c["running"]:
+                # the workers leave now; SLURM without accounting may never say "done"
+                all_done_at = all_done_at or time.monotonic()
+                if time.monotonic() - all_done_at > 120:
+                    return
             time.sleep(2.0)
 
 
@@ -1140,14 +1168,17 @@ def importances(ostudy, cfg: TuneConfig) -> dict[str, dict[str, float]]:
 
 
 def describe_params(study: Study, cfg: TuneConfig, params: dict[str, Any]) -> str:
-    """Parameters as axis values (per-block flags folded into the placement)."""
-    point = point_from_params(study, cfg, params)
+    """A trial's values of the tuned axes, as its run uses them ('-': unused by its router)."""
+    try:
+        spec = trial_spec(study, cfg, params)
+    except HarnessError:
+        return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
     shown = []
-    for axis, p in cfg.space.items():
-        value = point.get(axis)
-        if p.type == "per_block" and point.get("router") == "dense":
+    for axis in cfg.space:
+        value = getattr(spec.train, axis) if axis in TRAIN_AXES else getattr(spec, axis)
+        if axis == "moe_layers" and spec.router == "dense":
             value = "none (dense)"
-        shown.append(f"{axis}={_fmt(value)}")
+        shown.append(f"{axis}={'-' if value is None else _fmt(value)}")
     return " ".join(shown)
 
 
