@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
 from harness.config import DataConfig, ExecutorConfig, MeasureConfig, Section, TrainConfig
 from harness.errors import ConfigError, HarnessError
@@ -89,6 +89,19 @@ class RunSpec(Section):
         return out
 
 
+class EstimateConfig(Section):
+    """How ``run --dry-run`` turns training FLOPs into GPU-hours (``harness.estimate``).
+
+    GPU-hours = training FLOPs (3 x forward FLOPs x images, 2 FLOPs per multiply-add) /
+    (``peak_tflops`` x ``utilization``). An estimate, not a measurement: the defaults are an
+    H100 SXM's dense bf16 peak and a model-FLOPs utilisation of 40%, typical of ViT training.
+    """
+
+    peak_tflops: PositiveFloat = 989.0  # per GPU, dense (no sparsity), at train.precision
+    utilization: float = Field(0.4, gt=0, le=1)  # achieved / peak FLOP rate (MFU)
+    device: str = "H100 SXM, bf16 dense"  # what peak_tflops describes (printed with it)
+
+
 class Study(Section):
     name: str
     description: str = ""
@@ -100,7 +113,7 @@ class Study(Section):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     tune: dict[str, Any] | None = None  # validated by runners.tune
-    estimate: dict[str, Any] = Field(default_factory=dict)  # GPU-hour estimate settings
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)  # run --dry-run
     profile: str | None = None  # the profile applied, if any
     source: str | None = None  # the study file's path (set by load)
 

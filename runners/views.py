@@ -15,20 +15,66 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def plan_table(study: Study, plan) -> Table:
-    table = Table(title=f"{study.name}: {len(plan.specs)} runs, {plan.done} done, "
-                        f"{plan.failed} failed, {len(plan.todo)} to run",
-                  title_justify="left")
-    for col in ("#", "run_id", "model", "seed", "lr", "steps", "batch", "state"):
-        table.add_column(col)
+    """The runs a ``run`` would do, each with its estimated cost, and the totals.
+
+    Costs come from the shapes alone (``harness.estimate``): the dataset is not opened and no
+    model is built, so this works before the data exists, on the paper's largest models.
+    Settings shared by every run (seed, lr, steps, batch) go in the title, not in columns.
+    """
+    from harness.estimate import CONVENTIONS, describe, study_costs, totals
+
+    costs = study_costs(study, plan.specs)
     todo = {s.run_id for s in plan.todo}
-    for i, spec in enumerate(plan.specs):
+    knobs = {"seed": lambda s: str(s.seed), "lr": lambda s: f"{s.train.lr:g}",
+             "steps": lambda s: f"{s.train.steps:,}", "batch": lambda s: f"{s.train.batch_size:,}"}
+    values = {name: [get(s) for s in plan.specs] for name, get in knobs.items()}
+    shared = {n: v[0] for n, v in values.items() if v and len(set(v)) == 1}
+    varying = [n for n in knobs if n not in shared]
+    title = (f"{study.name}: {len(plan.specs)} runs, {plan.done} done, {plan.failed} failed, "
+             f"{len(plan.todo)} to run")
+    if shared:
+        title += " (every run: " + ", ".join(f"{n} {v}" for n, v in shared.items()) + ")"
+    table = Table(title=title, title_justify="left", caption_justify="left")
+    for col in ("#", "run_id", "model", *varying, "state"):
+        table.add_column(col)
+    for col in ("GFLOP/img", "train EF ours", "train EF paper", "GPU-h est."):
+        table.add_column(col, justify="right")
+    for i, (spec, cost) in enumerate(zip(plan.specs, costs, strict=True)):
         state = plan.statuses.get(spec.run_id, "pending")
         if spec.run_id in todo:
             state += " -> run"
-        table.add_row(str(i), spec.run_id, spec.model_config_().spec, str(spec.seed),
-                      f"{spec.train.lr:g}", str(spec.train.steps), str(spec.train.batch_size),
-                      f"[{STATE_STYLE.get(state.split()[0], '')}]{state}")
+        table.add_row(str(i), spec.run_id, spec.model_config_().spec,
+                      *(values[n][i] for n in varying),
+                      f"[{STATE_STYLE.get(state.split()[0], '')}]{state}",
+                      _num(cost.gflops_per_image), _num(cost.train_exaflops),
+                      _num(cost.train_exaflops_paper), _num(cost.gpu_hours))
+    rows = [("total", totals(costs))]
+    if plan.todo and len(plan.todo) != len(plan.specs):
+        rows.append(("to run", totals(c for c in costs if c.run_id in todo)))
+    table.add_section()
+    for name, t in rows:
+        table.add_row("", name, f"{t.runs} runs", *([""] * len(varying)), "", "",
+                      _num(t.train_exaflops), _num(t.train_exaflops_paper), _num(t.gpu_hours))
+    notes = [CONVENTIONS, describe(study.estimate)]
+    gpus = sorted({c.gpus for c in costs})
+    if gpus and gpus != [1]:
+        notes.append(f"{' or '.join(str(g) for g in gpus)} GPUs per run (train.gpus): a run's "
+                     "wall-clock hours are about its GPU-hours / GPUs.")
+    assumed = sorted({c.num_classes for c in costs if c.classes_assumed})
+    if assumed:
+        notes.append(f"data.num_classes unset: the estimate's head assumes {assumed[0]} classes "
+                     "(ImageNet-1k); a run uses the dataset's own count.")
+    table.caption = "\n".join(notes)
     return table
+
+
+def _num(value: float) -> str:
+    """A cost for the plan: 4 significant digits, thousands grouped, tiny ones as 1.2e-05."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.2e}" if abs(value) < 1e-3 else f"{value:.4g}"
 
 
 def status_table(study: Study, store: Store, live: dict[str, dict] | None = None) -> Table:

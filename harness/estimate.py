@@ -1,0 +1,122 @@
+"""Cost before you submit: what each run of a study will spend, from its shapes alone.
+
+For every run: forward GFLOP per image (closed form, :func:`harness.flops.analytic_flops`:
+no model is built, nothing is allocated, the dataset is not opened), training exaFLOPs in
+both conventions (ours, 3 x forward FLOPs x images, and the paper's, 3 x forward
+multiply-adds x images, i.e. half of ours; see PAPER.md's "convention trap") and an
+**estimate** of GPU-hours::
+
+    GPU-hours = 3 x forward FLOPs x steps x batch / (peak_tflops x 1e12 x utilization) / 3600
+
+with ``peak_tflops``, ``utilization`` and the device's name from the study's ``estimate:``
+section (:class:`harness.study.EstimateConfig`; defaults: an H100 SXM's dense bf16 peak,
+989 TFLOP/s, at 40% utilisation). Only the training steps are counted: evaluation, the
+few-shot probe, cost measurement, data loading and scheduler waits are not. Wall-clock hours
+divide the GPU-hours by ``train.gpus``.
+
+The head's class count comes from ``data.num_classes`` when given; otherwise from the
+dataset's known size (synthetic 50, digits and cifar10 10) or, for ``imagefolder``, an
+assumed 1,000 (ImageNet-1k), stated in the output. At the paper's shapes the head is under
+0.3% of the FLOPs, so the assumption barely moves the totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from harness.flops import analytic_flops, train_exaflops
+from harness.study import EstimateConfig, RunSpec, Study
+
+#: Classes of the datasets whose size is known without opening them (harness.data).
+KNOWN_CLASSES = {"synthetic": 50, "digits": 10, "cifar10": 10}
+#: Assumed for a folder dataset without ``data.num_classes`` (ImageNet-1k).
+ASSUMED_FOLDER_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one run will spend (estimated before it runs)."""
+
+    run_id: str
+    spec: str
+    gflops_per_image: float  # forward, 2 FLOPs per multiply-add
+    images: int  # images seen in training: steps x batch
+    train_exaflops: float  # ours: 3 x forward FLOPs x images
+    train_exaflops_paper: float  # the paper's: 3 x forward multiply-adds x images
+    gpu_hours: float  # estimate
+    gpus: int
+    num_classes: int
+    classes_assumed: bool  # True when num_classes was not stated anywhere
+
+    @property
+    def wall_hours(self) -> float:
+        return self.gpu_hours / self.gpus
+
+
+def head_classes(spec: RunSpec) -> tuple[int, bool]:
+    """The head's class count without opening the data, and whether it was assumed."""
+    data = spec.data
+    if data.num_classes is not None and data.name in ("synthetic", "imagefolder"):
+        return data.num_classes, False
+    if data.name in KNOWN_CLASSES:
+        return KNOWN_CLASSES[data.name], False
+    return ASSUMED_FOLDER_CLASSES, True
+
+
+def gpu_hours(train_flops: float, settings: EstimateConfig) -> float:
+    """GPU-hours to do ``train_flops`` FLOPs at ``peak_tflops`` x ``utilization``."""
+    return train_flops / (settings.peak_tflops * 1e12 * settings.utilization) / 3600.0
+
+
+def run_cost(spec: RunSpec, settings: EstimateConfig | None = None) -> RunCost:
+    """The estimated cost of one run (fast: closed form, also for H/14 with 256 experts)."""
+    settings = settings or EstimateConfig()
+    classes, assumed = head_classes(spec)
+    cfg = spec.model_config_(classes)
+    gflops = analytic_flops(cfg).total / 1e9
+    images = spec.train.steps * spec.train.batch_size
+    exa = train_exaflops(gflops, images)
+    return RunCost(
+        run_id=spec.run_id, spec=cfg.spec, gflops_per_image=gflops, images=images,
+        train_exaflops=exa["train_exaflops"], train_exaflops_paper=exa["train_exaflops_paper"],
+        gpu_hours=gpu_hours(exa["train_exaflops"] * 1e18, settings), gpus=spec.train.gpus,
+        num_classes=classes, classes_assumed=assumed,
+    )
+
+
+def study_costs(study: Study, specs: Sequence[RunSpec] | None = None) -> list[RunCost]:
+    """:func:`run_cost` of every run of ``study`` (or of ``specs``), in order."""
+    specs = study.expand() if specs is None else specs
+    return [run_cost(spec, study.estimate) for spec in specs]
+
+
+@dataclass(frozen=True)
+class Totals:
+    runs: int
+    train_exaflops: float
+    train_exaflops_paper: float
+    gpu_hours: float
+
+
+def totals(costs: Iterable[RunCost]) -> Totals:
+    costs = list(costs)
+    return Totals(
+        runs=len(costs),
+        train_exaflops=sum(c.train_exaflops for c in costs),
+        train_exaflops_paper=sum(c.train_exaflops_paper for c in costs),
+        gpu_hours=sum(c.gpu_hours for c in costs),
+    )
+
+
+def describe(settings: EstimateConfig) -> str:
+    """One line saying how the GPU-hours were estimated."""
+    return (f"GPU-hours are an ESTIMATE: training FLOPs (ours) / ({settings.peak_tflops:g} "
+            f"TFLOP/s peak [{settings.device}] x {settings.utilization:.0%} utilisation); "
+            "training steps only (no evaluation, probe, measurement or queueing). Set "
+            "'estimate: {peak_tflops, utilization, device}' in the study to change them.")
+
+
+CONVENTIONS = ("GFLOP/img: forward, 1 multiply-add = 2 FLOPs. train EF ours = 3 x forward "
+               "FLOPs x steps x batch; train EF paper = 3 x forward multiply-adds x steps x "
+               "batch = ours / 2, the convention of the paper's 'training exaFLOP' column.")
