@@ -808,7 +808,7 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
     trial.set_user_attr("worker_started", _proc_start(os.getpid()))
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("heartbeat_at", time.time())
-    trial.set_user_attr("slurm_job_id", os.environ.get("SLURM_JOB_ID"))
+    trial.set_user_attr("slurm_job_id", _slurm_job_id())
     if trial.user_attrs.get("stale"):  # a retry inherits its stale predecessor's attributes
         trial.set_user_attr("stale", None)
     _check_surplus(trial, trials)
@@ -851,6 +851,14 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
         raise _TrialFailed(error)
     trial.set_user_attr("outcome", "complete")
     return values if cfg.multi else values[0]
+
+
+def _slurm_job_id() -> str | None:
+    """As the record names it (``harness.run``: ``ARRAY_TASK`` for an array task)."""
+    import harness.run
+
+    named = getattr(harness.run, "slurm_job_id", None)
+    return named() if named else os.environ.get("SLURM_JOB_ID")
 
 
 def _check_surplus(trial, trials: int) -> None:
