@@ -827,7 +827,7 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, kind: str, trials: int,
     try:
         if beat:
             beat.__enter__()
-        _wait_for_twin(trial, spec.run_id, cfg)
+        _wait_for_twin(trial, spec.run_id, cfg, kind)
         record = store.read(spec.run_id)
         if record and record.get("status") in ("ok", "diverged") and _values(record, cfg):
             trial.set_user_attr("reused_record", record.get("tune_trial", "grid"))
@@ -871,10 +871,12 @@ def _check_surplus(trial, trials: int) -> None:
         raise _Surplus(f"trial {trial.number}: {trials} trials are already finished or running")
 
 
-def _wait_for_twin(trial, run_id: str, cfg: TuneConfig) -> None:
-    """Let an earlier RUNNING trial of the same run finish first (same work folder)."""
+def _wait_for_twin(trial, run_id: str, cfg: TuneConfig, kind: str) -> None:
+    """Let an earlier RUNNING trial of the same run finish first (same work folder), or die:
+    a twin whose worker died is failed here (nobody else may be free to notice)."""
     S = _states()
     while True:
+        recover_stale(trial.study, cfg, kind)
         twins = [t for t in trial.study.get_trials(deepcopy=False, states=(S.RUNNING,))
                  if t.user_attrs.get("run_id") == run_id and t.number < trial.number]
         if not twins:
