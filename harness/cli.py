@@ -25,29 +25,87 @@ def _root() -> None:
 
 @app.command()
 def inspect(
-    specs: Annotated[list[str], typer.Argument(help="Model specs, e.g. vit-s/16:soft:e128:s1")],
+    specs: Annotated[list[str] | None, typer.Argument(
+        help="Model specs, e.g. vit-s/16 vit-s/16:soft:e128:s1")] = None,
     router: Annotated[str | None, typer.Option(help="Router for every spec")] = None,
     experts: Annotated[int | None, typer.Option(help="Experts per MoE layer")] = None,
     slots: Annotated[int | None, typer.Option(help="Slots per expert (Soft MoE)")] = None,
     k: Annotated[int | None, typer.Option(help="Experts per token (Tokens Choice)")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes of the head")] = 1000,
+    counter: Annotated[str, typer.Option(
+        help="FLOP counter: auto (fvcore; meta device above 2B params), fvcore, torch, "
+             "meta, analytic")] = "auto",
+    time_: Annotated[bool, typer.Option(
+        "--time", help="Also measure inference/training throughput and peak memory")] = False,
+    batch_size: Annotated[int, typer.Option(help="Batch size for --time")] = 32,
+    repeats: Annotated[int, typer.Option(help="Timed repeats for --time (median)")] = 5,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the table as JSON to this file")] = None,
+    paper: Annotated[bool, typer.Option(
+        "--paper", help="The paper's Tables 1/8 (S/16..H/14, Soft MoE 128E/256E): ours beside "
+                        "theirs")] = False,
 ) -> None:
-    """Print parameters (total and active per token) of one or more models."""
-    from rich.console import Console
-    from rich.table import Table
+    """Parameters (total, active per token) and GFLOP/img by layer kind of one or more
+    models (1 multiply-add = 2 FLOPs); --time adds measured throughput and memory."""
+    import json
 
-    from harness.cost import parameter_counts
-    from harness.models import build, parse_model_spec
+    from harness import cost
+    from harness.models import parse_model_spec
 
-    overrides = {key: value for key, value in dict(
-        router=router, num_experts=experts, slots_per_expert=slots, k=k).items()
-        if value is not None}
-    table = Table("model", "params total", "params active / token")
-    for spec in specs:
-        cfg = parse_model_spec(spec, num_classes=num_classes).replace(**overrides)
-        counts = parameter_counts(build(cfg), cfg.num_tokens)
-        table.add_row(cfg.spec, f"{counts['params_total']:,}", f"{counts['params_active']:,}")
-    Console().print(table)
+    if paper:
+        rows = cost.paper_table("meta" if counter == "auto" else counter)
+        cost.print_paper_table(rows)
+    else:
+        if not specs:
+            raise typer.BadParameter("give at least one model spec, or --paper")
+        overrides = {key: value for key, value in dict(
+            router=router, num_experts=experts, slots_per_expert=slots, k=k).items()
+            if value is not None}
+        rows = [cost.inspect_model(
+            parse_model_spec(spec, num_classes=num_classes).replace(**overrides),
+            counter=counter, timing=time_, batch_size=batch_size, repeats=repeats)
+            for spec in specs]
+        cost.print_inspect(rows)
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+# --- micro-benchmarks ----------------------------------------------------------------------
+bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("layers")
+def bench_layers(
+    dim: Annotated[int, typer.Option(help="Model width")] = 384,
+    tokens: Annotated[int, typer.Option(help="Tokens per image")] = 196,
+    batch: Annotated[int, typer.Option(help="Images per batch")] = 32,
+    experts: Annotated[list[int] | None, typer.Option(
+        help="Expert counts (repeatable; default 8 32 128)")] = None,
+    slots: Annotated[list[int] | None, typer.Option(
+        help="Soft MoE slots per expert (repeatable; default 1 2)")] = None,
+    repeats: Annotated[int | None, typer.Option(
+        help="Timed repeats per measurement (default 7, --quick 4)")] = None,
+    quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only (~1 min)")] = False,
+    reference: Annotated[bool, typer.Option(
+        help="Compare with soft-moe-pytorch when installed")] = True,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
+) -> None:
+    """Forward and forward+backward time of each MLP kind at matched shapes; our Soft MoE
+    against soft-moe-pytorch (interleaved, median of per-pair ratios); expert matmul rates."""
+    import json
+
+    from harness import bench
+
+    result = bench.bench_layers(
+        dim=dim, tokens=tokens, batch=batch, experts=tuple(experts or (8, 32, 128)),
+        slots=tuple(slots or ((1,) if quick else (1, 2))),
+        repeats=repeats or (4 if quick else 7), warmup=1 if quick else 2,
+        compare_reference=reference, progress=lambda line: print(line, flush=True))
+    bench.print_layers(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
 
 # --- studies -------------------------------------------------------------------------------
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml")]

@@ -15,7 +15,8 @@ The three counters:
 - :func:`fvcore_flops` (primary): ``fvcore.nn.FlopCountAnalysis`` on the real model with
   real images. fvcore counts 1 per multiply-add; we double it. We register handles for the
   ops it does not count in our models (``baddbmm``, ``scaled_dot_product_attention``,
-  xformers' attention ops, broadcasting ``matmul``, our experts' autograd function) and
+  xformers' attention ops, broadcasting ``matmul``, the autograd functions of our Soft MoE
+  and experts, which TorchScript records as opaque ``prim::PythonOp`` nodes) and
   declare the zero-cost ops above explicitly. **Any other op is an error**
   (:class:`UncountedOpError`), never a silent zero.
 - :func:`torch_flops`: ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per
@@ -169,6 +170,16 @@ def _experts_handle(inputs, outputs) -> int:  # _ExpertsFunction(x, w1, b1, w2, 
     return matmul_macs(x, w1) + matmul_macs([*x[:-1], w1[-1]], w2)
 
 
+def _soft_dispatch_handle(inputs, outputs) -> int:  # _SoftDispatch(x, phi_t): logits, slots
+    x, phi_t = _shapes(inputs[:2])
+    return 2 * matmul_macs(x, phi_t[::-1])
+
+
+def _soft_combine_handle(inputs, outputs) -> int:  # _SoftCombine(combine, expert outputs)
+    combine, slot_out = _shapes(inputs[:2])
+    return matmul_macs(combine, [combine[-1], slot_out[-1]])
+
+
 def _zero(inputs, outputs) -> int:
     return 0
 
@@ -185,8 +196,10 @@ FVCORE_HANDLES = {
     "aten::_efficient_attention_forward": _bmhk_attention_handle,
     "aten::_flash_attention_forward": _bmhk_attention_handle,
     "prim::PythonOp._fMHA": _bmhk_attention_handle,
-    # our fused expert MLPs (harness.moe.experts): a custom autograd function
+    # our autograd functions (harness.moe.experts, harness.moe.soft)
     "prim::PythonOp._ExpertsFunction": _experts_handle,
+    "prim::PythonOp._SoftDispatch": _soft_dispatch_handle,
+    "prim::PythonOp._SoftCombine": _soft_combine_handle,
 }
 """fvcore handles we add or replace (multiply-adds, fvcore's unit). fvcore's own handles
 for ``linear``, ``addmm``, ``bmm``, ``einsum`` and ``_convolution`` are kept."""

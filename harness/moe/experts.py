@@ -66,8 +66,11 @@ def fast_path_ok(*tensors: torch.Tensor) -> bool:
     """Whether the hand-written kernels apply: one dtype, no autocast (which would change
     dtypes inside), no tensor subclass that needs its own dispatch."""
     t0 = tensors[0]
-    if torch.is_autocast_enabled(t0.device.type):
-        return False
+    try:
+        if torch.is_autocast_enabled(t0.device.type):
+            return False
+    except RuntimeError:  # a device type without autocast (e.g. meta)
+        pass
     return all(type(t) is torch.Tensor or type(t) is nn.Parameter for t in tensors) and all(
         t.dtype == t0.dtype and t.device == t0.device for t in tensors
     )
