@@ -130,12 +130,25 @@ def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
     return record
 
 
+def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
+    """The study's ``measure`` section applied through ``harness.cost.measure``."""
+    from harness.cost import measure
+
+    m = spec.measure
+    out = measure(model, cfg, batch_size=m.batch_size, device=device, repeats=m.repeats,
+                  warmup=m.warmup, flops_counter="fvcore" if m.flops else "analytic",
+                  timing=m.time, memory=m.memory, latency_batch_size=m.latency_batch_size)
+    out.pop("device", None)  # the environment names the device in words
+    return out
+
+
 def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
          on_progress=None) -> dict[str, Any]:
     import torch
 
     from harness import cost
     from harness.data import load_data
+    from harness.flops import train_exaflops
     from harness.models import build
     from harness.train import fit
 
@@ -150,7 +163,7 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     model = build(cfg).to(device)
     out.update(cost.parameter_counts(model, cfg.num_tokens))
     if spec.measure.enabled:
-        out.update(cost.measure(model, cfg, spec.measure, device=device))
+        out.update(measure_cost(model, cfg, spec, device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
     quality = fit(model, spec, data, workdir=workdir, device=device,
                   on_progress=_chain(progress_writer(workdir / "progress.json", spec),
@@ -159,5 +172,5 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     out["attention_backend"] = getattr(model, "attention_backend", None)
     if out.get("gflops_per_image") is not None:
         images = spec.train.batch_size * out.get("steps_done", spec.train.steps)
-        out.update(cost.train_exaflops(out["gflops_per_image"], images))
+        out.update(train_exaflops(out["gflops_per_image"], images))
     return out
