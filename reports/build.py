@@ -11,13 +11,26 @@ from harness.study import Study
 def extra_sections(study: Study, store: Store, frame) -> list[str]:
     """Sections beyond the generic page: tuning history, the paper's figures and claims."""
     sections: list[str] = []
-    if study.tune is not None:
+    if getattr(study, "tune", None) is not None:  # (test doubles may lack it)
         from reports.tuning import tuning_section
 
         tuning = tuning_section(study, store)  # None until `moe-harness tune` made a storage
         if tuning:
             sections.append(tuning)
+    sections += paper_sections(frame)
     return sections
+
+
+def paper_sections(frame) -> list[str]:
+    """The claims check and the paper's figures that ``frame``'s records can fill (any
+    study: a figure or claim without the data it needs is left out or says so)."""
+    from reports.aggregate import aggregate
+    from reports.claims import claims_section
+    from reports.figures import with_rows
+    from reports.paper import derive, paper_section
+
+    agg = derive(with_rows(aggregate(frame)))
+    return [s for s in (claims_section(agg), paper_section(frame, agg)) if s]
 
 
 def build_report(study: Study, store: Store, out: Path | None = None) -> Path:

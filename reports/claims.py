@@ -1,0 +1,417 @@
+"""The paper's main claims, checked against the records: **held**, **failed** or **lacks data**.
+
+Each rule is a small pure function of the aggregated frame (:func:`reports.aggregate.aggregate`
+output, one row per configuration, means over seeds) that returns a :class:`Verdict` with the
+numbers behind it. Rules compare configurations that differ only in what the claim is about:
+"the same other settings" means equal values of every spec column (model, placement, learning
+rate, steps, data, ...) except the ones the claim varies. Quality is the page's primary
+quality (test accuracy when recorded; direction-aware, so a loss works too).
+
+Thresholds (module constants, stated in each verdict):
+
+* Pareto: Soft MoE must not be beaten by another router's configuration (dense, Tokens Choice,
+  Experts Choice) that costs at most what a Soft MoE configuration costs, by more than
+  ``FRONT_QUALITY_TOL`` in quality; costs within ``FRONT_COST_TOL`` count as equal. Cost:
+  training exaFLOPs (either convention: they are proportional), else eval GFLOP/img.
+* Soft MoE with more experts at fixed total slots: quality at the most experts above quality
+  at the fewest, and training throughput at every expert count within ``THROUGHPUT_BAND`` of
+  the throughput at the fewest experts.
+* Sparse routers: training throughput at the most experts at least ``MIN_THROUGHPUT_FALL``
+  below the fewest; dropped-token fraction at least ``MIN_DROP_RISE`` above.
+* Ablations and placement: strictly better mean quality; a margin smaller than the larger
+  standard deviation over seeds is flagged "within one std".
+
+"held" and "failed" describe these records only: a laptop-scale synthetic study says what the
+harness measured there, not whether the paper is right at ImageNet scale.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from reports.figures import config_label, fmt, primary_quality, router_name, spec_columns
+from reports.metrics import METRICS, label
+from reports.paper import (
+    N_BLOCKS,
+    PLACEMENT,
+    SOFT_ROUTERS,
+    SPARSE_ROUTERS,
+    TOTAL_SLOTS,
+    derive,
+)
+
+HELD, FAILED, LACKS = "held", "failed", "lacks data"
+
+FRONT_QUALITY_TOL = 0.005  # quality units: half a point of accuracy
+FRONT_COST_TOL = 0.05  # relative: costs within 5% are the same cost
+THROUGHPUT_BAND = 0.30  # Soft MoE: within +-30% of its throughput at the fewest experts
+MIN_THROUGHPUT_FALL = 0.05  # sparse routers: at least 5% slower at the most experts
+MIN_DROP_RISE = 0.01  # sparse routers: at least 1 point more tokens dropped
+MAX_LISTED = 6  # groups or violations spelled out in one verdict
+
+PARETO_RIVALS = ("dense", "tokens_choice", "experts_choice")
+ABLATIONS = ("soft_uniform", "uniform_soft", "uniform", "identity")
+THROUGHPUT = "train_images_per_s"
+DROPPED = "router_dropped_fraction"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    claim: str
+    status: str  # HELD | FAILED | LACKS
+    evidence: str
+    rule: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _quality(agg: pl.DataFrame, quality: str | None) -> str | None:
+    quality = quality or primary_quality(agg)
+    return quality if quality and f"{quality}_mean" in agg.columns else None
+
+
+def _gain(quality: str, a: float, b: float) -> float:
+    """How much better ``a`` is than ``b`` (positive = better), by the metric's direction."""
+    return b - a if METRICS[quality].lower_is_better else a - b
+
+
+def _context(agg: pl.DataFrame, vary: Sequence[str]) -> list[str]:
+    """Spec columns that must be equal for two configurations to be compared."""
+    return [c for c in spec_columns(agg) if c not in {*vary, "spec"}]
+
+
+def _groups(data: pl.DataFrame, keys: list[str]) -> list[pl.DataFrame]:
+    if data.height == 0:
+        return []
+    if not keys:
+        return [data]
+    return [g for _, g in data.group_by(keys, maintain_order=True)]
+
+
+def _name(row: dict[str, Any], drop: Sequence[str] = ()) -> str:
+    """A configuration's short name without the parts the claim varies."""
+    row = {k: (None if k in drop else v) for k, v in row.items()}
+    return config_label(row).replace(" None", "")
+
+
+def _std(row: dict[str, Any], metric: str) -> float:
+    value = row.get(f"{metric}_std")
+    return 0.0 if value is None or value != value else float(value)
+
+
+def _listing(items: list[str]) -> str:
+    shown = items[:MAX_LISTED]
+    more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return "; ".join(shown) + more
+
+
+def _prepared(agg: pl.DataFrame) -> pl.DataFrame:
+    from reports.paper import TOKENS
+
+    return agg if TOKENS in agg.columns else derive(agg)
+
+
+def _filter_present(agg: pl.DataFrame, *metrics: str) -> pl.DataFrame:
+    out = agg
+    for m in metrics:
+        out = out.filter(pl.col(f"{m}_mean").cast(pl.Float64).fill_nan(None).is_not_null())
+    return out
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdict:
+    """Soft MoE is on the overall Pareto front at every cost it covers."""
+    claim = ("Soft MoE is on the overall Pareto front (quality against training cost) at "
+             "every cost it covers.")
+    cost = next((c for c in ("train_exaflops", "train_exaflops_paper", "gflops_per_image")
+                 if f"{c}_mean" in agg.columns), None)
+    quality = _quality(agg, quality)
+    rule = (f"No dense, Tokens Choice or Experts Choice configuration costing at most what a "
+            f"Soft MoE configuration costs (costs within {FRONT_COST_TOL:.0%} are equal) may "
+            f"beat Soft MoE's best quality at that cost by more than {FRONT_QUALITY_TOL:g}.")
+    if quality is None or cost is None or "router" not in agg.columns:
+        return Verdict("pareto", claim, LACKS, "No quality or cost recorded.", rule)
+    data = _filter_present(agg, quality, cost).filter(pl.col(f"{cost}_mean") > 0)
+    soft = data.filter(pl.col("router") == "soft")
+    rivals = data.filter(pl.col("router").is_in(list(PARETO_RIVALS)))
+    if soft.height == 0 or rivals.height == 0:
+        missing = "Soft MoE" if soft.height == 0 else "dense or sparse routers"
+        return Verdict("pareto", claim, LACKS, f"No run of {missing} with {label(quality)} "
+                       f"and {label(cost)}.", rule)
+    costs, qs = soft[f"{cost}_mean"].to_list(), soft[f"{quality}_mean"].to_list()
+    lo, hi = min(costs), max(costs)
+    slack = 1 + FRONT_COST_TOL
+    compared, beaten = 0, []
+    for row in rivals.iter_rows(named=True):
+        c, q = row[f"{cost}_mean"], row[f"{quality}_mean"]
+        if c > hi * slack:
+            continue  # dearer than every Soft MoE configuration: outside its range
+        compared += 1
+        at = max(c, lo) * slack
+        best = max((sq for sc, sq in zip(costs, qs, strict=True) if sc <= at),
+                   key=lambda v: _gain(quality, v, 0.0))
+        margin = _gain(quality, q, best)
+        if margin > FRONT_QUALITY_TOL:
+            beaten.append((margin, f"{_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "
+                                   f"{fmt(best)} at <= {fmt(max(c, lo))} (+{fmt(margin)})"))
+    span = (f"Soft MoE covers {label(cost)} {fmt(lo)} to {fmt(hi)} ({soft.height} "
+            f"configurations); {compared} configurations of other routers cost at most that")
+    if compared == 0:
+        return Verdict("pareto", claim, LACKS, span + ": nothing to compare with.", rule)
+    if beaten:
+        beaten.sort(key=lambda t: -t[0])
+        return Verdict("pareto", claim, FAILED, f"{span}; {len(beaten)} beat Soft MoE: "
+                       + _listing([b for _, b in beaten]) + ".", rule)
+    return Verdict("pareto", claim, HELD, f"{span}; none beats Soft MoE by more than "
+                   f"{FRONT_QUALITY_TOL:g} in {label(quality)}.", rule)
+
+
+def _expert_sweeps(data: pl.DataFrame, extra: Sequence[str] = ()) -> list[pl.DataFrame]:
+    """Groups of configurations equal but for the expert count (and so, at fixed total
+    slots, the slots per expert), with two or more expert counts, sorted by experts."""
+    keys = [*_context(data, ("num_experts", "slots_per_expert")), *extra]
+    return [g.sort("num_experts") for g in _groups(data, keys) if g["num_experts"].n_unique() >= 2]
+
+
+def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
+                             band: float = THROUGHPUT_BAND) -> Verdict:
+    """Soft MoE's quality rises with experts at fixed slots; throughput stays in a band."""
+    claim = (f"At a fixed number of slots, Soft MoE's quality rises with the number of "
+             f"experts while its training throughput stays within +-{band:.0%}.")
+    rule = (f"In every group of Soft MoE configurations equal but for the expert count (total "
+            f"slots fixed): quality at the most experts above quality at the fewest, and "
+            f"{label(THROUGHPUT)} at every count within +-{band:.0%} of that at the fewest.")
+    quality = _quality(agg, quality)
+    if quality is None or not {"router", "num_experts"} <= set(agg.columns):
+        return Verdict("soft_experts", claim, LACKS, "No quality or expert counts recorded.",
+                       rule)
+    data = _prepared(agg)
+    soft = _filter_present(data, quality).filter(
+        (pl.col("router") == "soft") & pl.col(TOTAL_SLOTS).is_not_null())
+    sweeps = _expert_sweeps(soft, (TOTAL_SLOTS,))
+    if not sweeps:
+        return Verdict("soft_experts", claim, LACKS, "No Soft MoE configurations that differ "
+                       "only in the number of experts (at fixed total slots).", rule)
+    has_speed = f"{THROUGHPUT}_mean" in data.columns
+    lines, failed, speed_missing = [], False, False
+    for g in sweeps:
+        rows = g.to_dicts()
+        first, last = rows[0], rows[-1]
+        gain = _gain(quality, last[f"{quality}_mean"], first[f"{quality}_mean"])
+        experts = "->".join(fmt(r["num_experts"]) for r in rows)
+        qs = "->".join(fmt(r[f"{quality}_mean"]) for r in rows)
+        text = (f"{_name(first, ('num_experts', 'slots_per_expert'))}, "
+                f"{fmt(first[TOTAL_SLOTS])} slots: experts {experts}: {label(quality)} {qs} "
+                f"({'rises' if gain > 0 else 'does not rise'}, {gain:+.4g})")
+        failed |= gain <= 0
+        speeds = [r.get(f"{THROUGHPUT}_mean") for r in rows] if has_speed else [None]
+        if any(s is None or s != s for s in speeds) or not speeds[0]:
+            speed_missing = True
+            text += f"; {label(THROUGHPUT)} not recorded"
+        else:
+            ratios = [s / speeds[0] for s in speeds]
+            inside = all(abs(r - 1) <= band for r in ratios)
+            failed |= not inside
+            text += (f"; {label(THROUGHPUT)} {'->'.join(fmt(s) for s in speeds)} "
+                     f"({min(ratios):.2f}-{max(ratios):.2f}x of the fewest, "
+                     f"{'inside' if inside else 'outside'} +-{band:.0%})")
+        lines.append(text)
+    evidence = _listing(lines) + "."
+    if failed:
+        return Verdict("soft_experts", claim, FAILED, evidence, rule)
+    if speed_missing:
+        return Verdict("soft_experts", claim, LACKS, evidence, rule)
+    return Verdict("soft_experts", claim, HELD, evidence, rule)
+
+
+def _sparse_trend(agg: pl.DataFrame, metric: str) -> list[tuple[str, float, float, list[str]]]:
+    """(name, value at fewest, value at most experts, per-count text) per sparse sweep."""
+    out = []
+    if f"{metric}_mean" not in agg.columns or "router" not in agg.columns:
+        return out
+    data = _filter_present(agg, metric).filter(pl.col("router").is_in(list(SPARSE_ROUTERS)))
+    keys = [k for k in _context(data, ("num_experts",)) if k in data.columns]
+    for g in _groups(data, keys):
+        if g["num_experts"].n_unique() < 2:
+            continue
+        rows = g.sort("num_experts").to_dicts()
+        steps = [f"{fmt(r['num_experts'])}: {fmt(r[f'{metric}_mean'])}" for r in rows]
+        out.append((_name(rows[0], ("num_experts",)), rows[0][f"{metric}_mean"],
+                    rows[-1][f"{metric}_mean"], steps))
+    return out
+
+
+def sparse_throughput_falls(agg: pl.DataFrame,
+                            min_fall: float = MIN_THROUGHPUT_FALL) -> Verdict:
+    """Tokens Choice's and Experts Choice's throughput falls as the experts grow."""
+    claim = "The sparse routers' training throughput falls as the number of experts grows."
+    rule = (f"In every group of Tokens Choice or Experts Choice configurations equal but for "
+            f"the expert count: {label(THROUGHPUT)} at the most experts at least "
+            f"{min_fall:.0%} below that at the fewest.")
+    sweeps = _sparse_trend(agg, THROUGHPUT)
+    if not sweeps:
+        return Verdict("sparse_speed", claim, LACKS, "No sparse-router configurations that "
+                       f"differ only in the number of experts, with {label(THROUGHPUT)}.", rule)
+    lines, ok = [], True
+    for name, first, last, steps in sweeps:
+        fall = 1 - last / first if first else 0.0
+        ok &= fall >= min_fall
+        lines.append(f"{name}: experts {', '.join(steps)} img/s (falls {fall:.0%})")
+    return Verdict("sparse_speed", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+
+
+def dropped_tokens_grow(agg: pl.DataFrame, min_rise: float = MIN_DROP_RISE) -> Verdict:
+    """The dropped-token fraction of the sparse routers grows with the number of experts."""
+    claim = "The sparse routers drop more tokens as the number of experts grows."
+    rule = (f"In every group of Tokens Choice or Experts Choice configurations equal but for "
+            f"the expert count: {label(DROPPED)} at the most experts at least {min_rise:g} "
+            f"above that at the fewest.")
+    sweeps = _sparse_trend(agg, DROPPED)
+    if not sweeps:
+        return Verdict("dropped", claim, LACKS, "No sparse-router configurations that differ "
+                       f"only in the number of experts, with {label(DROPPED)}.", rule)
+    lines, ok = [], True
+    for name, first, last, steps in sweeps:
+        rise = last - first
+        ok &= rise >= min_rise
+        lines.append(f"{name}: experts {', '.join(steps)} (rises {rise:+.3f})")
+    return Verdict("dropped", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+
+
+def _pairwise(quality: str, best: dict[str, Any], other: dict[str, Any]) -> tuple[float, str]:
+    margin = _gain(quality, best[f"{quality}_mean"], other[f"{quality}_mean"])
+    noisy = abs(margin) < max(_std(best, quality), _std(other, quality))
+    return margin, f"{margin:+.4g}{' (within one std)' if noisy else ''}"
+
+
+def learned_routing_beats_ablations(agg: pl.DataFrame, quality: str | None = None) -> Verdict:
+    """Soft MoE (learned dispatch and combine) beats each fixed-routing ablation."""
+    claim = ("Learned dispatch and combine (Soft MoE) beat the fixed-routing ablations "
+             "(Soft/Uniform, Uniform/Soft, Uniform, Identity).")
+    rule = ("Soft MoE's mean quality strictly above each ablation's, in every group of "
+            "configurations equal but for the router.")
+    quality = _quality(agg, quality)
+    if quality is None or "router" not in agg.columns:
+        return Verdict("ablations", claim, LACKS, "No quality recorded.", rule)
+    data = _filter_present(agg, quality).filter(
+        pl.col("router").is_in(["soft", *ABLATIONS]))
+    keys = [k for k in _context(data, ("router",)) if k in data.columns]
+    lines, ok, compared = [], True, 0
+    for g in _groups(data, keys):
+        rows = {r["router"]: r for r in g.to_dicts()}
+        if "soft" not in rows or not set(rows) & set(ABLATIONS):
+            continue
+        soft = rows["soft"]
+        parts = []
+        for name in ABLATIONS:
+            if name in rows:
+                margin, text = _pairwise(quality, soft, rows[name])
+                ok &= margin > 0
+                compared += 1
+                parts.append(f"{router_name(name)} {fmt(rows[name][f'{quality}_mean'])} "
+                             f"({text})")
+        missing = [router_name(a) for a in ABLATIONS if a not in rows]
+        lines.append(f"{_name(soft, ('router',))}: Soft MoE {fmt(soft[f'{quality}_mean'])} vs "
+                     + ", ".join(parts) + (f"; not run: {', '.join(missing)}" if missing else ""))
+    if not compared:
+        return Verdict("ablations", claim, LACKS, "No Soft MoE run next to an ablation with "
+                       "the same other settings.", rule)
+    return Verdict("ablations", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+
+
+def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Verdict:
+    """MoE layers in the last blocks beat the same number spread over the network."""
+    claim = ("MoE layers in the last blocks beat the same number of MoE layers spread over "
+             "the network (total experts fixed).")
+    rule = ("For each number of MoE blocks (2 or more) with both kinds: the best Soft MoE "
+            "placement of consecutive blocks ending at the last one has strictly higher mean "
+            "quality than the best spread placement, same other settings and total experts.")
+    quality = _quality(agg, quality)
+    if quality is None or not {"router", "moe_layers", "num_experts"} <= set(agg.columns):
+        return Verdict("placement", claim, LACKS, "No quality or placements recorded.", rule)
+    data = _prepared(agg)
+    soft = _filter_present(data, quality).filter(
+        pl.col("router").is_in(list(SOFT_ROUTERS)) & pl.col(PLACEMENT).is_in(["last", "spread"])
+    ).with_columns((pl.col("num_experts") * pl.col(N_BLOCKS)).alias("_total_experts"))
+    keys = [k for k in _context(soft, ("moe_layers", "num_experts")) if k in soft.columns]
+    lines, ok, compared = [], True, 0
+    for g in _groups(soft, [*keys, "_total_experts", N_BLOCKS]):
+        by_kind: dict[str, dict[str, Any]] = {}
+        for row in g.to_dicts():
+            kind = row[PLACEMENT]
+            if kind not in by_kind or _gain(quality, row[f"{quality}_mean"],
+                                            by_kind[kind][f"{quality}_mean"]) > 0:
+                by_kind[kind] = row
+        if len(by_kind) < 2:
+            continue
+        last, spread = by_kind["last"], by_kind["spread"]
+        margin, text = _pairwise(quality, last, spread)
+        ok &= margin > 0
+        compared += 1
+        lines.append(f"{fmt(last[N_BLOCKS])} blocks ({fmt(last['_total_experts'])} experts in "
+                     f"total): last {{{last['moe_layers']}}} {fmt(last[f'{quality}_mean'])} vs "
+                     f"spread {{{spread['moe_layers']}}} {fmt(spread[f'{quality}_mean'])} "
+                     f"({text})")
+    if not compared:
+        return Verdict("placement", claim, LACKS, "No pair of last-blocks and spread Soft MoE "
+                       "placements with the same number of MoE blocks.", rule)
+    return Verdict("placement", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+
+
+RULES: tuple[Callable[[pl.DataFrame], Verdict], ...] = (
+    soft_on_pareto_front,
+    soft_scales_with_experts,
+    sparse_throughput_falls,
+    dropped_tokens_grow,
+    learned_routing_beats_ablations,
+    last_blocks_beat_spread,
+)
+
+
+def check_claims(agg: pl.DataFrame) -> list[Verdict]:
+    """Every rule's verdict on ``agg`` (the aggregated frame), in the page's order."""
+    agg = _prepared(agg)
+    return [rule(agg) for rule in RULES]
+
+
+# --------------------------------------------------------------------------- the section
+
+_BADGE = {HELD: "#d4edda", FAILED: "#f8d7da", LACKS: "#eeeeee"}
+
+
+def claims_table(verdicts: Sequence[Verdict]) -> str:
+    rows = "".join(
+        f'<tr data-claim="{html.escape(v.key)}" data-verdict="{html.escape(v.status)}">'
+        f"<td>{html.escape(v.claim)}</td>"
+        f'<td style="background:{_BADGE[v.status]};font-weight:600;white-space:nowrap">'
+        f"{html.escape(v.status)}</td><td>{html.escape(v.evidence)}</td>"
+        f'<td class="note">{html.escape(v.rule)}</td></tr>'
+        for v in verdicts)
+    return ('<table class="claims"><thead><tr><th>claim</th><th>verdict</th>'
+            "<th>numbers behind it</th><th>how it is judged</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
+def claims_section(agg: pl.DataFrame) -> str | None:
+    """The claims check as a page section; None when no run has a quality metric."""
+    if agg.height == 0 or primary_quality(agg) is None:
+        return None
+    verdicts = check_claims(agg)
+    counts = {s: sum(v.status == s for v in verdicts) for s in (HELD, FAILED, LACKS)}
+    quality = primary_quality(agg)
+    note = (f'<p class="note">Each of the paper\'s main claims, judged from these records '
+            f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, {counts[LACKS]} "
+            f"lack data). Quality is the mean {html.escape(label(quality))} over seeds. A "
+            "verdict describes these runs only: at laptop scale on synthetic data it says "
+            "what the harness measured, not whether the paper holds at its scale.</p>")
+    return (f'<section id="claims"><h2>The paper\'s claims, checked</h2>{note}'
+            f'<div class="scroll">{claims_table(verdicts)}</div></section>')
