@@ -278,3 +278,24 @@ def test_dry_run_prints_costs_without_the_data(profile, tmp_path):
         assert f"{total.gpu_hours:,.0f}" in out
         assert "8 GPUs per run" in out
         assert math.isclose(total.train_exaflops, 2 * total.train_exaflops_paper)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", STUDIES)
+def test_plan_table_of_every_study_and_profile(name, profile, tmp_path):
+    from rich.console import Console
+
+    from harness.store import Store
+    from runners import plan
+    from runners.views import plan_table
+
+    s = study(name, profile, "data.path=/nonexistent")
+    console = Console(width=250, record=True)
+    with console.capture() as out:
+        console.print(plan_table(s, plan(s, Store(tmp_path, s.name))))
+    text = out.get()
+    runs = len(s.expand())
+    assert f"{runs} runs" in text and "total" in text and "ESTIMATE" in text
+    t = totals(study_costs(s))
+    shown = f"{t.gpu_hours:,.0f}" if t.gpu_hours >= 1000 else f"{t.gpu_hours:.4g}"
+    assert shown in text if t.gpu_hours >= 1e-3 else "e-" in text
