@@ -397,13 +397,17 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                 res = time_call(fn, device=device, repeats=repeats, warmup=warmup)
                 row[f"{name}_ms"] = res["median_ms"]
                 row[f"{name}_ms_p10"], row[f"{name}_ms_p90"] = res["p10_ms"], res["p90_ms"]
+        # the machine's rate now (the load of a shared machine drifts during a run)
+        row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, repeats=3)
         if kind != "dense":
             _expert_columns(row, layer, batch, tokens, dim, hidden, device, repeats, warmup,
-                            machine["plain_matmul_gflops_per_s"])
+                            row["plain_matmul_gflops_per_s"])
         rows.append(row)
         say(_progress_line(row))
         del layer
     machine["loadavg_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine["plain_matmul_gflops_per_s_median"] = statistics.median(
+        [machine["plain_matmul_gflops_per_s"]] + [r["plain_matmul_gflops_per_s"] for r in rows])
     machine["seconds"] = time.time() - started
     return {"machine": machine, "rows": rows}
 
@@ -499,7 +503,8 @@ def print_layers(result: dict[str, Any]) -> None:
     console.print(
         f"dim {r0.get('dim')}, {r0.get('tokens')} tokens, batch {r0.get('batch')}; "
         f"{machine['device']}, torch {machine['torch_version']}; plain matmul "
-        f"{machine['plain_matmul_gflops_per_s']:.0f} GFLOP/s; load average "
+        f"{machine['plain_matmul_gflops_per_s_median']:.0f} GFLOP/s (median; measured beside "
+        f"every row, '% of plain' uses the row's own); load average "
         f"{machine['loadavg_before']:.2f} before, {machine['loadavg_after']:.2f} after; "
         f"{machine['seconds']:.0f} s. speedup = soft-moe-pytorch time / ours, median of "
         f"interleaved pairs (> 1: ours faster); ref = soft-moe-pytorch 0.1.9, same dim, "

@@ -277,7 +277,7 @@ def inspect_model(cfg, *, counter: str = "auto", timing: bool = False, batch_siz
     import torch
 
     from harness.errors import HarnessError
-    from harness.flops import KINDS, analytic_flops, count_flops, torch_flops
+    from harness.flops import KINDS, analytic_flops, build_for_counting, count_flops, torch_flops
     from harness.models import build
 
     closed = closed_form_params(cfg)
@@ -293,9 +293,11 @@ def inspect_model(cfg, *, counter: str = "auto", timing: bool = False, batch_siz
         row.update(closed)
         flops, counted_by = analytic_flops(cfg), "analytic"
     else:
-        device = "meta" if counter == "meta" else "cpu"
-        with torch.device(device):
-            model = build(cfg)
+        if counter == "meta":
+            with torch.device("meta"):
+                model = build(cfg)
+        else:  # counting needs shapes only; timing needs the real initialisation
+            model = build(cfg) if timing else build_for_counting(cfg)
         row.update(parameter_counts(model, cfg.num_tokens))
         if counter == "meta":
             images = torch.randn(1, cfg.in_chans, cfg.image_size, cfg.image_size, device="meta")

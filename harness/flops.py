@@ -275,6 +275,8 @@ def torch_flops(model, images) -> FlopCount:
 def _split_by_kind(model, by_module: dict[str, float], total: float) -> dict[str, float]:
     """Per-kind FLOPs from per-module (inclusive) counts of a VisionTransformer."""
     get = lambda name: by_module.get(name, 0.0)  # noqa: E731
+    if not hasattr(model, "blocks"):  # not a VisionTransformer: no kinds to tell apart
+        return {"other": total}
     kinds = dict.fromkeys(KINDS, 0.0)
     kinds["patch_embed"] = get("patch_embed")
     moe_blocks = set(getattr(model, "moe_blocks", ()))
@@ -367,6 +369,19 @@ def analytic_flops(cfg) -> FlopCount:
 
 
 # --- entry points --------------------------------------------------------------------------------
+def build_for_counting(cfg, device="cpu"):
+    """The model of ``cfg`` with uninitialised weights (``meta`` then ``to_empty``): FLOP
+    counts depend on shapes only, and this skips initialising (and touching) the weights of
+    models with hundreds of millions of parameters. Never train or time such a model."""
+    import torch
+
+    from harness.models import build
+
+    with torch.device("meta"):
+        model = build(cfg)
+    return model.to_empty(device=device)
+
+
 def counting_batch(cfg) -> int:
     """Images per counted forward: 1, or enough for one routing group when it spans images."""
     group = getattr(cfg, "group_size", None)

@@ -25,12 +25,34 @@ def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # --- the soft/soft path as two autograd functions with hand-written backwards -------------
-# Layouts (B images, m tokens, D dim, n = E·p slots): slots live in one (n, B, D) buffer,
-# slot-major, so that expert e's rows (its p slots of every image) are the contiguous block
-# (E, p·B, D)[e] the experts take, while the same memory read as (B, n, D) (strides D, B·D,
-# 1) is what the per-image dispatch and combine matmuls write and read: no transposes are
-# materialised. Logits are (B, m, n); x is normalised by scaling the logits' rows (never
-# writing a normalised copy of x), and the softmaxes are computed once.
+# Layouts (B images, m tokens, D dim, n = E·p slots). Every matmul writes a fresh contiguous
+# buffer (MKL's batched path; a strided output would make torch loop over the batch) and
+# reads the others' buffers through strided views instead of transposed copies: the slots
+# (B, n, D) from the dispatch matmul are, read with strides (D, n·D, 1), the experts' input
+# (E, B, D) when p = 1; the experts' output (E, p·B, D), its rows ordered (slot j, image b),
+# is read by the combine matmul as (B, n, D) with strides (D, B·D, 1). Only p > 1 copies
+# the slots once into that row order (B·n·D floats, small next to the experts). Logits are
+# (B, m, n); x is normalised by scaling the logits' rows (never writing a normalised copy of
+# x), and both softmaxes are computed once and kept for the backward.
+def _expert_major(slots: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(B, n, D) slots -> (E, p·B, D) expert inputs, rows ordered (j, b); a view if p = 1."""
+    batch, n, dim = slots.shape
+    p = n // num_experts
+    if p == 1:
+        return slots.transpose(0, 1)
+    return slots.view(batch, num_experts, p, dim).permute(1, 2, 0, 3).reshape(
+        num_experts, p * batch, dim)
+
+
+def _batch_major(expert_rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """(E, p·B, D) with rows ordered (j, b) -> (B, n, D) view (strides D, B·D, 1)."""
+    e, rows, dim = expert_rows.shape
+    p = rows // batch
+    if p == 1:
+        return expert_rows.transpose(0, 1)
+    return expert_rows.reshape(e, p, batch, dim).permute(2, 0, 1, 3).reshape(batch, e * p, dim)
+
+
 class _SoftDispatch(torch.autograd.Function):
     """x (B, m, D), phi_t (n, D) -> expert inputs (E, p·B, D) and combine weights (B, m, n)."""
 
@@ -46,22 +68,19 @@ class _SoftDispatch(torch.autograd.Function):
             logits.div_(norm + EPS)
         dispatch = torch.softmax(logits, dim=1)  # over tokens, per slot
         combine = torch.softmax(logits, dim=2)  # over all slots, per token
-        slots = new_buffer((n, batch, dim), x)
-        torch.bmm(dispatch.transpose(1, 2), x, out=slots.transpose(0, 1))
+        slots = torch.bmm(dispatch.transpose(1, 2), x, out=new_buffer((batch, n, dim), x))
         if keep:
             ctx.save_for_backward(x, phi_t, logits, dispatch, combine, norm)
-            ctx.normalize = normalize
-        else:
-            del logits, dispatch
-        return slots.view(num_experts, n // num_experts * batch, dim), combine
+            ctx.normalize, ctx.num_experts = normalize, num_experts
+        return _expert_major(slots, num_experts), combine
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, d_slots, d_combine):
+    def backward(ctx, d_expert_in, d_combine):
         x, phi_t, logits, dispatch, combine, norm = ctx.saved_tensors
         batch, m, dim = x.shape
         n = phi_t.shape[0]
-        d_slots = d_slots.reshape(n, batch, dim).transpose(0, 1)  # (B, n, D) view
+        d_slots = _batch_major(d_expert_in, batch)  # (B, n, D) view
         d_dispatch = torch.bmm(x, d_slots.transpose(1, 2))  # (B, m, n)
         d_x = torch.bmm(dispatch, d_slots, out=new_buffer(x.shape, x))
         # softmax backward: p * (g - sum(p * g)) along each softmax's axis
@@ -92,10 +111,9 @@ class _SoftCombine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, combine, slot_out, keep: bool):
-        batch, m, n = combine.shape
-        dim = slot_out.shape[2]
-        slots = slot_out.reshape(n, batch, dim).transpose(0, 1)  # (B, n, D) view
-        y = torch.bmm(combine, slots, out=new_buffer((batch, m, dim), slot_out))
+        batch, m, _ = combine.shape
+        slots = _batch_major(slot_out, batch)  # (B, n, D) view
+        y = torch.bmm(combine, slots, out=new_buffer((batch, m, slots.shape[2]), slot_out))
         if keep:
             ctx.save_for_backward(combine, slot_out)
         return y
@@ -104,15 +122,13 @@ class _SoftCombine(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_y):
         combine, slot_out = ctx.saved_tensors
-        batch, m, n = combine.shape
-        dim = slot_out.shape[2]
-        slots = slot_out.reshape(n, batch, dim).transpose(0, 1)
+        batch = combine.shape[0]
+        slots = _batch_major(slot_out, batch)
         d_combine = torch.bmm(d_y, slots.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         d_slot_out = None
         if ctx.needs_input_grad[1]:
-            d_slot_out = new_buffer((n, batch, dim), d_y)
-            torch.bmm(combine.transpose(1, 2), d_y, out=d_slot_out.transpose(0, 1))
-            d_slot_out = d_slot_out.view(slot_out.shape)
+            d_slots = torch.bmm(combine.transpose(1, 2), d_y, out=new_buffer(slots.shape, d_y))
+            d_slot_out = _expert_major(d_slots, slot_out.shape[0])
         return d_combine, d_slot_out, None
 
 
