@@ -334,6 +334,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                  kinds: tuple[str, ...] = ("dense", "soft", "tokens_choice", "experts_choice"),
                  repeats: int = 7, warmup: int = 2, device: str = "cpu", seed: int = 0,
                  compare_reference: bool = True,
+                 plain_matmul_size: tuple[int, int, int] = (4096, 1024, 1024),
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Forward and forward+backward time of each MLP kind at matched shapes (see module doc).
 
@@ -354,7 +355,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         "thp_advice": os.environ.get("MOE_HARNESS_THP", "1") != "0",
         "flop_convention": CONVENTION,
     }
-    machine["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device)
+    machine["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size)
     say(f"plain matmul: {machine['plain_matmul_gflops_per_s']:.0f} GFLOP/s")
 
     configs = []
@@ -398,7 +399,8 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                 row[f"{name}_ms"] = res["median_ms"]
                 row[f"{name}_ms_p10"], row[f"{name}_ms_p90"] = res["p10_ms"], res["p90_ms"]
         # the machine's rate now (the load of a shared machine drifts during a run)
-        row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, repeats=3)
+        row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size,
+                                                               repeats=3)
         if kind != "dense":
             _expert_columns(row, layer, batch, tokens, dim, hidden, device, repeats, warmup,
                             row["plain_matmul_gflops_per_s"])
