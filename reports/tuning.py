@@ -55,7 +55,8 @@ def render(study: Study, cfg, ostudy, url: str) -> str:
             + "".join(f'<td class="num">{v:.4g}</td>' for v in t.values)
             + f"<td>{esc(describe_params(study, cfg, t.params))}</td>"
             + f"<td><code>{esc(t.user_attrs.get('run_id'))}</code></td></tr>" for t in best)
-        title = "Best trial" if not cfg.multi else f"Pareto set ({len(best)} trials)"
+        title = "Best trial" if not cfg.multi else (
+            f"Pareto set ({len(best)} trial{'s' if len(best) != 1 else ''})")
         parts.append(f"<h3>{title}</h3><table><tr>"
                      + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{rows}</table>")
     for fig_id, fig in figures(cfg, ostudy):

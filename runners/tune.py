@@ -1216,7 +1216,7 @@ def show(study: Study, results_root: Path, storage: str | None = None, console=N
                   f"{_without_password(url)}")
     best = best_trials(ostudy, cfg)
     title = ("Best trial" if not cfg.multi else
-             f"Pareto set ({len(best)} trials): " + ", ".join(
+             f"Pareto set ({len(best)} trial{'s' if len(best) != 1 else ''}): " + ", ".join(
                  f"{o.direction[:3]} {o.metric}" for o in cfg.objectives))
     if cfg.constraints:
         title += " (feasible: " + ", ".join(
