@@ -2,6 +2,11 @@
 
 Build the model, measure its cost, train and evaluate it, and write one record to the store.
 Any exception inside becomes a ``failed`` record with the error; the caller decides retries.
+
+A multi-process run (several SLURM tasks, one per GPU, or ``torchrun``; see
+``harness.distributed``) calls ``execute`` on every rank: all ranks train, rank 0 alone reports
+progress and writes the record; the other ranks return None (and re-raise their errors, which
+end the job step, rather than writing a record of their own).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from harness import distributed
 from harness.store import Store, atomic_write_json
 from harness.study import RunSpec
 
@@ -56,8 +62,16 @@ def environment(device) -> dict[str, Any]:
     return {
         "device": name, "device_type": device.type, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "hostname": socket.gethostname(),
-        "git_sha": git_sha(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "git_sha": git_sha(), "slurm_job_id": slurm_job_id(),
     }
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job id as squeue and submitit name it: ``ARRAY_TASK`` for an array task."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def job_log_path() -> str | None:
@@ -111,20 +125,30 @@ def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
     ``on_progress`` (optional) gets each progress dict of training (step, steps, loss, and
     evaluation results when there are some) and may raise :class:`Pruned` to stop the run.
     ``tags`` are extra record columns (e.g. ``tune_trial``).
+
+    In a multi-process run only rank 0 calls ``on_progress`` (so a pruner cannot stop one rank
+    alone: runs that may be pruned are single-process) and writes the record; other ranks
+    return None.
     """
     store = Store(results_root, spec.study)
     record: dict[str, Any] = {**spec.flat(), **(tags or {}), "status": "failed", "error": None,
                               "started_at": now(), "spec_json": spec.canonical_json()}
     workdir = store.workdir(spec.run_id)
     partial: dict[str, Any] = {}
+    main = distributed.env_context().is_main
     try:
-        record.update(_run(spec, workdir, partial, on_progress))
+        with distributed.session(pick_device(spec.train.device).type) as ctx:
+            record.update(_run(spec, workdir, partial, on_progress if main else None, ctx))
     except Pruned as stop:
         record.update(partial)
         record.update(status="pruned", pruned_step=stop.step, prune_reason=str(stop))
     except Exception as err:  # noqa: BLE001 - a failed run is a record, not a crashed sweep
+        if not main:
+            raise  # rank 0 records the run; this rank's error ends the job step (its log)
         record.update(status="failed", error=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=20), log_path=job_log_path())
+    if not main:
+        return None
     record["finished_at"] = now()
     store.write(record)
     return record
@@ -143,7 +167,7 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
 
 
 def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
-         on_progress=None) -> dict[str, Any]:
+         on_progress=None, ctx: distributed.Context | None = None) -> dict[str, Any]:
     import torch
 
     from harness import cost
@@ -154,7 +178,8 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
 
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
-    device = pick_device(spec.train.device)
+    ctx = ctx or distributed.current()
+    device = distributed.device_for(pick_device(spec.train.device), ctx)
     out = {} if out is None else out  # filled as we go: a pruned run keeps what it measured
     out.update(environment(device))
     data = load_data(spec.data)
@@ -162,13 +187,17 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     torch.manual_seed(spec.seed)
     model = build(cfg).to(device)
     out.update(cost.parameter_counts(model, cfg.num_tokens))
-    if spec.measure.enabled:
+    if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(measure_cost(model, cfg, spec, device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
+    progress = progress_writer(workdir / "progress.json", spec) if ctx.is_main else None
     quality = fit(model, spec, data, workdir=workdir, device=device,
-                  on_progress=_chain(progress_writer(workdir / "progress.json", spec),
-                                     on_progress))
+                  on_progress=_chain(progress, on_progress))
+    if not ctx.is_main:
+        return out  # rank 0 has the results
     out.update(quality)
+    if ctx.enabled:
+        out["world_size"] = ctx.world_size
     out["attention_backend"] = getattr(model, "attention_backend", None)
     if out.get("gflops_per_image") is not None:
         images = spec.train.batch_size * out.get("steps_done", spec.train.steps)

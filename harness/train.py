@@ -13,9 +13,15 @@ Batches are drawn with replacement by a ``torch.Generator`` seeded with the run'
 the batch sequence is part of the checkpointed state. A non-finite loss ends the run with
 ``status="diverged"`` and the 1-based step that produced it; nothing is raised.
 
-Distributed training (later): ``train_steps`` takes the model already on its device and runs
-the step loop only; checkpoints are written and results returned on rank 0 (or when
-``torch.distributed`` is not initialised) only.
+Distributed training (``harness.distributed``): when a process group is up with several
+ranks, ``fit`` wraps the model in DistributedDataParallel. Every rank draws the same global
+batch of ``batch_size`` indices from the same seeded generator and trains on its own
+contiguous slice (so the generator state, which rank 0 checkpoints, is the same everywhere and
+a resume is exact); DDP averages the gradients, so a step equals a single-process step on the
+global batch up to float rounding. The logged loss is averaged over the ranks (one all-reduce
+per step, which also makes a non-finite loss on any rank end every rank at the same step).
+Checkpoints, progress, history evaluations and the results are rank 0's only; aux losses and
+metrics are read from ``model.module``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from harness import distributed
 from harness.config import TrainConfig
 from harness.errors import HarnessError
 
@@ -49,8 +56,7 @@ COOLDOWN_FRACTION = 0.1  # rsqrt: linear cooldown to zero over the last 10% of t
 # --- small helpers -------------------------------------------------------------------------------
 def is_main_process() -> bool:
     """True on rank 0, or when torch.distributed is not in use."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return distributed.is_main()
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -328,25 +334,31 @@ def train_steps(
 
     ``state`` (step, history, loss window, train time, status) is updated in place, so the
     caller can checkpoint and report it. ``checkpoint()`` is called every ``checkpoint_every``
-    steps (after that step's history evaluation).
+    steps (after that step's history evaluation). ``model`` may be DDP-wrapped: each rank
+    then trains on its slice of every global batch, and history evaluations run on rank 0.
     """
     device = next(model.parameters()).device
+    core = distributed.unwrap(model)  # aux_loss, metrics: a DDP wrapper does not forward them
+    main = distributed.is_main()
     model.train()
-    if hasattr(model, "set_track_metrics"):
-        model.set_track_metrics(False)
-    aux_fn = getattr(model, "aux_loss", None)
+    if hasattr(core, "set_track_metrics"):
+        core.set_track_metrics(False)
+    aux_fn = getattr(core, "aux_loss", None)
     history_idx = _spread(len(test), HISTORY_EVAL_IMAGES)
     progress_every = max(1, min(10, cfg.steps // 20))
     tic = time.perf_counter()
     while state["step"] < cfg.steps:
         idx = torch.randint(len(train), (cfg.batch_size,), generator=generator)
-        x, y = train.get(idx)
+        x, y = train.get(distributed.shard(idx))
         with autocast_for(device, cfg.precision):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             aux = aux_fn().float() if aux_fn is not None else loss.new_zeros(())
         total = loss + cfg.aux_loss_weight * aux
-        if not math.isfinite(total.item()):
+        # one sync per step; averaged over the ranks, so any rank's NaN stops them all here
+        loss_value, total_value = distributed.mean(
+            torch.stack([loss.detach(), total.detach()])).tolist()
+        if not math.isfinite(total_value):
             state.update(status="diverged", diverged_step=state["step"] + 1)
             break
         optimizer.zero_grad(set_to_none=True)
@@ -355,7 +367,6 @@ def train_steps(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        loss_value = loss.item()
         state["step"] += 1
         state["loss_sum"] += loss_value
         state["loss_count"] += 1
@@ -368,9 +379,9 @@ def train_steps(
         if eval_now or ckpt_now:
             state["train_time_s"] += time.perf_counter() - tic
             if eval_now:
-                acc = evaluate(model, test, batch_size=cfg.eval_batch_size,
+                acc = evaluate(core, test, batch_size=cfg.eval_batch_size,
                                precision=cfg.precision, indices=history_idx,
-                               router_metrics=False)["accuracy"]
+                               router_metrics=False)["accuracy"] if main else None
                 state["history"].append({
                     "step": step, "train_loss": state["loss_sum"] / state["loss_count"],
                     "test_accuracy": acc})
@@ -421,6 +432,7 @@ def fit(
     workdir = Path(workdir)
     ckpt_path = workdir / CHECKPOINT
     main = is_main_process()
+    distributed.check_batch(cfg.batch_size)
     model.to(device)
 
     generator = seed_everything(spec.seed)
@@ -452,7 +464,9 @@ def fit(
     train = _Batches(data.train, device)
     test = _Batches(data.test, device)
     try:
-        train_steps(model, cfg, train, test, optimizer=optimizer, scheduler=scheduler,
+        # DDP (several ranks) after the resume: its construction broadcasts rank 0's weights
+        train_steps(distributed.wrap(model), cfg, train, test, optimizer=optimizer,
+                    scheduler=scheduler,
                     generator=generator, state=state,
                     checkpoint=checkpoint if cfg.checkpoint_every else None,
                     on_progress=on_progress)
