@@ -40,6 +40,7 @@ from plotly.subplots import make_subplots
 
 from reports.figures import (
     ROW,
+    SHARED,
     Hover,
     _base_layout,
     _best_per,
@@ -681,16 +682,23 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def paper_figures(frame: pl.DataFrame, agg: pl.DataFrame | None = None) -> list[
-        tuple[str, go.Figure]]:
-    """(div id, figure) for every paper figure the records can fill, in page order."""
+def paper_figures(frame: pl.DataFrame, agg: pl.DataFrame | None = None, *,
+                  shared_hover: bool = False) -> list[tuple[str, go.Figure]]:
+    """(div id, figure) for every paper figure the records can fill, in page order.
+
+    ``shared_hover``: scatter and bar traces carry only row numbers and take their hover
+    text from the page's one array (``reports.html.hover_script``), as the page's own
+    figures do; only for a page rendered from the same ``frame``, whose aggregated rows are
+    then the same. Heat maps always carry their (few) cells' texts.
+    """
     from reports.aggregate import aggregate
 
     agg = derive(with_rows(aggregate(frame) if agg is None else agg))
-    hover = hover_texts(agg)
+    texts = hover_texts(agg)
+    hover: Hover = SHARED if shared_hover else texts
     makers = {
-        "heat_quality": lambda: fig_experts_slots_heatmap(agg, hover=hover),
-        "heat_speed": lambda: fig_experts_slots_heatmap(agg, "train_images_per_s", hover=hover),
+        "heat_quality": lambda: fig_experts_slots_heatmap(agg, hover=texts),
+        "heat_speed": lambda: fig_experts_slots_heatmap(agg, "train_images_per_s", hover=texts),
         "train_fronts": lambda: fig_training_fronts(agg, hover=hover),
         "eval_fronts": lambda: fig_eval_fronts(agg, hover=hover),
         "slots": lambda: fig_slots_per_expert(agg, hover=hover),
@@ -708,10 +716,14 @@ def paper_figures(frame: pl.DataFrame, agg: pl.DataFrame | None = None) -> list[
 
 
 def paper_section(frame: pl.DataFrame, agg: pl.DataFrame | None = None) -> str | None:
-    """The page section with the paper's figures (None when no figure fits the records)."""
+    """The page section with the paper's figures (None when no figure fits the records).
+
+    For the page of the same ``frame`` (``reports.build``): hover texts come from the
+    page's shared array, so a configuration's text is written once, not once per figure.
+    """
     from reports.html import figure_html
 
-    figures = paper_figures(frame, agg)
+    figures = paper_figures(frame, agg, shared_hover=True)
     if not figures:
         return None
     note = ('<p class="note">The paper\'s figures that these records can fill. Points and '

@@ -336,6 +336,12 @@ def test_paper_figures_draw_in_chromium(chromium_launch, test_output_dir, frame)
                 assert p["bars"] == p["barData"], p  # every bar drawn
                 assert p["heatmaps"] == p["heatData"], p  # every heat map drawn
                 assert p["points"] + p["bars"] + p["heatmaps"] > 0, p
+            # hover texts come from the page's shared array (written once per page)
+            for fig_id in ("fig-paper-fronts-train", "fig-paper-placement"):
+                text = page.evaluate(
+                    "(id) => document.getElementById(id)._fullData"
+                    ".find(t => t.text && t.text.length).text[0]", fig_id)
+                assert "runs (" in text and "router:" in text, fig_id
             verdicts = page.eval_on_selector_all(
                 "#claims tr[data-claim]", "rs => rs.map(r => r.dataset.verdict)")
             assert len(verdicts) == 6
