@@ -116,6 +116,13 @@ ResultsOpt = Annotated[Path | None, typer.Option(
     help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
 
 
+def wide_console():
+    """A rich console; when piped (logs, CI), wide enough that tables keep whole values."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 def _load(study: Path, set_: list[str] | None, profile: str | None):
     from harness.study import load
 
@@ -137,12 +144,10 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
 ) -> None:
     """Run a study's pending runs (skips finished ones); --dry-run shows the plan."""
-    from rich.console import Console
-
     from harness.store import Store, results_root
     from runners import dispatch, plan
 
-    console = Console()
+    console = wide_console()
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
     the_plan = plan(spec, store, rerun=rerun, retry_failed=retry_failed)
@@ -173,17 +178,15 @@ def run(
 def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            results: ResultsOpt = None) -> None:
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
-    from rich.console import Console
 
-    from runners.views import status_table
     from harness.store import Store, results_root
-
     from runners.slurm import jobs_file, live_view
+    from runners.views import status_table
 
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
     live = live_view(store) if jobs_file(store).exists() else {}
-    Console().print(status_table(spec, store, live))
+    wide_console().print(status_table(spec, store, live))
 
 
 @app.command()
