@@ -499,7 +499,7 @@ def print_layers(result: dict[str, Any]) -> None:
                       f"{row['fwd_ms']:.1f}", f"{row['fwd_bwd_ms']:.1f}",
                       opt(row, "ref_fwd_ms", "{:.1f}"), opt(row, "ref_fwd_bwd_ms", "{:.1f}"),
                       speed["fwd"], speed["fwd_bwd"], rates, share, over)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(table)
     r0 = rows[0] if rows else {}
     console.print(

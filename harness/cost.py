@@ -321,7 +321,7 @@ def _console():
 
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 200)
+    return Console(width=None if sys.stdout.isatty() else 250)
 
 
 def print_inspect(rows: list[dict]) -> None:
@@ -338,7 +338,9 @@ def print_inspect(rows: list[dict]) -> None:
         columns += ["infer img/s", "infer ms/batch", "train img/s", "train ms/step",
                     "peak MB"]
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i in (0, 9) else "right")
+        table.add_column(name, justify="left" if i in (0, 9) else "right",
+                         min_width=max(len(row["model"]) for row in rows) if i == 0 else None,
+                         overflow="fold")
     for row in rows:
         cells = [row["model"], f"{row['params_total']:,}", f"{row['params_active']:,}",
                  f"{row['gflops_per_image']:.3f}", f"{row['gflops_attention']:.3f}",
