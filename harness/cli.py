@@ -143,7 +143,14 @@ def run(
     wait: Annotated[bool, typer.Option(help="SLURM: follow the jobs until they end")] = False,
     quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
 ) -> None:
-    """Run a study's pending runs (skips finished ones); --dry-run shows the plan."""
+    """Run a study's pending runs (skips finished ones); --dry-run shows the plan.
+
+    --executor slurm: one job array; returns at once, printing the job ids and
+    the log folder (--wait follows the jobs). The study's executor.slurm section
+    sets partition, account, qos, time_min, gpus_per_run, cpus_per_run, mem_gb,
+    constraint, array_parallelism, extra_sbatch and setup; override any of them
+    with --set executor.slurm.KEY=VALUE, e.g. --set executor.slurm.partition=gpu.
+    """
     from harness.store import Store, results_root
     from runners import dispatch, plan
 

@@ -61,15 +61,15 @@ class SlurmConfig(Section):
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    time_min: PositiveInt = 60
-    gpus_per_run: int = Field(0, ge=0)
-    cpus_per_run: PositiveInt = 1
-    mem_gb: PositiveFloat | None = None
+    time_min: PositiveInt = 60  # per job; a longer run goes on after a requeue (checkpoints)
+    gpus_per_run: int = Field(0, ge=0)  # N > 0: N tasks (one per GPU), one DDP run across them
+    cpus_per_run: PositiveInt = 1  # per run: split over its tasks when gpus_per_run > 1
+    mem_gb: PositiveFloat | None = None  # per run (sbatch --mem; a run is on one node)
     constraint: str | None = None
     array_parallelism: PositiveInt = 64
     extra_sbatch: dict[str, Any] = Field(default_factory=dict)  # passed as slurm_additional_parameters
     setup: list[str] = Field(default_factory=list)  # shell lines run before each job
-    signal_delay_s: PositiveInt = 120
+    signal_delay_s: PositiveInt = 120  # USR2 this long before the time limit: checkpoint, requeue
 
 
 class ExecutorConfig(Section):

@@ -63,6 +63,8 @@ def environment(device) -> dict[str, Any]:
         "device": name, "device_type": device.type, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "hostname": socket.gethostname(),
         "git_sha": git_sha(), "slurm_job_id": slurm_job_id(),
+        "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if os.environ.get("SLURM_JOB_ID") else None,  # requeues before this (last) attempt
     }
 
 
@@ -132,7 +134,8 @@ def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
     """
     store = Store(results_root, spec.study)
     record: dict[str, Any] = {**spec.flat(), **(tags or {}), "status": "failed", "error": None,
-                              "started_at": now(), "spec_json": spec.canonical_json()}
+                              "started_at": now(), "spec_json": spec.canonical_json(),
+                              "slurm_job_id": slurm_job_id()}  # also when failing early
     workdir = store.workdir(spec.run_id)
     partial: dict[str, Any] = {}
     main = distributed.env_context().is_main

@@ -1,20 +1,40 @@
 """Run specs as one SLURM job array through submitit.
 
-``run`` submits and returns at once (job ids and log folder printed); ``--wait`` follows the
-jobs until each has a record. Each job is ``submitit.helpers.Checkpointable``: on the signal
-before preemption or the time limit (USR2, submitit's default; USR1 is NCCL's), submitit
-requeues it and the run resumes from its last training checkpoint, not from zero.
+``run`` submits the pending runs as one job array and returns at once (job ids and log folder
+printed); ``--wait`` follows the jobs until each has a record. Runs whose job the scheduler
+still holds (pending, running, requeued) are not submitted again: ``run --wait`` on a study
+with live jobs just follows them.
 
-Job handles are kept in ``STUDY/slurm/jobs.json`` (run_id -> job id, submission time), so that
-``status`` and ``cancel`` work from a new shell days later; the submitit folder (pickles and
-logs) is ``STUDY/slurm/JOBID/``, under the results root, which must be on the shared file
-system of the cluster.
+The study's ``executor.slurm`` section (``harness.config.SlurmConfig``) gives partition,
+account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parallelism, extra
+sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
+With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model with
+DistributedDataParallel; rank 0 writes the record (``harness.distributed``).
+
+Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
+``signal_delay_s`` before the time limit (``--signal``), and before a preemption where
+slurmctld has ``SlurmctldParameters=preempt_send_user_signal``; submitit then requeues the job
+(``scontrol requeue``) and the run resumes from its last training checkpoint
+(``workdir/checkpoint.pt``, every ``train.checkpoint_every`` steps), not from zero. An outside
+requeue (``scontrol requeue``, a node failure) resumes from the same file. submitit counts a
+signal as a time-out, not a preemption, once the job has run min(0.8 T, T - 10 min) of its
+limit T, and a job that times out more than 3 times (submitit's ``max_num_timeout``) ends
+as ``failed`` (submitit's ``UncompletedJobError``). A run that fails for real ends as a
+``failed`` record with the error and the job's log path; one whose job dies without writing a
+record (killed, out of memory) gets a ``failed`` record from ``--wait``.
+
+Job handles are kept in ``STUDY/slurm/jobs.json`` (run_id -> job id, submission time, logs),
+so that ``status`` and ``cancel`` work from a new shell days later; the submitit folder
+(pickles and logs) is ``STUDY/slurm/JOBID/``, under the results root, which must be on the
+shared file system of the cluster.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -27,20 +47,57 @@ from harness.store import Store, atomic_write_json
 from harness.study import RunSpec, Study
 from runners.progress import SweepProgress
 
-# Scheduler states that mean "not finished yet", mapped to what ``status`` shows.
+# squeue states of jobs not finished yet, mapped to what ``status`` shows. A pending job that
+# has run before (RestartCnt > 0) shows as "requeued".
 LIVE_STATES = {
-    "PENDING": "pending (queued)", "CONFIGURING": "running", "RUNNING": "running",
+    "PENDING": "pending", "CONFIGURING": "running", "RUNNING": "running",
     "COMPLETING": "running", "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued",
     "REQUEUE_FED": "requeued", "RESIZING": "running", "SUSPENDED": "suspended",
     "PREEMPTED": "requeued", "SIGNALING": "running", "STAGE_OUT": "running",
 }
+VANISHED_AFTER_S = 15.0  # a job gone from squeue without a record: wait this long for it
+
+
+class SchedulerError(HarnessError):
+    """squeue (or scancel) did not answer; nothing can be said about the jobs right now."""
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """The job's callable: ``execute`` resumes from the run's checkpoint when requeued."""
+    """The job's callable: ``execute`` resumes from the run's checkpoint when requeued.
 
-    def __call__(self, spec: RunSpec, results_root: str) -> dict:
+    ``checkpoint`` (submitit's default) resubmits the same spec; the training state lives in
+    the run's workdir, so nothing else needs pickling.
+    """
+
+    def __call__(self, spec: RunSpec, results_root: str) -> dict | None:
+        # submitit only logs SIGTERM (the job goes on until USR2 or the kill). Ignoring it
+        # instead is the same for this process, and its children inherit the ignore: the
+        # `scontrol requeue` that submitit's USR2 handler runs must outlive the SIGTERM which
+        # that very requeue sends to every process of the job, or the handler raises inside
+        # training and the run would record a failure although SLURM requeued it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return execute(spec, results_root)
+
+
+def executor_parameters(study: Study) -> dict:
+    """submitit (AutoExecutor) parameters of the study's ``executor.slurm`` section."""
+    cfg = study.executor.slurm
+    tasks = max(1, cfg.gpus_per_run)
+    params = {
+        "name": f"moe-{study.name}", "timeout_min": cfg.time_min,
+        # cpus_per_run is per run: split over its tasks (one per GPU)
+        "cpus_per_task": max(1, math.ceil(cfg.cpus_per_run / tasks)),
+        "slurm_array_parallelism": cfg.array_parallelism,
+        "slurm_signal_delay_s": cfg.signal_delay_s,
+        "slurm_additional_parameters": dict(cfg.extra_sbatch),
+        "slurm_setup": list(cfg.setup),
+    }
+    optional = {"slurm_partition": cfg.partition, "slurm_account": cfg.account,
+                "slurm_qos": cfg.qos, "slurm_constraint": cfg.constraint, "mem_gb": cfg.mem_gb}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    if cfg.gpus_per_run:  # one task per GPU: DDP across them, rank 0 writes the record
+        params.update(gpus_per_node=cfg.gpus_per_run, tasks_per_node=cfg.gpus_per_run)
+    return params
 
 
 class SlurmRunner:
@@ -54,61 +111,95 @@ class SlurmRunner:
         self.folder = store.dir / "slurm"
 
     def executor(self) -> submitit.AutoExecutor:
-        cfg = self.study.executor.slurm
         executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
-        params = {
-            "name": f"moe-{self.study.name}", "timeout_min": cfg.time_min,
-            "cpus_per_task": cfg.cpus_per_run, "slurm_array_parallelism": cfg.array_parallelism,
-            "slurm_signal_delay_s": cfg.signal_delay_s,
-            "slurm_additional_parameters": dict(cfg.extra_sbatch),
-            "slurm_setup": list(cfg.setup),
-        }
-        optional = {"slurm_partition": cfg.partition, "slurm_account": cfg.account,
-                    "slurm_qos": cfg.qos, "slurm_constraint": cfg.constraint,
-                    "mem_gb": cfg.mem_gb}
-        params.update({k: v for k, v in optional.items() if v is not None})
-        if cfg.gpus_per_run:  # one task per GPU: DDP across them, rank 0 writes the record
-            params.update(gpus_per_node=cfg.gpus_per_run, tasks_per_node=cfg.gpus_per_run)
-        executor.update_parameters(**params)
+        executor.update_parameters(**executor_parameters(self.study))
         return executor
 
     def run(self, specs: list[RunSpec]):
         from runners import Summary
 
-        submitted = now()
-        jobs = self.executor().map_array(RunJob(), specs, [str(self.store.root)] * len(specs))
-        index = load_jobs(self.store)
-        for spec, job in zip(specs, jobs):
-            index[spec.run_id] = {"job_id": job.job_id, "submitted_at": submitted,
-                                  "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
-        atomic_write_json(jobs_file(self.store), index)
-        summary = Summary(submitted=len(specs), job_ids=[j.job_id for j in jobs],
-                          waited=self.wait_)
-        print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); "
-              f"logs in {self.folder}/")
+        live = live_view(self.store)
+        queued = [s for s in specs if s.run_id in live]
+        fresh = [s for s in specs if s.run_id not in live]
+        if queued:
+            ids = " ".join(sorted({live[s.run_id]["job_id"] for s in queued}))
+            print(f"{len(queued)} runs already have a live job (not submitted again): {ids}")
+        # submitted: the runs this call handles (followed ones too, with --wait)
+        summary = Summary(submitted=len(specs) if self.wait_ else len(fresh), waited=self.wait_)
+        if fresh:
+            jobs = self.submit(fresh)
+            summary.job_ids = [j.job_id for j in jobs]
+            array = jobs[0].job_id.split("_")[0]
+            print(f"submitted {len(jobs)} runs as job array {array} "
+                  f"({jobs[0].job_id} .. {jobs[-1].job_id}); logs: {self.folder}/{array}_*/")
+            print(f"follow them with: moe-harness status {self.study.source or self.study.name}"
+                  f" --results {self.store.root}  (or 'cancel' them)")
         if self.wait_:
-            self.follow(specs, summary)
+            try:
+                self.follow(queued + fresh, summary)
+            except KeyboardInterrupt:
+                print("\nstopped following; the jobs go on (moe-harness status / cancel)")
+                summary.waited = False
         return summary
 
+    def submit(self, specs: list[RunSpec]) -> list:
+        """Submit ``specs`` as one job array and record the jobs in ``jobs.json``."""
+        submitted = now()
+        try:
+            jobs = self.executor().map_array(RunJob(), specs,
+                                             [str(self.store.root)] * len(specs))
+        except (submitit.core.utils.UncompletedJobError,
+                submitit.core.utils.FailedSubmissionError, OSError) as err:
+            lines = [x for x in str(err).splitlines() if "error" in x.lower()] or [str(err)]
+            raise HarnessError(f"sbatch refused the job array of {self.study.name}: "
+                               f"{lines[-1].strip()}") from err
+        index = load_jobs(self.store)
+        for spec, job in zip(specs, jobs, strict=True):
+            index[spec.run_id] = {"job_id": job.job_id, "submitted_at": submitted,
+                                  "stdout": str(job.paths.stdout),
+                                  "stderr": str(job.paths.stderr)}
+        atomic_write_json(jobs_file(self.store), index)
+        return jobs
+
     def follow(self, specs: list[RunSpec], summary) -> None:
-        """Poll until every run has a record newer than its submission (or its job vanished)."""
+        """Poll until every run has the record its job wrote (or its job vanished without one).
+
+        A record counts when it names the job (``slurm_job_id``): an older record of the same
+        run (a failure being retried) does not. Scheduler hiccups (squeue failing) are waited
+        out, not taken as the jobs being gone.
+        """
         index = load_jobs(self.store)
         left = {s.run_id: s for s in specs}
+        gone_since: dict[str, float] = {}
+        shown: dict[str, str] = {}
         with SweepProgress(self.store, len(specs), enabled=self.show_progress) as progress:
             started: set[str] = set()
             while left:
-                live = scheduler_states([index[r]["job_id"] for r in left])
+                try:
+                    live = scheduler_states([index[r]["job_id"] for r in left])
+                except SchedulerError as err:
+                    progress.console.print(f"[yellow]{err}; retrying[/]")
+                    time.sleep(max(self.poll_s, 5.0))
+                    continue
                 for run_id, spec in list(left.items()):
                     entry = index[run_id]
                     record = self.store.read(run_id)
-                    state = live.get(entry["job_id"])
-                    if record and (record.get("finished_at") or "") >= entry["submitted_at"]:
+                    job = live.get(entry["job_id"])
+                    if record is not None and record_of_job(record, entry):
                         pass
-                    elif state is None and _gone_long_enough(entry):
+                    elif job is None:
+                        gone_since.setdefault(run_id, time.monotonic())
+                        if time.monotonic() - gone_since[run_id] < VANISHED_AFTER_S:
+                            continue
                         record = job_vanished(self.store, spec, entry)
                     else:
-                        if state is not None:
-                            entry.pop("_gone_since", None)
+                        gone_since.pop(run_id, None)
+                        state = job["state"]
+                        if state != shown.get(run_id) and state == "requeued":
+                            progress.console.print(
+                                f"[cyan]requeued[/] {spec.label} ({entry['job_id']}, restart "
+                                f"{job['restarts']}): resumes from its last checkpoint")
+                        shown[run_id] = state
                         if state == "running" and run_id not in started:
                             started.add(run_id)
                             progress.started(spec)
@@ -123,13 +214,18 @@ class SlurmRunner:
                     time.sleep(self.poll_s)
 
 
-def _gone_long_enough(entry: dict) -> bool:
-    """squeue forgets a finished job at once; give its record a moment to land first."""
-    entry.setdefault("_gone_since", time.monotonic())
-    return time.monotonic() - entry["_gone_since"] > 15
+def record_of_job(record: dict, entry: dict) -> bool:
+    """Whether ``record`` was written by the job of index ``entry`` (not an older attempt)."""
+    if record.get("slurm_job_id") is not None:
+        return str(record["slurm_job_id"]) == entry["job_id"]
+    return (record.get("finished_at") or "") >= entry["submitted_at"]
 
 
 def job_vanished(store: Store, spec: RunSpec, entry: dict) -> dict:
+    """A ``failed`` record for a job that left the queue without writing one."""
+    record = store.read(spec.run_id)
+    if record is not None and record_of_job(record, entry):
+        return record  # it landed after all
     record = {**spec.flat(), "status": "failed", "finished_at": now(), "started_at": None,
               "spec_json": spec.canonical_json(), "slurm_job_id": entry["job_id"],
               "log_path": entry["stderr"],
@@ -151,30 +247,54 @@ def load_jobs(store: Store) -> dict[str, dict]:
         return {}
 
 
-def scheduler_states(job_ids: list[str]) -> dict[str, str]:
-    """job id -> shown state for jobs the scheduler still knows as live.
+SQUEUE_FIELDS = ("JobArrayID", "State", "TimeUsed", "RestartCnt", "Reason")
 
-    ``squeue`` (always there) lists pending, running and requeued jobs; finished ones vanish.
-    ``sacct`` is not needed: finished runs are known from their records.
+
+def scheduler_states(job_ids: list[str]) -> dict[str, dict]:
+    """job id -> {state, elapsed, restarts, reason} for jobs the scheduler still holds.
+
+    ``squeue`` (always there) lists pending, running and requeued jobs; finished ones vanish
+    (finished runs are known from their records, so ``sacct`` is not needed). Raises
+    :class:`SchedulerError` when squeue fails for another reason than unknown job ids.
     """
     if not job_ids or not shutil.which("squeue"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"],
-                         capture_output=True, text=True, timeout=60)
-    states = {}
+    fmt = ",".join(f"{f}:100|" for f in SQUEUE_FIELDS)
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-O", fmt],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SchedulerError(f"squeue did not answer: {err}") from err
+    if out.returncode != 0:
+        if "Invalid job id" in out.stderr:  # every job has left the controller's memory
+            return {}
+        raise SchedulerError(f"squeue failed: {out.stderr.strip() or out.returncode}")
+    jobs = {}
     for line in out.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        states[job_id] = LIVE_STATES.get(state, state.lower())
-    return {j: states[j] for j in job_ids if j in states}
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < len(SQUEUE_FIELDS):
+            continue
+        job_id, state, elapsed, restarts, reason = parts[:len(SQUEUE_FIELDS)]
+        restarts = int(restarts) if restarts.isdigit() else 0
+        shown = LIVE_STATES.get(state, state.lower())
+        if shown == "pending" and restarts:
+            shown = "requeued"
+        jobs[job_id] = {"state": shown, "elapsed": elapsed, "restarts": restarts,
+                        "reason": reason, "slurm_state": state}
+    return {j: jobs[j] for j in job_ids if j in jobs}
 
 
 def live_view(store: Store) -> dict[str, dict]:
-    """run_id -> {state, job_id, log} for runs whose job the scheduler still holds."""
+    """run_id -> {state, job_id, elapsed, restarts, reason, log} for runs whose job the
+    scheduler still holds (none if squeue fails: the store alone then speaks)."""
     index = load_jobs(store)
-    states = scheduler_states([e["job_id"] for e in index.values()])
-    return {run_id: {"state": states[e["job_id"]], "job_id": e["job_id"], "log": e["stderr"]}
-            for run_id, e in index.items() if e["job_id"] in states}
+    try:
+        jobs = scheduler_states([e["job_id"] for e in index.values()])
+    except SchedulerError:
+        return {}
+    return {run_id: {**jobs[e["job_id"]], "job_id": e["job_id"], "log": e["stderr"]}
+            for run_id, e in index.items() if e["job_id"] in jobs}
 
 
 def cancel(store: Store) -> list[str]:
@@ -182,5 +302,7 @@ def cancel(store: Store) -> list[str]:
     live = live_view(store)
     ids = sorted({v["job_id"] for v in live.values()})
     if ids:
-        subprocess.run(["scancel", *ids], check=True, timeout=60)
+        out = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise SchedulerError(f"scancel failed: {out.stderr.strip() or out.returncode}")
     return ids
