@@ -129,9 +129,13 @@ class SlurmRunner:
         if fresh:
             jobs = self.submit(fresh)
             summary.job_ids = [j.job_id for j in jobs]
-            array = jobs[0].job_id.split("_")[0]
-            print(f"submitted {len(jobs)} runs as job array {array} "
-                  f"({jobs[0].job_id} .. {jobs[-1].job_id}); logs: {self.folder}/{array}_*/")
+            if len(jobs) == 1:  # submitit submits a single job, not an array of one
+                print(f"submitted 1 run as job {jobs[0].job_id}; "
+                      f"logs: {Path(jobs[0].paths.stderr).parent}/")
+            else:
+                array = jobs[0].job_id.split("_")[0]
+                print(f"submitted {len(jobs)} runs as job array {array} ({jobs[0].job_id} .. "
+                      f"{jobs[-1].job_id}); logs: {self.folder}/{array}_*/")
             print(f"follow them with: moe-harness status {self.study.source or self.study.name}"
                   f" --results {self.store.root}  (or 'cancel' them)")
         if self.wait_:
@@ -150,9 +154,9 @@ class SlurmRunner:
                                              [str(self.store.root)] * len(specs))
         except (submitit.core.utils.UncompletedJobError,
                 submitit.core.utils.FailedSubmissionError, OSError) as err:
-            lines = [x for x in str(err).splitlines() if "error" in x.lower()] or [str(err)]
-            raise HarnessError(f"sbatch refused the job array of {self.study.name}: "
-                               f"{lines[-1].strip()}") from err
+            lines = [x for x in str(err).splitlines() if "error:" in x] or [str(err)]
+            raise HarnessError(f"sbatch refused the jobs of {self.study.name}: "
+                               f"{lines[0].strip()}") from err
         index = load_jobs(self.store)
         for spec, job in zip(specs, jobs, strict=True):
             index[spec.run_id] = {"job_id": job.job_id, "submitted_at": submitted,
@@ -164,8 +168,9 @@ class SlurmRunner:
     def follow(self, specs: list[RunSpec], summary) -> None:
         """Poll until every run has the record its job wrote (or its job vanished without one).
 
-        A record counts when it names the job (``slurm_job_id``): an older record of the same
-        run (a failure being retried) does not. Scheduler hiccups (squeue failing) are waited
+        A record counts when it names the job (``slurm_job_id``) and its latest attempt: an
+        older record of the same run (a failure being retried), or one written by an attempt
+        that was requeued after all, does not. Scheduler hiccups (squeue failing) are waited
         out, not taken as the jobs being gone.
         """
         index = load_jobs(self.store)
@@ -185,7 +190,7 @@ class SlurmRunner:
                     entry = index[run_id]
                     record = self.store.read(run_id)
                     job = live.get(entry["job_id"])
-                    if record is not None and record_of_job(record, entry):
+                    if record is not None and record_of_job(record, entry, job):
                         pass
                     elif job is None:
                         gone_since.setdefault(run_id, time.monotonic())
@@ -214,11 +219,17 @@ class SlurmRunner:
                     time.sleep(self.poll_s)
 
 
-def record_of_job(record: dict, entry: dict) -> bool:
-    """Whether ``record`` was written by the job of index ``entry`` (not an older attempt)."""
-    if record.get("slurm_job_id") is not None:
-        return str(record["slurm_job_id"]) == entry["job_id"]
-    return (record.get("finished_at") or "") >= entry["submitted_at"]
+def record_of_job(record: dict, entry: dict, job: dict | None = None) -> bool:
+    """Whether ``record`` was written by the job of index ``entry`` (not an older job) and,
+    while the scheduler still holds that job (``job``, its squeue view), by its latest attempt
+    (a job requeued after writing its record runs again and writes a new one)."""
+    if record.get("slurm_job_id") is None:
+        return (record.get("finished_at") or "") >= entry["submitted_at"]
+    if str(record["slurm_job_id"]) != entry["job_id"]:
+        return False
+    if job is None or record.get("slurm_restarts") is None:
+        return True
+    return record["slurm_restarts"] >= job["restarts"] and job["state"] == "running"
 
 
 def job_vanished(store: Store, spec: RunSpec, entry: dict) -> dict:
