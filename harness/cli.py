@@ -85,8 +85,8 @@ def bench_layers(
     slots: Annotated[list[int] | None, typer.Option(
         help="Soft MoE slots per expert (repeatable; default 1 2)")] = None,
     repeats: Annotated[int | None, typer.Option(
-        help="Timed repeats per measurement (default 7, --quick 4)")] = None,
-    quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only (~1 min)")] = False,
+        help="Timed repeats per measurement (default 5, --quick 3)")] = None,
+    quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only")] = False,
     reference: Annotated[bool, typer.Option(
         help="Compare with soft-moe-pytorch when installed")] = True,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
@@ -100,7 +100,7 @@ def bench_layers(
     result = bench.bench_layers(
         dim=dim, tokens=tokens, batch=batch, experts=tuple(experts or (8, 32, 128)),
         slots=tuple(slots or ((1,) if quick else (1, 2))),
-        repeats=repeats or (4 if quick else 7), warmup=1 if quick else 2,
+        repeats=repeats or (3 if quick else 5), warmup=1,
         compare_reference=reference, progress=lambda line: print(line, flush=True))
     bench.print_layers(result)
     if out is not None:
