@@ -5,7 +5,8 @@ The commands run as a user would type them (a fresh ``python -m harness.cli`` ea
 steps, one thread, no cost measurement). Checked: a 4-run sweep as one job array ending in 4
 ``ok`` records that name their jobs; requeued jobs (an outside ``scontrol requeue`` and
 submitit's USR2 path) resuming from their training checkpoints; real failures recorded with
-their error and log, and ``--retry-failed`` resubmitting only them.
+their error and log, and ``--retry-failed`` resubmitting only them; ``cancel``, and jobs that
+end without a record; a 2-task job training one run with DDP; sbatch refusals.
 """
 
 from __future__ import annotations
@@ -280,7 +281,7 @@ def test_failures_are_recorded_and_only_they_are_retried(slurm_cluster, tmp_path
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_cancel_ends_the_live_jobs(slurm_cluster, tmp_path):
+def test_cancel_ends_the_live_jobs(slurm_cluster, tmp_path, monkeypatch):
     results = tmp_path / "results"
     study = write_study(tmp_path, "cancelme", grid={"seed": [0, 1]}, train={"steps": 100000},
                         slurm={"partition": slurm_cluster.partition})
@@ -296,6 +297,22 @@ def test_cancel_ends_the_live_jobs(slurm_cluster, tmp_path):
     assert live_view(store) == {}, diagnose(results)
     assert "no live jobs" in cli("cancel", study, results=results)
     assert records(results, "cancelme") == {}
+
+    # a job that ends without a record (cancelled here; killed for memory, ...) becomes a
+    # failed record naming its job and log when followed
+    import runners.slurm
+    from runners import Summary
+
+    monkeypatch.setattr(runners.slurm, "VANISHED_AFTER_S", 0.5)
+    runner = runners.slurm.SlurmRunner(load(study), store, show_progress=False, poll_s=0.2)
+    summary = Summary()
+    runner.follow(load(study).expand(), summary)
+    assert summary.failed == 2
+    for run_id, record in records(results, "cancelme").items():
+        entry = load_jobs(store)[run_id]
+        assert record["status"] == "failed" and record["slurm_job_id"] == entry["job_id"]
+        assert "ended without a record" in record["error"]
+        assert record["log_path"] == entry["stderr"]
 
 
 @pytest.mark.slurm
