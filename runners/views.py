@@ -14,6 +14,24 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "" if value is None else format(value, spec)
 
 
+def first_line(text: str | None, width: int = 100) -> str:
+    line = (text or "").strip().splitlines()[0] if text else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _elapsed(record: dict) -> str:
+    """Wall time of a finished run, from its record's timestamps."""
+    import datetime as dt
+
+    try:
+        start = dt.datetime.fromisoformat(record["started_at"])
+        end = dt.datetime.fromisoformat(record["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    seconds = int((end - start).total_seconds())
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def plan_table(study: Study, plan) -> Table:
     """The runs a ``run`` would do, each with its estimated cost, and the totals.
 
@@ -84,24 +102,27 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
     specs = study.expand()
     counts: dict[str, int] = {}
     table = Table(title_justify="left")
-    for col in ("run_id", "model", "seed", "state", "job", "test acc", "GFLOP/img",
+    for col in ("run_id", "model", "seed", "state", "job", "elapsed", "test acc", "GFLOP/img",
                 "train img/s", "error / log"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col == "error / log" else "ellipsis")
     for spec in specs:
         record, job = records.get(spec.run_id), live.get(spec.run_id, {})
-        state = record["status"] if record else job.get("state", "pending")
+        # A live job of a run that already has a record is a retry in flight: show the job.
+        state = job.get("state") if job else (record or {}).get("status", "pending")
         counts[state] = counts.get(state, 0) + 1
-        note = (record or {}).get("error") or ""
-        if state == "failed" and (record or {}).get("log_path"):
-            note = f"{note} (log: {record['log_path']})"
+        rec = record if not job else {}
+        note = first_line(rec.get("error"))
+        if state == "failed" and rec.get("log_path"):
+            note = f"{note} (log: {rec['log_path']})"
         table.add_row(
             spec.run_id, spec.model_config_().spec, str(spec.seed),
             f"[{STATE_STYLE.get(state, 'cyan')}]{state}",
-            str((record or {}).get("slurm_job_id") or job.get("job_id") or ""),
-            _fmt((record or {}).get("test_accuracy")),
-            _fmt((record or {}).get("gflops_per_image"), ".4f"),
-            _fmt((record or {}).get("train_images_per_s"), ".0f"),
-            note[:80],
+            str(job.get("job_id") or rec.get("slurm_job_id") or ""),
+            job.get("elapsed") or _elapsed(rec),
+            _fmt(rec.get("test_accuracy")),
+            _fmt(rec.get("gflops_per_image"), ".4f"),
+            _fmt(rec.get("train_images_per_s"), ".0f"),
+            note,
         )
     table.title = f"{study.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return table
