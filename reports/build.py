@@ -39,7 +39,8 @@ def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
 
     frame = load_records(store.runs_dir)  # an unreadable record shows up as a problem row
     recorded = set(frame["run_id"].to_list())
-    grid = study.expand() if study.grid or not study.tune else []  # tune-only: no grid to wait for
+    tune_only = getattr(study, "tune", None) and not getattr(study, "grid", None)
+    grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
     text = Path(study.source).read_text() if study.source else None
     return write_report(frame, Path(out or store.dir / "report.html"), study_name=study.name,

@@ -12,7 +12,6 @@ import torch
 from harness.errors import ConfigError
 from harness.moe import BatchedExperts, ExpertsChoice, SoftMoE, TokensChoice, compute_capacity
 
-torch.set_default_dtype(torch.float64)
 TOL = 1e-6
 
 
