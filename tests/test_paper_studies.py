@@ -25,6 +25,7 @@ from harness.estimate import (
     study_costs,
     totals,
 )
+from harness.moe.routing import compute_capacity
 from harness.study import EstimateConfig, load
 
 PAPER = Path(__file__).parents[1] / "studies" / "paper"
@@ -130,12 +131,33 @@ def test_experts_slots_is_a_full_grid_for_each_router(profile):
     sigmas = sorted({s for _, s in cells["tokens_choice"]})
     assert len(experts) >= 3 and len(sigmas) >= 2
     full = {(e, s) for e in experts for s in sigmas}
-    assert cells["tokens_choice"] == cells["experts_choice"] == full
+    assert cells["tokens_choice"] == full
+    # Experts Choice leaves out only cells whose buffers equal a cell it runs (the same model)
+    m = cfgs[0].num_tokens
+    for e, s in full - cells["experts_choice"]:
+        assert any(compute_capacity(m, e, s) == compute_capacity(m, e2, s2)
+                   for e2, s2 in cells["experts_choice"] if e2 == e), (e, s)
     assert cells["soft"] <= full  # Soft MoE: the cells where p = sigma * m / n >= 1
     for e, s in full:
         assert ((e, s) in cells["soft"]) == (s * cfgs[0].num_tokens / e >= 1)
     # Soft MoE at one fixed slots-per-token covers at least three expert counts
     assert max(sum(1 for _, s in cells["soft"] if s == sig) for sig in sigmas) >= 3
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", STUDIES)
+def test_no_two_runs_are_the_same_model(name, profile):
+    """Experts Choice models differ only by their buffers: capacity factors that round to
+    the same capacity (at least one token per expert) would train the same model twice."""
+    seen: dict[tuple, str] = {}
+    for spec in study(name, profile).expand():
+        cfg = spec.model_config_()
+        if cfg.router != "experts_choice":
+            continue
+        capacity = compute_capacity(cfg.num_tokens, cfg.num_experts, cfg.capacity_factor)
+        key = (cfg.replace(capacity_factor=1.0), capacity, spec.seed, spec.train)
+        assert key not in seen, (cfg.spec, seen.get(key))
+        seen[key] = cfg.spec
 
 
 @pytest.mark.parametrize("profile", PROFILES)
