@@ -49,7 +49,6 @@ from reports.figures import (
     _power_ticks,
     _std,
     config_label,
-    fig_router_diagnostic,
     fmt,
     hover_texts,
     primary_quality,
@@ -651,18 +650,52 @@ def fig_training_curves(frame: pl.DataFrame, *, max_lines: int = 24) -> go.Figur
 
 def fig_dropped_tokens(agg: pl.DataFrame, *, hover: Hover = None) -> go.Figure | None:
     """Dropped-token fraction against the expert count for Tokens Choice and Experts Choice
-    (tokens no expert took), when some router ran with two or more expert counts."""
-    if not _has(agg, "router_dropped_fraction_mean", "num_experts", "router"):
+    (tokens no expert took): one line per sweep, i.e. configurations equal but for the
+    expert count (so K, c, model and placement fixed along a line). Drawn when some sweep
+    has two or more expert counts."""
+    agg, hover = _prepare(agg, hover)
+    col = "router_dropped_fraction_mean"
+    if not _has(agg, col, "num_experts", "router"):
         return None
-    sparse = agg.filter(pl.col("router").is_in(list(SPARSE_ROUTERS))
-                        & pl.col("router_dropped_fraction_mean").is_not_null())
-    if sparse.group_by("router").agg(pl.col("num_experts").n_unique().alias("n")).filter(
-            pl.col("n") >= 2).height == 0:
+    data = agg.filter(pl.col("router").is_in(list(SPARSE_ROUTERS)) & pl.col(col).is_not_null()
+                      & pl.col("num_experts").is_not_null())
+    keys = [c for c in spec_columns(data) if c not in ("num_experts", "spec")]
+    sweeps = [g.sort("num_experts") for _, g in data.group_by(keys, maintain_order=True)
+              if g["num_experts"].n_unique() >= 2] if data.height else []
+    if not sweeps:
         return None
-    fig = fig_router_diagnostic(with_rows(agg), "router_dropped_fraction",
-                                routers=SPARSE_ROUTERS, hover=hover)
-    if fig is not None:
-        fig.update_layout(title={"text": "Dropped tokens against experts (sparse routers)"})
+    several = data["model"].n_unique() > 1 if "model" in data.columns else False
+    routers = sorted_routers(data["router"].to_list())
+    fig = go.Figure()
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+    seen: dict[str, int] = {}
+    xs: list[Any] = []
+    for sweep in sorted(sweeps, key=lambda g: (routers.index(g["router"][0]),
+                                               str(g["model"][0]) if several else "",
+                                               g[SLOTS_PER_TOKEN][0] or 0)):
+        row = sweep.row(0, named=True)
+        router = row["router"]
+        knob = (f"K={_g(row.get('k'))}" if router == "tokens_choice"
+                else f"c={_g(row.get('capacity_factor'))}")
+        name = f"{router_name(router)} {knob}" + (f", {row['model']}" if several else "")
+        n = seen[router] = seen.get(router, -1) + 1
+        std = _std(sweep, "router_dropped_fraction")
+        xs += sweep["num_experts"].to_list()
+        fig.add_trace(go.Scatter(
+            x=_floats(sweep["num_experts"]), y=_floats(sweep[col]), mode="lines+markers",
+            name=ptext(name), legendgroup=str(router),
+            marker={"color": router_color(router, routers), "size": 8},
+            line={"color": router_color(router, routers), "dash": dashes[n % len(dashes)]},
+            error_y={"type": "data", "array": std if std is not None else [],
+                     "visible": std is not None, "thickness": 1},
+            **_hover(sweep, hover),
+        ))
+    _base_layout(fig, "Dropped tokens against experts (sparse routers; one line per sweep)",
+                 xaxis={"type": "log", "title": {"text": "experts"}, **_power_ticks(xs)},
+                 yaxis={"title": {"text": ptext(label("router_dropped_fraction"))},
+                        "rangemode": "tozero"},
+                 legend={"orientation": "h", "y": -0.25, "x": 0, "yanchor": "top"},
+                 height=460)
     return fig
 
 

@@ -244,11 +244,12 @@ def test_training_curves_read_history_written_as_json_text(frame):
     assert fig_training_curves(frame.drop("history")) is None
 
 
-def test_dropped_tokens_for_both_sparse_routers(agg):
+def test_dropped_tokens_one_line_per_sweep_of_both_sparse_routers(agg):
     fig = fig_dropped_tokens(agg)
-    names = {t.name for t in fig.data}
-    assert any(n.startswith("Tokens Choice") for n in names)
-    assert any(n.startswith("Experts Choice") for n in names)
+    assert [t.name for t in fig.data] == ["Tokens Choice K=1", "Tokens Choice K=4",
+                                          "Experts Choice c=1", "Experts Choice c=4"]
+    assert all(list(t.x) == [4, 16, 64] and t.mode == "lines+markers" for t in fig.data)
+    assert list(fig.data[0].y) == pytest.approx([0.04, 0.08, 0.12])
     assert fig.layout.xaxis.type == "log"
     assert fig_dropped_tokens(aggregate(records_frame([rec("tokens_choice")]))) is None
 
