@@ -106,6 +106,10 @@ def _std(row: dict[str, Any], metric: str) -> float:
     return 0.0 if value is None or value != value else float(value)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _listing(items: list[str]) -> str:
     shown = items[:MAX_LISTED]
     more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
@@ -163,8 +167,9 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
         if margin > FRONT_QUALITY_TOL:
             beaten.append((margin, f"{_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "
                                    f"{fmt(best)} at <= {fmt(max(c, lo))} (+{fmt(margin)})"))
-    span = (f"Soft MoE covers {label(cost)} {fmt(lo)} to {fmt(hi)} ({soft.height} "
-            f"configurations); {compared} configurations of other routers cost at most that")
+    span = (f"Soft MoE covers {label(cost)} {fmt(lo)} to {fmt(hi)} "
+            f"({_count(soft.height, 'configuration')}); "
+            f"{_count(compared, 'configuration')} of other routers cost at most that")
     if compared == 0:
         return Verdict("pareto", claim, LACKS, span + ": nothing to compare with.", rule)
     if beaten:
