@@ -23,6 +23,7 @@ machine's plain large-matmul rate, measured in the same run.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -89,21 +90,87 @@ def time_call(fn: Callable[[], Any], *, device: torch.device | str = "cpu", repe
     return summarize([time_once(fn, device) for _ in range(repeats)])
 
 
+class Interference:
+    """CPU time that *other* processes took while we timed something (Linux: /proc/stat
+    minus our own ``os.times``), as a fraction of the machine's CPUs. On a shared machine a
+    timing taken while others ran is not a measurement of our code; with this we can tell
+    such timings apart instead of averaging them in. ``available`` is False elsewhere."""
+
+    def __init__(self):
+        self.available = os.path.exists("/proc/stat") and hasattr(os, "sysconf")
+        if self.available:
+            self.hz = os.sysconf("SC_CLK_TCK")
+            self.cpus = os.cpu_count() or 1
+
+    def snapshot(self) -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system irq softirq steal
+        t = os.times()
+        return busy / self.hz, t.user + t.system, time.perf_counter()
+
+    def others(self, before, after) -> float:
+        wall = max(after[2] - before[2], 1e-9)
+        return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / (wall * self.cpus)
+
+
 def time_pairs(ours: Callable[[], Any], theirs: Callable[[], Any], *, device="cpu",
-               repeats: int = 7, warmup: int = 2) -> dict[str, Any]:
+               repeats: int = 7, warmup: int = 2, gate: float | None = 0.1,
+               max_pairs: int | None = None, budget_s: float = 10.0) -> dict[str, Any]:
     """Interleaved timing of two implementations; ratio = theirs / ours per pair (> 1: ours
-    is faster). The order inside a pair alternates so that neither always runs first."""
+    is faster). The order inside a pair alternates so that neither always runs first.
+
+    With ``gate`` (CPU only, Linux), pairs are timed in blocks of at least 0.25 s and a
+    block counts as *clean* when other processes used at most ``gate`` of the machine's
+    CPUs during it; timing goes on until ``repeats`` clean pairs are in, or ``max_pairs``
+    (default 3 x repeats) were timed, or ``budget_s`` is spent with ``repeats`` pairs in
+    (so that a saturated machine cannot stretch a run without end). The ratios are those
+    of the clean pairs when there are at least 3 of them, else of all pairs (``clean``
+    False); the all-pairs median and the counts are reported too.
+    """
     device = torch.device(device)
+    t0 = time.perf_counter()
     for _ in range(warmup):
         ours()
         theirs()
     _sync(device)
-    t_ours, t_theirs = [], []
-    for i in range(repeats):
-        pair = [(ours, t_ours), (theirs, t_theirs)]
-        for fn, sink in pair if i % 2 == 0 else pair[::-1]:
-            sink.append(time_once(fn, device))
+    pair_s = (time.perf_counter() - t0) / max(warmup, 1)
+    meter = Interference() if gate is not None and device.type == "cpu" else None
+    if meter is not None and not meter.available:
+        meter = None
+    block = min(50, max(1, math.ceil(0.25 / max(pair_s, 1e-6)))) if meter and warmup else 1
+    max_pairs = max_pairs or 3 * repeats
+    all_ours, all_theirs, clean_ours, clean_theirs, load = [], [], [], [], []
+    i = 0
+    start = time.perf_counter()
+
+    def more() -> bool:
+        if len(all_ours) < repeats:
+            return True
+        if not meter or len(clean_ours) >= repeats or len(all_ours) >= max_pairs:
+            return False
+        return time.perf_counter() - start < budget_s
+
+    while more():
+        before = meter.snapshot() if meter else None
+        b_ours, b_theirs = [], []
+        for _ in range(block):
+            pair = [(ours, b_ours), (theirs, b_theirs)]
+            for fn, sink in pair if i % 2 == 0 else pair[::-1]:
+                sink.append(time_once(fn, device))
+            i += 1
+        all_ours += b_ours
+        all_theirs += b_theirs
+        if meter:
+            others = meter.others(before, meter.snapshot())
+            load.append(others)
+            if others <= gate:
+                clean_ours += b_ours
+                clean_theirs += b_theirs
+    clean = meter is not None and len(clean_ours) >= 3
+    t_ours, t_theirs = (clean_ours, clean_theirs) if clean else (all_ours, all_theirs)
     ratios = sorted(b / a for a, b in zip(t_ours, t_theirs, strict=True))
+    ratios_all = [b / a for a, b in zip(all_ours, all_theirs, strict=True)]
     return {
         "ours": summarize(t_ours),
         "theirs": summarize(t_theirs),
@@ -112,6 +179,11 @@ def time_pairs(ours: Callable[[], Any], theirs: Callable[[], Any], *, device="cp
         "ratio_max": ratios[-1],
         "ratio_p10": _percentile(ratios, 0.1),
         "ratio_p90": _percentile(ratios, 0.9),
+        "ratio_median_all_pairs": statistics.median(ratios_all),
+        "pairs_clean": len(clean_ours) if meter else None,
+        "pairs_total": len(all_ours),
+        "clean": clean,
+        "others_cpu_median": statistics.median(load) if load else None,
     }
 
 
@@ -392,6 +464,10 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                 row[f"ref_{name}_ms"] = res["theirs"]["median_ms"]
                 for stat in ("median", "min", "max", "p10", "p90"):
                     row[f"speedup_{name}_{stat}"] = res[f"ratio_{stat}"]
+                row[f"speedup_{name}_median_all_pairs"] = res["ratio_median_all_pairs"]
+                row[f"pairs_{name}_clean"] = res["pairs_clean"]
+                row[f"pairs_{name}_total"] = res["pairs_total"]
+                row[f"others_cpu_{name}"] = res["others_cpu_median"]
             del ref
         else:
             for name, fn in (("fwd", _fwd(layer, x)), ("fwd_bwd", _fwd_bwd(layer, xg, grad))):
@@ -479,7 +555,8 @@ def print_layers(result: dict[str, Any]) -> None:
     machine, rows = result["machine"], result["rows"]
     table = Table(title="MLP layers: forward / forward+backward (median ms)")
     for name in ("kind", "E", "p", "fwd ms", "f+b ms", "ref fwd", "ref f+b",
-                 "speedup fwd [p10-p90]", "speedup f+b [p10-p90]", "experts GFLOP/s f / f+b",
+                 "speedup fwd [p10-p90] clean/pairs", "speedup f+b [p10-p90] clean/pairs",
+                 "experts GFLOP/s f / f+b",
                  "% of plain", "layer / bare matmuls f, f+b"):
         table.add_column(name, justify="left" if name == "kind" else "right")
     opt = lambda row, key, fmt: fmt.format(row[key]) if row.get(key) is not None else "-"  # noqa: E731
@@ -488,7 +565,9 @@ def print_layers(result: dict[str, Any]) -> None:
         for name in ("fwd", "fwd_bwd"):
             speed[name] = "-" if f"speedup_{name}_median" not in row else (
                 f"x{row[f'speedup_{name}_median']:.2f} [{row[f'speedup_{name}_p10']:.2f}-"
-                f"{row[f'speedup_{name}_p90']:.2f}]")
+                f"{row[f'speedup_{name}_p90']:.2f}] "
+                f"{row[f'pairs_{name}_clean'] if row[f'pairs_{name}_clean'] is not None else '-'}"
+                f"/{row[f'pairs_{name}_total']}")
         rates = "-" if "experts_gflops_per_s_fwd" not in row else (
             f"{row['experts_gflops_per_s_fwd']:.0f} / {row['experts_gflops_per_s_fwd_bwd']:.0f}")
         share = "-" if "experts_fraction_of_plain_fwd" not in row else (
@@ -510,7 +589,9 @@ def print_layers(result: dict[str, Any]) -> None:
         f"every row, '% of plain' uses the row's own); load average "
         f"{machine['loadavg_before']:.2f} before, {machine['loadavg_after']:.2f} after; "
         f"{machine['seconds']:.0f} s. speedup = soft-moe-pytorch time / ours, median of "
-        f"interleaved pairs (> 1: ours faster); ref = soft-moe-pytorch 0.1.9, same dim, "
+        f"interleaved pairs (> 1: ours faster), over the clean pairs (timed while other "
+        f"processes used <= 10% of the CPUs; all pairs if fewer than 3 were clean); "
+        f"ref = soft-moe-pytorch 0.1.9, same dim, "
         f"experts, slots, hidden = 4 dim (its RMSNorm normalises x before dispatch, ours only "
         f"inside the logits). GFLOP/s at 2 FLOPs per multiply-add; bare = the expert matmuls "
         f"alone (torch.bmm, no bias/GELU).")

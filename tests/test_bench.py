@@ -38,10 +38,23 @@ def test_time_pairs_interleaves_and_reports_the_median_ratio(monkeypatch):
         return next(times[name])
 
     monkeypatch.setattr(bench, "time_once", fake)
-    result = bench.time_pairs(lambda: "ours", lambda: "theirs", repeats=4, warmup=0)
+    result = bench.time_pairs(lambda: "ours", lambda: "theirs", repeats=4, warmup=0, gate=None)
     assert order == ["ours", "theirs", "theirs", "ours", "ours", "theirs", "theirs", "ours"]
     assert (result["ratio_min"], result["ratio_max"]) == (1.0, 5.0)
     assert result["ratio_median"] == pytest.approx(2.5)  # ratios 3, 2, 1, 5
+    assert result["pairs_total"] == 4 and result["clean"] is False
+
+
+def test_time_pairs_keeps_only_blocks_without_other_load(monkeypatch):
+    loads = iter([0.5, 0.0, 0.02, 0.9, 0.0])  # other processes' share of the CPUs per block
+    monkeypatch.setattr(bench.Interference, "others", lambda self, a, b: next(loads))
+    times = iter([1.0, 9.0] + [1.0, 2.0] * 4)  # the disturbed first pair looks like x9
+    monkeypatch.setattr(bench, "time_once", lambda fn, device: next(times))
+    result = bench.time_pairs(lambda: None, lambda: None, repeats=3, warmup=0, gate=0.1)
+    assert result["clean"] and result["pairs_clean"] == 3 and result["pairs_total"] == 5
+    assert result["ratio_median"] == pytest.approx(2.0)
+    assert result["ratio_median_all_pairs"] == pytest.approx(2.0)
+    assert result["ratio_max"] == pytest.approx(2.0)  # the x9 pair is left out
 
 
 def test_peak_memory_counts_weights_grads_and_optimizer_state():
