@@ -75,6 +75,7 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 KERNELS = {"sdpa": sdpa_attention, "xformers": xformers_attention, "math": math_attention}
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           backend: str = "auto") -> torch.Tensor:
     """Multi-head attention without masking; returns (batch, tokens_q, heads, head_dim)."""
     return KERNELS[resolve_backend(backend, q.device)](q, k, v)

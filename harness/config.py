@@ -67,7 +67,8 @@ class SlurmConfig(Section):
     mem_gb: PositiveFloat | None = None  # per run (sbatch --mem; a run is on one node)
     constraint: str | None = None
     array_parallelism: PositiveInt = 64
-    extra_sbatch: dict[str, Any] = Field(default_factory=dict)  # passed as slurm_additional_parameters
+    # passed to submitit as slurm_additional_parameters
+    extra_sbatch: dict[str, Any] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list)  # shell lines run before each job
     signal_delay_s: PositiveInt = 120  # USR2 this long before the time limit: checkpoint, requeue
 

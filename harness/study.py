@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator
 
 from harness.config import DataConfig, ExecutorConfig, MeasureConfig, Section, TrainConfig
 from harness.errors import ConfigError, HarnessError
@@ -145,7 +145,7 @@ class Study(Section):
         axes = list(self.grid)
         specs: dict[str, RunSpec] = {}
         for values in itertools.product(*(self.grid[a] for a in axes)):
-            point = {**AXES, **self.fixed, **dict(zip(axes, values))}
+            point = {**AXES, **self.fixed, **dict(zip(axes, values, strict=True))}
             if any(_matches(rule, point) for rule in self.exclude):
                 continue
             spec = self._spec(point)
@@ -196,7 +196,9 @@ class Study(Section):
 
 def _matches(rule: dict[str, Any], point: dict[str, Any]) -> bool:
     def hit(want, have):
-        return have in want if isinstance(want, list) and not isinstance(have, list) else have == want
+        if isinstance(want, list) and not isinstance(have, list):
+            return have in want
+        return have == want
 
     return all(hit(want, point.get(key)) for key, want in rule.items())
 

@@ -54,8 +54,8 @@ class SweepProgress:
         self.progress.update(self.sweep, advance=1, info=self._counts())
         self._drop(spec)
         if status != "ok" and self.enabled:
-            self.console.print(f"[red]{status}[/] {spec.label} ({spec.run_id}): "
-                               f"{record.get('error') or 'step ' + str(record.get('diverged_step'))}")
+            why = record.get("error") or f"step {record.get('diverged_step')}"
+            self.console.print(f"[red]{status}[/] {spec.label} ({spec.run_id}): {why}")
 
     def _drop(self, spec: RunSpec) -> None:
         task = self.tasks.pop(spec.run_id, None)

@@ -109,8 +109,10 @@ def test_profiles(tmp_path):
 BAD = [
     ("grid: [unclosed", r"line \d+, column \d+: malformed YAML"),
     ("grdi: {model: [vit-s/16]}", r"grdi: unknown key 'grdi'; allowed: name, description, data"),
-    ("train: {stpes: 3}\ngrid: {model: [vit-s/16]}", r"train\.stpes: unknown key 'stpes'; allowed: steps"),
-    ("train: {steps: many}\ngrid: {model: [vit-s/16]}", r"train\.steps: Input should be a valid integer"),
+    ("train: {stpes: 3}\ngrid: {model: [vit-s/16]}",
+     r"train\.stpes: unknown key 'stpes'; allowed: steps"),
+    ("train: {steps: many}\ngrid: {model: [vit-s/16]}",
+     r"train\.steps: Input should be a valid integer"),
     ("grid: {model: [vit-w32d4h4m64/4], router: [soft], slots_per_expert: [0]}",
      r"router=soft, slots_per_expert=0: slots_per_expert must be > 0"),
     ("grid: {model: [vit-w32d4h4m64/4], router: [tokens_choice], num_experts: [2], k: [3]}",
@@ -121,8 +123,10 @@ BAD = [
      r"block indices must lie in 0\.\.3"),
     ("grid: {model: [vit-zz/4]}", r"model=vit-zz/4: unknown model size 'zz'"),
     ("grid: {model: [resnet]}", r"model 'resnet': expected a backbone"),
-    ("grid: {model: [vit-w32d4h4m64/4], router: [switch]}", r"unknown router 'switch'; allowed: dense"),
-    ("grid: {model: [vit-w32d4h4m64/4], expert: [3]}", r"grid: unknown axis 'expert'; allowed: model"),
+    ("grid: {model: [vit-w32d4h4m64/4], router: [switch]}",
+     r"unknown router 'switch'; allowed: dense"),
+    ("grid: {model: [vit-w32d4h4m64/4], expert: [3]}",
+     r"grid: unknown axis 'expert'; allowed: model"),
     ("grid: {router: [dense]}", r"model: missing"),
 ]
 

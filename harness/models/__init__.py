@@ -154,7 +154,8 @@ class ModelConfig:
             raise ConfigError(f"k must lie in 1..num_experts ({self.num_experts}), got {self.k}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
-        self.moe_blocks  # validates the placement against the depth
+        if uses_experts(r):  # validates the placement against the depth
+            resolve_placement(self.moe_layers, shape.depth)
 
     @property
     def shape(self) -> ViTSize:

@@ -29,7 +29,8 @@ def to_groups(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
         return x
     if (batch * tokens) % group_size:
         raise ConfigError(
-            f"group_size {group_size} must divide batch*tokens = {batch}*{tokens} = {batch * tokens}"
+            f"group_size {group_size} must divide batch*tokens = {batch}*{tokens} "
+            f"= {batch * tokens}"
         )
     return x.reshape(-1, group_size, dim)
 

@@ -121,7 +121,8 @@ class TokensChoice(nn.Module):
     @torch.no_grad()
     def _record_metrics(self, gates, kept, top_expert) -> None:
         counts = torch.zeros(self.num_experts, device=gates.device)
-        counts.index_add_(0, top_expert[kept], torch.ones_like(top_expert[kept], dtype=counts.dtype))
+        chosen = top_expert[kept]
+        counts.index_add_(0, chosen, torch.ones_like(chosen, dtype=counts.dtype))
         self.metrics = {
             "dropped_fraction": 1.0 - kept.float().mean().item(),
             "expert_load_cv": (counts.std(unbiased=False) / counts.mean().clamp_min(1e-9)).item(),
