@@ -71,7 +71,7 @@ def inspect(
 
 
 # --- micro-benchmarks ----------------------------------------------------------------------
-bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers).")
+bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report).")
 app.add_typer(bench_app, name="bench")
 
 
@@ -105,6 +105,17 @@ def bench_layers(
     bench.print_layers(result)
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+@bench_app.command("report")
+def bench_report(
+    records: Annotated[int, typer.Option(help="Synthetic records in the store")] = 10_000,
+) -> None:
+    """Time `report` (read the store, aggregate, fronts, figures, claims, page) over synthetic
+    records; the target is under 5 s for 10,000 on 2 cores."""
+    from reports.bench import main as bench_main
+
+    bench_main([str(records)])
 
 
 # --- studies -------------------------------------------------------------------------------

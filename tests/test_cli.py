@@ -32,3 +32,8 @@ def test_user_errors_are_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown model size 'q'" in proc.stderr
+
+
+def test_bench_report_times_the_report_over_synthetic_records():
+    out = run_cli("bench", "report", "--records", "200")
+    assert "report over 200 records:" in out.stdout and "target < 5 s" in out.stdout
