@@ -406,11 +406,15 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                  kinds: tuple[str, ...] = ("dense", "soft", "tokens_choice", "experts_choice"),
                  repeats: int = 7, warmup: int = 2, device: str = "cpu", seed: int = 0,
                  compare_reference: bool = True,
-                 plain_matmul_size: tuple[int, int, int] = (4096, 1024, 1024),
+                 plain_matmul_size: tuple[int, int, int] = (2048, 1024, 1024),
+                 budget_s: float | None = 150.0,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Forward and forward+backward time of each MLP kind at matched shapes (see module doc).
 
-    Returns ``{"machine": {...}, "rows": [...]}``; every row is flat.
+    Soft MoE rows (with the comparison) come first. Past ``budget_s`` seconds the remaining
+    rows are timed with 3 repeats and 1 warm-up (the row says so in ``repeats``), so that a
+    loaded machine stretches the run less. Returns ``{"machine": {...}, "rows": [...]}``;
+    every row is flat.
     """
     from harness.moe import make_mlp
 
@@ -430,25 +434,26 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     machine["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size)
     say(f"plain matmul: {machine['plain_matmul_gflops_per_s']:.0f} GFLOP/s")
 
-    configs = []
+    configs = [("soft", e, p) for e in experts for p in slots] if "soft" in kinds else []
     if "dense" in kinds:
         configs.append(("dense", None, None))
-    for e in experts:
-        if "soft" in kinds:
-            configs += [("soft", e, p) for p in slots]
-        configs += [(k, e, None) for k in ("tokens_choice", "experts_choice") if k in kinds]
+    configs += [(k, e, None) for e in experts for k in ("tokens_choice", "experts_choice")
+                if k in kinds]
 
     rows = []
     x = torch.randn(batch, tokens, dim, device=device)
     grad = torch.randn(batch, tokens, dim, device=device)
+    full = (repeats, warmup)
     for kind, e, p in configs:
+        if budget_s is not None and time.time() - started > budget_s:
+            repeats, warmup = min(full[0], 3), min(full[1], 1)
         layer = make_mlp(kind, dim, hidden, num_experts=e, slots_per_expert=p).to(device)
         if hasattr(layer, "track_metrics"):
             layer.track_metrics = False
         layer.train()
         xg = x.clone().requires_grad_(True)
         row: dict[str, Any] = {"kind": kind, "experts": e, "slots_per_expert": p, "dim": dim,
-                               "tokens": tokens, "batch": batch}
+                               "tokens": tokens, "batch": batch, "repeats": repeats}
         ref = reference_soft_moe(dim, e, p, hidden) if kind == "soft" and compare_reference \
             else None
         if ref is not None:

@@ -167,9 +167,9 @@ def test_bench_layers_small_config_runs_and_reports_every_column():
     result = bench.bench_layers(dim=32, tokens=8, batch=2, experts=(4,), slots=(1, 2),
                                 repeats=2, warmup=1, plain_matmul_size=(256, 256, 256))
     kinds = [(r["kind"], r["experts"], r["slots_per_expert"]) for r in result["rows"]]
-    assert kinds == [("dense", None, None), ("soft", 4, 1), ("soft", 4, 2),
+    assert kinds == [("soft", 4, 1), ("soft", 4, 2), ("dense", None, None),
                      ("tokens_choice", 4, None), ("experts_choice", 4, None)]
-    soft = result["rows"][1]
+    soft = result["rows"][0]
     for key in ("fwd_ms", "fwd_bwd_ms", "experts_fwd_ms", "bare_matmul_fwd_ms",
                 "experts_gflops_per_s_fwd", "experts_fraction_of_plain_fwd",
                 "layer_over_bare_fwd", "layer_over_bare_fwd_bwd", "plain_matmul_gflops_per_s"):
