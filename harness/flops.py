@@ -244,6 +244,11 @@ def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return 2 * attention_macs(list(query_shape), list(key_shape), list(value_shape), "bhmd")
 
 
+def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):
+    """oneDNN's fused linear (our experts and Soft MoE logits on float32 CPUs): x @ wᵀ."""
+    return 2 * matmul_macs(list(x_shape), list(w_shape)[::-1])
+
+
 def torch_flops(model, images) -> FlopCount:
     """FLOPs per image by ``torch.utils.flop_counter.FlopCounterMode`` (works on ``meta``)."""
     import torch
@@ -251,6 +256,8 @@ def torch_flops(model, images) -> FlopCount:
 
     aten = torch.ops.aten
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
+    if hasattr(torch.ops, "mkldnn") and torch.backends.mkldnn.is_available():
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flop
     with _counting_mode(model), torch.no_grad():
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             model(images)

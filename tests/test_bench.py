@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from harness import bench
 from harness.cli import app
 from harness.moe import BatchedExperts, SoftMoE
-from harness.moe.experts import _ExpertsFunction, new_buffer
+from harness.moe.experts import _ExpertsFunction, mm_nt, new_buffer, onednn_ok
 from harness.moe.soft import _SoftCombine, _SoftDispatch
 
 
@@ -152,6 +152,39 @@ def test_batched_experts_fast_path_equals_fallback():
     plain = F.gelu(torch.baddbmm(experts.b1.unsqueeze(1), x, experts.w1))
     plain = torch.baddbmm(experts.b2.unsqueeze(1), plain, experts.w2)
     assert torch.allclose(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+needs_onednn = pytest.mark.skipif(not onednn_ok(torch.zeros(1)),
+                                  reason="this torch build has no oneDNN")
+
+
+@needs_onednn
+def test_onednn_inference_path_equals_the_training_path():
+    """Without gradients float32 CPU experts and Soft MoE logits go through oneDNN's fused
+    matmul + bias + GELU; with gradients through the MKL path. Same numbers (float32), and
+    the float64 plain formulation agrees with both."""
+    torch.manual_seed(2)
+    layer = SoftMoE(24, 6, 2, 48)
+    for p in layer.experts.parameters():  # non-zero biases, so that their fusion is tested
+        torch.nn.init.normal_(p)
+    x = torch.randn(3, 10, 24)
+    with torch.no_grad():
+        inference = layer(x)
+    training = layer(x.clone().requires_grad_(True)).detach()
+    assert torch.allclose(inference, training, rtol=1e-4, atol=1e-4)
+    plain = SoftMoE(24, 6, 2, 48).double()
+    plain.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        reference = plain(x.double())  # float64: the MKL path
+    assert torch.allclose(inference.double(), reference, rtol=1e-4, atol=1e-4)
+    experts_in = torch.randn(5, 6, 24).transpose(0, 1)  # strided, as Soft MoE passes it
+    with torch.no_grad():
+        fast = layer.experts(experts_in)
+    plain_out = torch.baddbmm(layer.experts.b2.unsqueeze(1), F.gelu(torch.baddbmm(
+        layer.experts.b1.unsqueeze(1), experts_in, layer.experts.w1)), layer.experts.w2)
+    assert torch.allclose(fast, plain_out.detach(), rtol=1e-4, atol=1e-4)
+    a, b = torch.randn(7, 24), torch.randn(5, 24)
+    assert torch.allclose(mm_nt(a, b), a @ b.t(), rtol=1e-5, atol=1e-5)
 
 
 def test_new_buffer_is_an_ordinary_tensor():

@@ -172,3 +172,16 @@ def test_paper_rows_analytic_equals_fvcore_where_buildable():
         model = build_for_counting(cfg)
         assert fvcore_flops(model, torch.randn(1, 3, 224, 224)).total == \
             analytic_flops(cfg).total
+
+
+def test_flop_counter_mode_counts_the_onednn_path():
+    """On float32 CPUs the experts run through oneDNN's fused linear op without gradients;
+    FlopCounterMode must count it (our custom mapping), not skip it as zero."""
+    from harness.moe.experts import onednn_ok
+
+    if not onednn_ok(torch.zeros(1)):
+        pytest.skip("this torch build has no oneDNN")
+    cfg = ModelConfig(size="ti", image_size=32, router="soft", num_experts=4)
+    count = torch_flops(build(cfg), torch.randn(2, 3, 32, 32))
+    assert any("_linear_pointwise" in op for op in count.by_op), count.by_op
+    assert count.total == pytest.approx(analytic_flops(cfg).total, rel=TOL)

@@ -7,6 +7,11 @@ gradient is needed; GELU's backward written into the buffer of its incoming grad
 Large fresh CPU buffers are advised as transparent huge pages (:func:`new_buffer`): with
 expert weights of hundreds of MB, the weight gradients are fresh memory at every step and
 4 KiB page faults otherwise cost more than the matmuls that fill them.
+
+Without gradients (evaluation, inference) on a float32 CPU, each expert runs as two calls
+of oneDNN's matmul with the bias and exact GELU fused into it (:func:`_experts_onednn`):
+one pass over the hidden activations instead of three, and oneDNN's AVX-512 kernels,
+which on the 2-core AMD EPYC of our CI were ~10% faster than MKL's batched path here.
 """
 
 from __future__ import annotations
@@ -74,6 +79,47 @@ def fast_path_ok(*tensors: torch.Tensor) -> bool:
     return all(type(t) is torch.Tensor or type(t) is nn.Parameter for t in tensors) and all(
         t.dtype == t0.dtype and t.device == t0.device for t in tensors
     )
+
+
+@functools.cache
+def _onednn_linear():
+    """oneDNN's matmul + bias + activation in one op (the op torch.compile's CPU backend
+    fuses linear layers into), or None where this torch build has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def onednn_ok(t: torch.Tensor) -> bool:
+    """Whether oneDNN's fused matmuls serve ``t``'s device and dtype (float32 CPU). Not
+    while TorchScript traces (fvcore's FLOP count), which cannot record the op's arguments:
+    the trace then holds the MKL path, the same multiply-adds."""
+    return (t.device.type == "cpu" and t.dtype == torch.float32
+            and _onednn_linear() is not None and not torch.jit.is_tracing())
+
+
+def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.t()`` for 2-D ``a`` (rows, k) and ``b`` (cols, k): oneDNN where it serves
+    (~1.3x MKL for Soft MoE's logits on our CI CPU), else MKL's "NT" kernel."""
+    if onednn_ok(a) and not needs_grad(a, b):
+        return _onednn_linear()(a, b, None, "none", [], "")
+    return torch.mm(a, b.t())
+
+
+def _experts_onednn(x, w1, b1, w2, b2) -> torch.Tensor:
+    """The forward of :class:`_ExpertsFunction` without autograd, expert by expert through
+    oneDNN (weights read in place: ``w[e].t()`` is the (out, in) layout it takes; the
+    input made contiguous once, not copied expert by expert inside oneDNN's op)."""
+    linear = _onednn_linear()
+    x = x.contiguous()
+    return torch.stack([
+        linear(linear(x[e], w1[e].t(), b1[e], "gelu", [], "none"),
+               w2[e].t(), b2[e], "none", [], "")
+        for e in range(x.shape[0])
+    ])
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:
@@ -145,6 +191,8 @@ class BatchedExperts(nn.Module):
             )
         params = (self.w1, self.b1, self.w2, self.b2)
         if fast_path_ok(x, *params):
+            if onednn_ok(x) and not needs_grad(x, *params):
+                return _experts_onednn(x, *params)
             return _ExpertsFunction.apply(x, *params, needs_grad(x, *params))
         h = F.gelu(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1))
         return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
