@@ -411,12 +411,13 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Forward and forward+backward time of each MLP kind at matched shapes (see module doc).
 
-    Soft MoE rows (with the comparison) come first. Past ``budget_s`` seconds the remaining
-    rows are timed with 3 repeats and 1 warm-up (the row says so in ``repeats``), so that a
-    loaded machine stretches the run less. Returns ``{"machine": {...}, "rows": [...]}``;
-    every row is flat.
+    Soft MoE rows (with the comparison, 2 x ``repeats`` + 1 pairs) come first. Past
+    ``budget_s`` seconds the remaining rows are timed with 3 repeats and 1 warm-up (the row
+    says so in ``repeats``), so that a loaded machine stretches the run less. Returns
+    ``{"machine": {...}, "rows": [...]}``; every row is flat.
     """
     from harness.moe import make_mlp
+    from harness.moe.experts import onednn_ok
 
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -429,6 +430,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         "torch_version": torch.__version__,
         "loadavg_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "thp_advice": os.environ.get("MOE_HARNESS_THP", "1") != "0",
+        "onednn_inference": onednn_ok(torch.zeros(1, device=device)),
         "flop_convention": CONVENTION,
     }
     machine["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size)
@@ -458,10 +460,11 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
             else None
         if ref is not None:
             ref = ref.to(device).train()
-            fwd = time_pairs(_fwd(layer, x), _fwd(ref, x), device=device, repeats=repeats,
+            pairs = 2 * repeats + 1  # the targets read these medians: more pairs than rows
+            fwd = time_pairs(_fwd(layer, x), _fwd(ref, x), device=device, repeats=pairs,
                              warmup=warmup)
             bwd = time_pairs(_fwd_bwd(layer, xg, grad), _fwd_bwd(ref, xg, grad), device=device,
-                             repeats=repeats, warmup=warmup)
+                             repeats=pairs, warmup=warmup)
             for name, res in (("fwd", fwd), ("fwd_bwd", bwd)):
                 row[f"{name}_ms"] = res["ours"]["median_ms"]
                 row[f"{name}_ms_p10"], row[f"{name}_ms_p90"] = res["ours"]["p10_ms"], \
@@ -599,4 +602,7 @@ def print_layers(result: dict[str, Any]) -> None:
         f"ref = soft-moe-pytorch 0.1.9, same dim, "
         f"experts, slots, hidden = 4 dim (its RMSNorm normalises x before dispatch, ours only "
         f"inside the logits). GFLOP/s at 2 FLOPs per multiply-add; bare = the expert matmuls "
-        f"alone (torch.bmm, no bias/GELU).")
+        f"alone (torch.bmm, no bias/GELU)."
+        + (" fwd runs without gradients: our experts then run oneDNN's matmul with bias and "
+           "GELU fused, on weights it packed at the first call (kept until the weights "
+           "change)." if machine.get("onednn_inference") else ""))

@@ -85,7 +85,8 @@ def bench_layers(
     slots: Annotated[list[int] | None, typer.Option(
         help="Soft MoE slots per expert (repeatable; default 1 2)")] = None,
     repeats: Annotated[int | None, typer.Option(
-        help="Timed repeats per measurement (default 5, --quick 3)")] = None,
+        help="Timed repeats per measurement (default 5, --quick 3); the comparison with "
+             "soft-moe-pytorch times 2 x repeats + 1 pairs")] = None,
     quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only")] = False,
     reference: Annotated[bool, typer.Option(
         help="Compare with soft-moe-pytorch when installed")] = True,
