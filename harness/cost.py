@@ -68,7 +68,8 @@ def closed_form_params(cfg) -> dict[str, int]:
     for _ in cfg.moe_blocks:
         e, m = cfg.num_experts, cfg.num_tokens
         if cfg.router in SOFT_VARIANTS:
-            router = w * e * cfg.slots_per_expert + 1  # phi, scale
+            learned = "soft" in SOFT_VARIANTS[cfg.router]  # fixed routing has no phi, scale
+            router = w * e * cfg.slots_per_expert + 1 if learned else 0
             per_token = e * cfg.slots_per_expert / m
         else:
             router = w * e

@@ -22,7 +22,11 @@ def handwritten_params(cfg: ModelConfig) -> int:
     for _ in cfg.moe_blocks:
         e = cfg.num_experts
         slots = cfg.slots_per_expert or 0
-        total += (e - 1) * mlp + (w * e * slots + 1 if slots else w * e)
+        if cfg.router in ("uniform", "identity"):  # fixed routing: no phi, no scale
+            router = 0
+        else:
+            router = w * e * slots + 1 if slots else w * e
+        total += (e - 1) * mlp + router
     return total
 
 

@@ -159,9 +159,13 @@ class SoftMoE(nn.Module):
                 raise ConfigError(f"SoftMoE {name} must be one of {WEIGHT_KINDS}, got {value!r}")
         self.num_experts, self.slots_per_expert = num_experts, slots_per_expert
         self.normalize, self.dispatch_kind, self.combine_kind = normalize, dispatch, combine
-        self.phi = nn.Parameter(torch.empty(dim, num_experts, slots_per_expert))
-        nn.init.normal_(self.phi, std=dim**-0.5)
-        self.scale = nn.Parameter(torch.ones(()))
+        if "soft" in (dispatch, combine):  # fixed routing on both sides needs no logits
+            self.phi = nn.Parameter(torch.empty(dim, num_experts, slots_per_expert))
+            nn.init.normal_(self.phi, std=dim**-0.5)
+            self.scale = nn.Parameter(torch.ones(()))
+        else:
+            self.register_parameter("phi", None)
+            self.register_parameter("scale", None)
         self.experts = BatchedExperts(num_experts, dim, hidden_dim)
         self.aux_loss = torch.zeros(())
         self.metrics: dict[str, float] = {}
