@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from harness import bench
 from harness.cli import app
 from harness.moe import BatchedExperts, SoftMoE
-from harness.moe.experts import _ExpertsFunction, mm_nt, new_buffer, onednn_ok
+from harness.moe.experts import _PACKED, _ExpertsFunction, drop_packed, mm_nt, new_buffer, onednn_ok
 from harness.moe.soft import _SoftCombine, _SoftDispatch
 
 
@@ -185,6 +185,32 @@ def test_onednn_inference_path_equals_the_training_path():
     assert torch.allclose(fast, plain_out.detach(), rtol=1e-4, atol=1e-4)
     a, b = torch.randn(7, 24), torch.randn(5, 24)
     assert torch.allclose(mm_nt(a, b), a @ b.t(), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_packed_weights_follow_every_weight_change():
+    torch.manual_seed(3)
+    experts = BatchedExperts(4, 8, 16)
+    x = torch.randn(4, 5, 8)
+
+    def plain():
+        h = F.gelu(torch.baddbmm(experts.b1.unsqueeze(1), x, experts.w1))
+        return torch.baddbmm(experts.b2.unsqueeze(1), h, experts.w2).detach()
+
+    with torch.no_grad():
+        assert torch.allclose(experts(x), plain(), atol=1e-5) and experts in _PACKED
+    optimizer = torch.optim.SGD(experts.parameters(), lr=0.5)
+    experts(x.requires_grad_(True)).sum().backward()
+    assert experts not in _PACKED  # a forward with gradients drops the packed copy
+    with torch.no_grad():
+        experts(x)  # packs the current weights
+        optimizer.step()  # in place: bumps the weights' versions
+        assert torch.allclose(experts(x), plain(), atol=1e-5)
+        experts.load_state_dict({k: v + 1 for k, v in experts.state_dict().items()})
+        assert torch.allclose(experts(x), plain(), atol=1e-5)
+        experts.w1.data.mul_(2)  # bypasses version counters: the documented escape
+        drop_packed(experts)
+        assert torch.allclose(experts(x), plain(), atol=1e-5)
 
 
 def test_new_buffer_is_an_ordinary_tensor():

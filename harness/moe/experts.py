@@ -16,7 +16,8 @@ The weights go in as oneDNN prepacks them (its blocked layout), another ~15%: th
 copy is made at the first such call and kept (:func:`_packed_weights`) until the weights
 change (their version counters, which every in-place update bumps, e.g. an optimizer
 step or ``load_state_dict``) or a forward with gradients runs. While kept it doubles the
-expert weights' memory; training never holds it.
+expert weights' memory; training never holds it. (Writes through ``.data`` bypass version
+counters, as they bypass autograd: after such a write, call ``drop_packed(module)``.)
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ def _packed_weights(experts: BatchedExperts) -> tuple[list, list]:
     return cached[1], cached[2]
 
 
+def drop_packed(module: nn.Module) -> None:
+    """Forget the packed expert weights of every BatchedExperts inside ``module``."""
+    for m in module.modules():
+        _PACKED.pop(m, None)
+
+
 def _experts_onednn(experts: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
     """The forward of :class:`_ExpertsFunction` without autograd, expert by expert through
     oneDNN with prepacked weights (the input made contiguous once, not copied expert by
@@ -217,12 +224,12 @@ class BatchedExperts(nn.Module):
             )
         params = (self.w1, self.b1, self.w2, self.b2)
         if fast_path_ok(x, *params):
-            if not needs_grad(x, *params):
-                if onednn_ok(x):
-                    return _experts_onednn(self, x)
-            else:
+            keep = needs_grad(x, *params)
+            if keep:
                 _PACKED.pop(self, None)  # training: the weights are about to change
-            return _ExpertsFunction.apply(x, *params, needs_grad(x, *params))
+            elif onednn_ok(x):
+                return _experts_onednn(self, x)
+            return _ExpertsFunction.apply(x, *params, keep)
         h = F.gelu(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1))
         return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
 
