@@ -27,7 +27,9 @@ harness measured there, not whether the paper is right at ImageNet scale.
 
 from __future__ import annotations
 
+import bisect
 import html
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,8 +153,12 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
         missing = "Soft MoE" if soft.height == 0 else "dense or sparse routers"
         return Verdict("pareto", claim, LACKS, f"No run of {missing} with {label(quality)} "
                        f"and {label(cost)}.", rule)
-    costs, qs = soft[f"{cost}_mean"].to_list(), soft[f"{quality}_mean"].to_list()
-    lo, hi = min(costs), max(costs)
+    by_cost = soft.sort(f"{cost}_mean")
+    costs = by_cost[f"{cost}_mean"].to_list()
+    best_upto = list(itertools.accumulate(  # Soft MoE's best quality at costs <= costs[i]
+        by_cost[f"{quality}_mean"].to_list(),
+        lambda a, b: b if _gain(quality, b, a) > 0 else a))
+    lo, hi = costs[0], costs[-1]
     slack = 1 + FRONT_COST_TOL
     compared, beaten = 0, []
     for row in rivals.iter_rows(named=True):
@@ -161,8 +167,7 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
             continue  # dearer than every Soft MoE configuration: outside its range
         compared += 1
         at = max(c, lo) * slack
-        best = max((sq for sc, sq in zip(costs, qs, strict=True) if sc <= at),
-                   key=lambda v: _gain(quality, v, 0.0))
+        best = best_upto[bisect.bisect_right(costs, at) - 1]
         margin = _gain(quality, q, best)
         if margin > FRONT_QUALITY_TOL:
             beaten.append((margin, f"{_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "

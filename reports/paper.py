@@ -566,9 +566,12 @@ def history_frame(frame: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame()
     ok = ok_runs(frame)
     keys = spec_keys(ok)
+    selected = ok.select([*keys, *(["seed"] if "seed" in ok.columns else []), "history"])
+    dtype = selected.schema["history"]
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        return _typed_history(selected, {f.name for f in dtype.inner.fields})
     rows: list[dict[str, Any]] = []
-    for record in ok.select([*keys, *(["seed"] if "seed" in ok.columns else []),
-                             "history"]).iter_rows(named=True):
+    for record in selected.iter_rows(named=True):
         history = record.pop("history")
         if isinstance(history, str):
             try:
@@ -585,6 +588,24 @@ def history_frame(frame: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame()
     return pl.DataFrame(rows, infer_schema_length=None).with_columns(
         pl.col("test_accuracy").cast(pl.Float64), pl.col("train_loss").cast(pl.Float64))
+
+
+def _typed_history(selected: pl.DataFrame, fields: set[str]) -> pl.DataFrame:
+    """history_frame for a typed history column (list of structs): exploded by polars."""
+    if "step" not in fields:
+        return pl.DataFrame()
+    long = (selected.explode("history").drop_nulls("history")
+            .with_columns(*(pl.col("history").struct.field(f).cast(pl.Float64).alias(f)
+                            if f in fields else pl.lit(None, pl.Float64).alias(f)
+                            for f in ("test_accuracy", "train_loss")),
+                          pl.col("history").struct.field("step").alias("step"))
+            .drop("history").filter(pl.col("step").is_not_null()))
+    if long.height == 0:
+        return pl.DataFrame()
+    return long.select([c for c in long.columns if c not in _VALUES] + list(_VALUES))
+
+
+_VALUES = ("step", "test_accuracy", "train_loss")
 
 
 def fig_training_curves(frame: pl.DataFrame, *, max_lines: int = 24) -> go.Figure | None:

@@ -240,7 +240,8 @@ def test_training_curves_read_history_written_as_json_text(frame):
 
     text = frame.with_columns(pl.Series("history", [json.dumps(h) for h in
                                                      frame["history"].to_list()]))
-    assert history_frame(text).height == history_frame(frame).height
+    typed = history_frame(frame)  # polars explodes the list of structs
+    assert history_frame(text).equals(typed)  # the same rows, parsed in Python
     assert fig_training_curves(frame.drop("history")) is None
 
 
