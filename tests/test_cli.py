@@ -2,14 +2,7 @@ import subprocess
 import sys
 
 import pytest
-
-
-def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr)
-    return proc
+from helpers import cli
 
 
 def test_help_does_not_import_torch():
@@ -22,18 +15,18 @@ def test_help_does_not_import_torch():
 
 @pytest.mark.slow
 def test_inspect_prints_total_and_active_parameters():
-    out = run_cli("inspect", "vit-s/16", "--router", "soft", "--experts", "128", "--slots", "1")
+    out = cli("inspect", "vit-s/16", "--router", "soft", "--experts", "128", "--slots", "1")
     assert "vit-s/16:soft:e128:s1" in out.stdout
     assert "922,699,630" in out.stdout  # total, closed form in test_models
 
 
 def test_user_errors_are_one_line_exit_2():
-    proc = run_cli("inspect", "vit-q/16", check=False)
+    proc = cli("inspect", "vit-q/16", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown model size 'q'" in proc.stderr
 
 
 def test_bench_report_times_the_report_over_synthetic_records():
-    out = run_cli("bench", "report", "--records", "200")
+    out = cli("bench", "report", "--records", "200")
     assert "report over 200 records:" in out.stdout and "target < 5 s" in out.stdout

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +28,6 @@ def make_study(tmp_path: Path, grid: str, extra: str = "") -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(textwrap.dedent(STUDY) + textwrap.dedent(extra) + textwrap.dedent(grid))
     return path
-
-
-def cli(*args, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def records(root: Path) -> dict[str, dict]:
