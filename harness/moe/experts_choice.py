@@ -6,13 +6,11 @@ Axes: G groups, S tokens per group, E experts, C capacity, D dim.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from harness.moe.experts import BatchedExperts
-from harness.moe.routing import check_positive, compute_capacity, to_groups
+from harness.moe.routing import SparseRouted, compute_capacity, to_groups
 
 
-class ExpertsChoice(nn.Module):
+class ExpertsChoice(SparseRouted):
     """gates = softmax over experts of ``router(x)``; expert e takes the C tokens with the
     largest gate in column e, C = ceil(capacity_factor · S / E). A token's output is the
     gate-weighted sum over the experts that took it (zero if none did). No auxiliary loss.
@@ -26,19 +24,7 @@ class ExpertsChoice(nn.Module):
         capacity_factor: float = 1.0,
         group_size: int | None = None,
     ):
-        super().__init__()
-        check_positive("num_experts", num_experts)
-        self.num_experts, self.capacity_factor, self.group_size = (
-            num_experts,
-            capacity_factor,
-            group_size,
-        )
-        self.router = nn.Linear(dim, num_experts, bias=False)
-        nn.init.normal_(self.router.weight, std=dim**-0.5)
-        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
-        self.aux_loss = torch.zeros(())
-        self.metrics: dict[str, float] = {}
-        self.track_metrics = True
+        super().__init__(dim, num_experts, hidden_dim, capacity_factor, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xg = to_groups(x, self.group_size)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from harness.errors import ConfigError
+from harness.moe.experts import BatchedExperts
 
 
 def compute_capacity(group_tokens: int, num_experts: int, capacity_factor: float) -> int:
@@ -52,3 +54,22 @@ def coefficient_of_variation_sq(x: torch.Tensor) -> torch.Tensor:
 def check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+class SparseRouted(nn.Module):
+    """What Tokens Choice and Experts Choice share: a linear router (dim -> E, no bias,
+    normal init with std dim^-1/2), the experts, the capacity factor and the routing group
+    size, and the aux loss / metrics every MoE layer exposes."""
+
+    def __init__(self, dim: int, num_experts: int, hidden_dim: int, capacity_factor: float,
+                 group_size: int | None):
+        super().__init__()
+        check_positive("num_experts", num_experts)
+        self.num_experts, self.capacity_factor = num_experts, capacity_factor
+        self.group_size = group_size
+        self.router = nn.Linear(dim, num_experts, bias=False)
+        nn.init.normal_(self.router.weight, std=dim**-0.5)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
+        self.aux_loss = torch.zeros(())
+        self.metrics: dict[str, float] = {}
+        self.track_metrics = True

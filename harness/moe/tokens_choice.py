@@ -6,11 +6,10 @@ Axes: G groups, S tokens per group, E experts, K choices per token, C capacity, 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from harness.errors import ConfigError
-from harness.moe.experts import BatchedExperts
 from harness.moe.routing import (
+    SparseRouted,
     check_positive,
     coefficient_of_variation_sq,
     compute_capacity,
@@ -30,7 +29,7 @@ def buffer_positions(expert_idx: torch.Tensor, num_experts: int) -> torch.Tensor
     return (positions * onehot).sum(-1).reshape(g, k, s)
 
 
-class TokensChoice(nn.Module):
+class TokensChoice(SparseRouted):
     """Top-k token routing with capacity, Batch Priority Routing and V-MoE's auxiliary losses.
 
     gates = softmax over experts of ``router(x)`` (plus Gaussian noise of std ``noise_std`` in
@@ -51,20 +50,12 @@ class TokensChoice(nn.Module):
         noise_std: float | None = None,
         group_size: int | None = None,
     ):
-        super().__init__()
-        check_positive("num_experts", num_experts)
+        super().__init__(dim, num_experts, hidden_dim, capacity_factor, group_size)
         check_positive("k", k)
         if k > num_experts:
             raise ConfigError(f"k must be <= num_experts, got k={k}, num_experts={num_experts}")
-        self.num_experts, self.k, self.capacity_factor = num_experts, k, capacity_factor
-        self.bpr, self.group_size = bpr, group_size
+        self.k, self.bpr = k, bpr
         self.noise_std = 1.0 / num_experts if noise_std is None else noise_std
-        self.router = nn.Linear(dim, num_experts, bias=False)
-        nn.init.normal_(self.router.weight, std=dim**-0.5)
-        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
-        self.aux_loss = torch.zeros(())
-        self.metrics: dict[str, float] = {}
-        self.track_metrics = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xg = to_groups(x, self.group_size)
