@@ -298,14 +298,24 @@ def scheduler_states(job_ids: list[str]) -> dict[str, dict]:
 
 def live_view(store: Store) -> dict[str, dict]:
     """run_id -> {state, job_id, elapsed, restarts, reason, log} for runs whose job the
-    scheduler still holds (none if squeue fails: the store alone then speaks)."""
+    scheduler still holds and whose record is not in yet (a job that wrote its run's record
+    shows as running for a moment while it exits: that run is done). None if squeue fails:
+    the store alone then speaks."""
     index = load_jobs(store)
     try:
         jobs = scheduler_states([e["job_id"] for e in index.values()])
     except SchedulerError:
         return {}
-    return {run_id: {**jobs[e["job_id"]], "job_id": e["job_id"], "log": e["stderr"]}
-            for run_id, e in index.items() if e["job_id"] in jobs}
+    live = {}
+    for run_id, entry in index.items():
+        job = jobs.get(entry["job_id"])
+        if job is None:
+            continue
+        record = store.read(run_id)
+        if record is not None and record_of_job(record, entry, job):
+            continue
+        live[run_id] = {**job, "job_id": entry["job_id"], "log": entry["stderr"]}
+    return live
 
 
 def cancel(store: Store) -> list[str]:

@@ -101,6 +101,25 @@ def test_executor_parameters_from_the_slurm_section(tmp_path):
     assert cpu_only["cpus_per_task"] == 1
 
 
+def test_live_view_leaves_out_runs_whose_job_only_exits(tmp_path, monkeypatch):
+    """squeue still shows a job RUNNING for a moment after it wrote its run's record: that
+    run is done. A record of an older job (a retried failure) does not end the new one."""
+    import runners.slurm as S
+
+    store = Store(tmp_path, "lv")
+    index = {run: {"job_id": job, "submitted_at": "2026-01-01T00:00:00",
+                   "stdout": f"{job}.out", "stderr": f"{job}.err"}
+             for run, job in (("done", "11"), ("retried", "12"), ("busy", "13"))}
+    S.atomic_write_json(S.jobs_file(store), index)
+    store.write({"run_id": "done", "status": "ok", "slurm_job_id": "11",
+                 "slurm_restarts": 0})
+    store.write({"run_id": "retried", "status": "failed", "slurm_job_id": "7"})
+    running = {"state": "running", "elapsed": "0:04", "restarts": 0, "reason": "None"}
+    monkeypatch.setattr(S, "scheduler_states", lambda ids: dict.fromkeys(ids, running))
+    assert set(live_view(store)) == {"retried", "busy"}
+    assert live_view(store)["busy"]["log"] == "13.err"
+
+
 # ---------------------------------------------------------------- on the cluster
 @pytest.mark.slurm
 @pytest.mark.slow
