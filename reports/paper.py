@@ -590,6 +590,9 @@ def history_frame(frame: pl.DataFrame) -> pl.DataFrame:
         pl.col("test_accuracy").cast(pl.Float64), pl.col("train_loss").cast(pl.Float64))
 
 
+_VALUES = ("step", "test_accuracy", "train_loss")
+
+
 def _typed_history(selected: pl.DataFrame, fields: set[str]) -> pl.DataFrame:
     """history_frame for a typed history column (list of structs): exploded by polars."""
     if "step" not in fields:
@@ -603,9 +606,6 @@ def _typed_history(selected: pl.DataFrame, fields: set[str]) -> pl.DataFrame:
     if long.height == 0:
         return pl.DataFrame()
     return long.select([c for c in long.columns if c not in _VALUES] + list(_VALUES))
-
-
-_VALUES = ("step", "test_accuracy", "train_loss")
 
 
 def fig_training_curves(frame: pl.DataFrame, *, max_lines: int = 24) -> go.Figure | None:
