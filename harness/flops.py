@@ -254,10 +254,12 @@ def torch_flops(model, images) -> FlopCount:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.moe.experts import onednn_linear
+
     aten = torch.ops.aten
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
-    if hasattr(torch.ops, "mkldnn") and torch.backends.mkldnn.is_available():
-        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flop
+    if onednn_linear() is not None:  # the op our experts and logits use on float32 CPUs
+        mapping[onednn_linear()] = _onednn_linear_flop
     with _counting_mode(model), torch.no_grad():
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             model(images)

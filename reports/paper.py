@@ -600,7 +600,7 @@ def _typed_history(selected: pl.DataFrame, fields: set[str]) -> pl.DataFrame:
     long = (selected.explode("history").drop_nulls("history")
             .with_columns(*(pl.col("history").struct.field(f).cast(pl.Float64).alias(f)
                             if f in fields else pl.lit(None, pl.Float64).alias(f)
-                            for f in ("test_accuracy", "train_loss")),
+                            for f in _VALUES[1:]),
                           pl.col("history").struct.field("step").alias("step"))
             .drop("history").filter(pl.col("step").is_not_null()))
     if long.height == 0:

@@ -15,7 +15,8 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def first_line(text: str | None, width: int = 100) -> str:
-    line = (text or "").strip().splitlines()[0] if text else ""
+    lines = (text or "").strip().splitlines()
+    line = lines[0] if lines else ""
     return line if len(line) <= width else line[: width - 1] + "…"
 
 

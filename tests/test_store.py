@@ -67,3 +67,11 @@ def test_results_root_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_HARNESS_RESULTS", str(tmp_path / "r"))
     assert results_root() == tmp_path / "r"
     assert results_root(tmp_path / "x") == tmp_path / "x"
+
+
+def test_status_error_column_takes_the_first_line():
+    from runners.views import first_line
+
+    assert first_line("boom\n  Traceback ...") == "boom"
+    assert first_line(None) == first_line("") == first_line(" \n ") == ""  # blank errors too
+    assert first_line("x" * 150) == "x" * 99 + "…"

@@ -154,8 +154,7 @@ class ModelConfig:
             raise ConfigError(f"k must lie in 1..num_experts ({self.num_experts}), got {self.k}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
-        if uses_experts(r):  # validates the placement against the depth
-            resolve_placement(self.moe_layers, shape.depth)
+        _ = self.moe_blocks  # resolving the placement validates it against the depth
 
     @property
     def shape(self) -> ViTSize:

@@ -89,7 +89,7 @@ def fast_path_ok(*tensors: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _onednn_linear():
+def onednn_linear():
     """oneDNN's matmul + bias + activation in one op (the op torch.compile's CPU backend
     fuses linear layers into), or None where this torch build has no oneDNN."""
     if not torch.backends.mkldnn.is_available():
@@ -105,14 +105,14 @@ def onednn_ok(t: torch.Tensor) -> bool:
     while TorchScript traces (fvcore's FLOP count), which cannot record the op's arguments:
     the trace then holds the MKL path, the same multiply-adds."""
     return (t.device.type == "cpu" and t.dtype == torch.float32
-            and _onednn_linear() is not None and not torch.jit.is_tracing())
+            and onednn_linear() is not None and not torch.jit.is_tracing())
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.t()`` for 2-D ``a`` (rows, k) and ``b`` (cols, k): oneDNN where it serves
     (~1.3x MKL for Soft MoE's logits on our CI CPU), else MKL's "NT" kernel."""
     if onednn_ok(a) and not needs_grad(a, b):
-        return _onednn_linear()(a, b, None, "none", [], "")
+        return onednn_linear()(a, b, None, "none", [], "")
     return torch.mm(a, b.t())
 
 
@@ -145,7 +145,7 @@ def _experts_onednn(experts: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
     """The forward of :class:`_ExpertsFunction` without autograd, expert by expert through
     oneDNN with prepacked weights (the input made contiguous once, not copied expert by
     expert inside oneDNN's op)."""
-    linear = _onednn_linear()
+    linear = onednn_linear()
     w1, w2 = _packed_weights(experts)
     b1, b2 = experts.b1, experts.b2
     x = x.contiguous()
