@@ -17,8 +17,9 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: Literal["synthetic", "digits", "imagefolder", "cifar10"] = "synthetic"
-    path: str | None = None  # imagefolder / cifar10: a local folder; nothing is downloaded
+    name: Literal["synthetic", "digits", "imagefolder", "cifar10", "mnist", "prepared"] = \
+        "synthetic"
+    path: str | None = None  # every dataset but synthetic/digits: a local folder; no downloads
     image_size: PositiveInt = 16  # images are resized (digits, folders) or generated at this size
     num_classes: PositiveInt | None = None  # synthetic: classes to generate
     train_size: PositiveInt | None = None  # synthetic: images to generate; others: a cap

@@ -1,10 +1,13 @@
-"""Datasets: ``synthetic`` (generated), ``digits`` (scikit-learn), ``imagefolder`` / ``cifar10``.
+"""Datasets: ``synthetic`` (generated), ``digits`` (scikit-learn), ``imagefolder`` / ``cifar10`` /
+``mnist`` (the IDX family: MNIST, Fashion-MNIST, KMNIST) / ``prepared`` (uint8 shards).
 
 ``load_data(cfg) -> Datasets``. Every dataset yields ``(image, label)`` with ``image`` a float
 tensor (3, H, W) at ``cfg.image_size`` and ``label`` an int. Nothing is downloaded: ``digits``
-ships with scikit-learn, ``imagefolder`` and ``cifar10`` read a local ``data.path``.
+ships with scikit-learn, ``imagefolder``, ``cifar10``, ``mnist`` and ``prepared`` read a local
+``data.path`` (Debian's ``dataset-fashion-mnist`` puts Fashion-MNIST's IDX files under
+``/usr/share/datasets/fashion-mnist``; ``moe-harness data prepare`` writes prepared shards).
 
-In-memory sets (synthetic, digits, cifar10) are ``InMemoryImages`` whose ``images`` and
+In-memory sets (synthetic, digits, cifar10, mnist) are ``InMemoryImages`` whose ``images`` and
 ``labels`` tensors the training loop indexes directly; ``imagefolder`` is lazy (one file read
 per item, Pillow + numpy, no torchvision).
 
@@ -74,6 +77,7 @@ reproduction of the paper's result (Soft MoE ahead of both sparse routers at Ima
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,8 +158,12 @@ class Datasets:
 
 def load_data(cfg: DataConfig) -> Datasets:
     """The train and test sets that ``cfg`` names (see the module docstring)."""
+    if cfg.name == "prepared":
+        from harness.prepared import load_prepared
+
+        return load_prepared(cfg)
     loaders = {"synthetic": _synthetic, "digits": _digits, "imagefolder": _imagefolder,
-               "cifar10": _cifar10}
+               "cifar10": _cifar10, "mnist": _mnist}
     return loaders[cfg.name](cfg)
 
 
@@ -334,5 +342,65 @@ def _cifar10(cfg: DataConfig) -> Datasets:
     return Datasets(sets["train"], sets["test"], 10)
 
 
-__all__ = ["Datasets", "ImageFiles", "InMemoryImages", "SYNTHETIC_DEFAULTS", "load_data",
+# --- IDX files (MNIST, Fashion-MNIST, KMNIST) ------------------------------------------------
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one this family uses
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``dims`` dimensions (gzipped or not) as uint8."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise HarnessError(f"data.path: {path} is not a readable IDX file ({err})") from None
+    if len(raw) < 4 + 4 * dims or raw[:2] != b"\0\0" or raw[2] != _IDX_UBYTE or raw[3] != dims:
+        raise HarnessError(f"data.path: {path} is not an IDX file of unsigned bytes with {dims} "
+                           f"dimension(s) (header {raw[:4].hex() or 'empty'}, expected "
+                           f"0000080{dims})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    body = raw[4 + 4 * dims:]
+    if len(body) != int(np.prod(shape)):
+        raise HarnessError(f"data.path: {path} holds {len(body)} bytes of data, its header "
+                           f"{shape} says {int(np.prod(shape))} (truncated file?)")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _idx_file(root: Path, stem: str, layout: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise HarnessError(f"data.path: {root} has no {stem}[.gz] (mnist needs {layout})")
+
+
+def _mnist(cfg: DataConfig) -> Datasets:
+    """The IDX family: 28 x 28 grey images, 60k train / 10k test, resized to image_size."""
+    layout = ("the IDX files " + ", ".join(f"{s}[.gz]" for pair in IDX_FILES.values()
+                                             for s in pair))
+    root = _root(cfg, layout)
+    sets, classes = {}, 0
+    for split, cap, salt in (("train", cfg.train_size, 1), ("test", cfg.test_size, 2)):
+        images_file, labels_file = (_idx_file(root, s, layout) for s in IDX_FILES[split])
+        x, y = read_idx(images_file, 3), read_idx(labels_file, 1)
+        if len(x) != len(y):
+            raise HarnessError(f"data.path: {images_file} has {len(x)} images but "
+                               f"{labels_file} has {len(y)} labels")
+        keep = _cap(len(y), cap, cfg.seed, salt)
+        images = torch.from_numpy(x[keep].astype(np.float32) / 255.0).unsqueeze(1)
+        if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
+            images = torch.nn.functional.interpolate(
+                images, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False,
+                antialias=cfg.image_size < x.shape[-1]).clamp(0, 1)
+        sets[split] = InMemoryImages(_normalize(images).expand(-1, 3, -1, -1),
+                                     torch.from_numpy(y[keep].astype(np.int64)))
+        classes = max(classes, int(y.max()) + 1 if len(y) else 0)
+    if len(sets["train"]) == 0:
+        raise HarnessError(f"data.path: {root} has an empty training set")
+    return Datasets(sets["train"], sets["test"], classes)
+
+
+__all__ = ["Datasets", "IDX_FILES", "ImageFiles", "InMemoryImages", "SYNTHETIC_DEFAULTS",
+           "load_data", "read_idx",
            "synthetic_arrays", "synthetic_knobs"]

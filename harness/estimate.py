@@ -15,7 +15,7 @@ few-shot probe, cost measurement, data loading and scheduler waits are not. Wall
 divide the GPU-hours by ``train.gpus``.
 
 The head's class count comes from ``data.num_classes`` when given; otherwise from the
-dataset's known size (synthetic 50, digits and cifar10 10) or, for ``imagefolder``, an
+dataset's known size (synthetic 50, digits, cifar10 and mnist 10) or, for ``imagefolder``, an
 assumed 1,000 (ImageNet-1k), stated in the output. At the paper's shapes the head is under
 0.3% of the FLOPs, so the assumption barely moves the totals.
 """
@@ -29,7 +29,7 @@ from harness.flops import analytic_flops, train_exaflops
 from harness.study import EstimateConfig, RunSpec, Study
 
 #: Classes of the datasets whose size is known without opening them (harness.data).
-KNOWN_CLASSES = {"synthetic": 50, "digits": 10, "cifar10": 10}
+KNOWN_CLASSES = {"synthetic": 50, "digits": 10, "cifar10": 10, "mnist": 10}
 #: Assumed for a folder dataset without ``data.num_classes`` (ImageNet-1k).
 ASSUMED_FOLDER_CLASSES = 1000
 

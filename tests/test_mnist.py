@@ -1,0 +1,113 @@
+"""The IDX family (MNIST, Fashion-MNIST, KMNIST): files the tests write, and the real
+Fashion-MNIST from Debian's package."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import fashion_mnist_dir
+from helpers import cli
+
+from harness.config import DataConfig
+from harness.data import IDX_FILES, load_data, read_idx
+from harness.errors import HarnessError
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(root, n_train=12, n_test=5, gz=True, size=28):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (n, size, size)).astype(np.uint8)
+        y = np.arange(n) % 10
+        images, labels = IDX_FILES[split]
+        for stem, array in ((images, x), (labels, y)):
+            raw = idx_bytes(array)
+            if gz:
+                (root / f"{stem}.gz").write_bytes(gzip.compress(raw))
+            else:
+                (root / stem).write_bytes(raw)
+        arrays[split] = (x, y)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_load_exactly(tmp_path, gz):
+    arrays = write_idx(tmp_path, gz=gz)
+    data = load_data(DataConfig(name="mnist", path=str(tmp_path), image_size=28))
+    assert data.num_classes == 10 and data.in_memory
+    x, y = arrays["train"]
+    assert data.train.images.shape == (12, 3, 28, 28)
+    expected = torch.from_numpy(x.astype(np.float32) / 255.0 * 2 - 1)
+    for c in range(3):  # grey copied to the three channels, [0, 255] -> [-1, 1]
+        torch.testing.assert_close(data.train.images[:, c], expected)
+    assert data.train.labels.tolist() == y.tolist()
+    assert data.test.labels.tolist() == arrays["test"][1].tolist()
+
+
+def test_idx_resize_and_caps(tmp_path):
+    write_idx(tmp_path)
+    data = load_data(DataConfig(name="mnist", path=str(tmp_path), image_size=16,
+                                train_size=7, test_size=3))
+    assert data.train.images.shape == (7, 3, 16, 16) and len(data.test) == 3
+    assert data.train.images.min() >= -1 and data.train.images.max() <= 1
+
+
+def test_idx_missing_path_and_files(tmp_path):
+    with pytest.raises(HarnessError, match=r"^data.path: missing; mnist"):
+        load_data(DataConfig(name="mnist"))
+    with pytest.raises(HarnessError, match="does not exist"):
+        load_data(DataConfig(name="mnist", path=str(tmp_path / "nope")))
+    write_idx(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(HarnessError, match=r"has no t10k-labels-idx1-ubyte\[\.gz\]"):
+        load_data(DataConfig(name="mnist", path=str(tmp_path)))
+
+
+def test_idx_bad_files_are_one_clear_error(tmp_path):
+    write_idx(tmp_path, gz=False)
+    images = tmp_path / "train-images-idx3-ubyte"
+    raw = images.read_bytes()
+    images.write_bytes(raw[:-10])
+    with pytest.raises(HarnessError, match="truncated"):
+        load_data(DataConfig(name="mnist", path=str(tmp_path)))
+    images.write_bytes(b"\x00\x00\x0d\x03" + raw[4:])  # float32 type code
+    with pytest.raises(HarnessError, match="not an IDX file of unsigned bytes"):
+        read_idx(images, 3)
+    images.write_bytes(raw)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(11)))
+    with pytest.raises(HarnessError, match="has 12 images but .* has 11 labels"):
+        load_data(DataConfig(name="mnist", path=str(tmp_path)))
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")  # .gz wins
+    with pytest.raises(HarnessError, match="not a readable IDX file"):
+        load_data(DataConfig(name="mnist", path=str(tmp_path)))
+
+
+def test_idx_error_in_a_run_is_its_one_line_record_error(tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\ndata: {{name: mnist, path: {tmp_path / 'none'}}}\n"
+                     "train: {steps: 2}\ngrid: {model: [vit-w32d2h2m64/4]}\n"
+                     "executor: {name: debug}\n")
+    proc = cli("run", study, "--results", tmp_path / "r", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    (record,) = [json.loads(f.read_text()) for f in (tmp_path / "r/s/runs").glob("*.json")]
+    assert record["status"] == "failed"
+    assert record["error"].startswith(f"HarnessError: data.path: {tmp_path / 'none'} does "
+                                      "not exist (mnist needs the IDX files")
+
+
+def test_real_fashion_mnist():
+    root = fashion_mnist_dir()
+    data = load_data(DataConfig(name="mnist", path=str(root), image_size=28))
+    assert len(data.train) == 60_000 and len(data.test) == 10_000 and data.num_classes == 10
+    # Fashion-MNIST is balanced: 6,000 train and 1,000 test images per class
+    assert torch.bincount(data.train.labels).tolist() == [6000] * 10
+    assert torch.bincount(data.test.labels).tolist() == [1000] * 10
+    assert data.train.images.min() == -1 and data.train.images.max() == 1
