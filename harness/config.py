@@ -9,11 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoaderConfig(Section):
+    """How batches are loaded (``harness.pipeline``), not what they hold: outside the run id."""
+
+    workers: int = Field(0, ge=0)  # DataLoader worker processes; 0: in the training process
+    prefetch: PositiveInt = 2  # batches each worker prepares ahead
+    pin_memory: bool = True  # page-locked host batches (CUDA only)
 
 
 class DataConfig(Section):
@@ -26,6 +42,17 @@ class DataConfig(Section):
     test_size: PositiveInt | None = None
     seed: int = 0  # the data's own seed: the same data for every model seed
     synthetic: dict[str, float | int] = Field(default_factory=dict)  # generator knobs
+    # crop_flip (imagefolder, prepared): random resized crop + flip, eval center crop 87.5%
+    augment: Literal["none", "crop_flip"] = "none"
+    loader: LoaderConfig = Field(default_factory=LoaderConfig, exclude=True)
+
+    @model_serializer(mode="wrap")
+    def _without_defaults_of_later_fields(self, handler: SerializerFunctionWrapHandler):
+        """``augment: none`` is left out, so that run ids from before the field stay valid."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("augment") == "none":
+            del out["augment"]
+        return out
 
 
 class TrainConfig(Section):

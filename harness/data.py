@@ -124,24 +124,34 @@ class InMemoryImages(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Lazy image files: each item is read, converted to RGB, resized and normalised."""
+    """Lazy image files: each item is read, converted to RGB, cropped and resized.
 
-    def __init__(self, samples: list[tuple[Path, int]], image_size: int):
-        self.samples, self.image_size = samples, image_size
+    ``load(i, rng)`` gives uint8 pixels (3, S, S) (what the input pipeline moves, see
+    ``harness.pipeline``): with ``augment``, a random resized crop and flip drawn from ``rng``
+    (training) or a center crop (``rng`` None); without, the whole image resized. Items
+    (``dataset[i]``) are ``load(i, None)`` normalised to [-1, 1].
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], image_size: int, augment: bool = False,
+                 classes: list[str] | None = None):
+        self.samples, self.image_size, self.augment = samples, image_size, augment
+        self.classes = classes or []
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def load(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         from PIL import Image
 
-        path, label = self.samples[i]
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((self.image_size, self.image_size),
-                                            Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.float32) / 255.0
-        return _normalize(torch.from_numpy(array).permute(2, 0, 1).contiguous()), label
+        from harness.pipeline import resize_crop
+
+        with Image.open(self.samples[i][0]) as img:
+            return resize_crop(img, self.image_size, rng, self.augment)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        pixels = torch.from_numpy(self.load(i)).float() / 255.0
+        return _normalize(pixels), self.samples[i][1]
 
 
 @dataclass
@@ -162,6 +172,9 @@ def load_data(cfg: DataConfig) -> Datasets:
         from harness.prepared import load_prepared
 
         return load_prepared(cfg)
+    if cfg.augment != "none" and cfg.name not in ("imagefolder", "prepared"):
+        raise HarnessError(f"data.augment: {cfg.augment} applies to imagefolder and prepared "
+                           f"(decoded per image); {cfg.name} is held in memory, use 'none'")
     loaders = {"synthetic": _synthetic, "digits": _digits, "imagefolder": _imagefolder,
                "cifar10": _cifar10, "mnist": _mnist}
     return loaders[cfg.name](cfg)
@@ -309,8 +322,9 @@ def _imagefolder(cfg: DataConfig) -> Datasets:
                                f"{folder}")
         return [samples[i] for i in _cap(len(samples), cap, cfg.seed, salt)]
 
-    train = ImageFiles(scan(train_dir, cfg.train_size, 1), cfg.image_size)
-    test = ImageFiles(scan(test_dir, cfg.test_size, 2), cfg.image_size)
+    augment = cfg.augment == "crop_flip"
+    train = ImageFiles(scan(train_dir, cfg.train_size, 1), cfg.image_size, augment, classes)
+    test = ImageFiles(scan(test_dir, cfg.test_size, 2), cfg.image_size, augment, classes)
     return Datasets(train, test, len(classes))
 
 

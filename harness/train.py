@@ -10,7 +10,9 @@ any point and restarted ends with the same numbers as an unbroken one (same seed
 machine, same thread count).
 
 Batches are drawn with replacement by a ``torch.Generator`` seeded with the run's seed, so
-the batch sequence is part of the checkpointed state. A non-finite loss ends the run with
+the batch sequence is part of the checkpointed state. ``harness.pipeline.Loader`` loads them,
+in this process or in ``data.loader.workers`` worker processes that prefetch the same draws
+from a copy of the generator (so a resume is exact either way). A non-finite loss ends the run with
 ``status="diverged"`` and the 1-based step that produced it; nothing is raised.
 
 Distributed training (``harness.distributed``): when a process group is up with several
@@ -31,7 +33,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from torch.utils.data import Dataset
 from harness import distributed
 from harness.config import TrainConfig
 from harness.errors import HarnessError
+from harness.pipeline import Loader, training_plan
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY_EVAL_IMAGES = 1000  # history evaluations use this fixed, evenly spread test subset
@@ -113,38 +115,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": other, "weight_decay": 0.0}]
 
 
-class _Batches:
-    """Gets images and labels by index, from tensors (in memory) or item by item (lazy)."""
-
-    def __init__(self, dataset: Dataset, device: torch.device, workers: int = 4):
-        self.dataset, self.device = dataset, device
-        self.images = getattr(dataset, "images", None)
-        self.labels = getattr(dataset, "labels", None)
-        self.pool = None
-        if self.images is not None:
-            if device.type == "cuda" and self.images.numel() * 4 < 2**31:
-                self.images, self.labels = self.images.to(device), self.labels.to(device)
-        else:
-            self.pool = ThreadPoolExecutor(workers)  # Pillow decodes without the GIL
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.images is not None:
-            i = idx.to(self.images.device)
-            x, y = self.images[i], self.labels[i]
-        else:
-            items = list(self.pool.map(self.dataset.__getitem__, idx.tolist()))
-            x = torch.stack([im for im, _ in items])
-            y = torch.tensor([label for _, label in items], dtype=torch.long)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(
@@ -163,8 +133,9 @@ def evaluate(
     batches (weighted by batch size) and returned as ``router_<key>``.
     """
     device = torch.device(device)
-    batches = dataset if isinstance(dataset, _Batches) else _Batches(dataset, device)
+    batches = dataset if isinstance(dataset, Loader) else Loader(dataset, device)
     idx_all = torch.arange(len(batches)) if indices is None else indices
+    batches.plan(idx_all.split(batch_size))
     was_training = model.training
     model.eval()
     layers = model.moe_layers() if hasattr(model, "moe_layers") else []
@@ -198,7 +169,7 @@ def evaluate(
 
 
 @torch.no_grad()
-def features(model: nn.Module, batches: _Batches, indices: torch.Tensor, *, batch_size: int,
+def features(model: nn.Module, batches: Loader, indices: torch.Tensor, *, batch_size: int,
              precision: str) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logit features (float64) and labels of ``indices``, model in eval mode."""
     was_training = model.training
@@ -206,6 +177,7 @@ def features(model: nn.Module, batches: _Batches, indices: torch.Tensor, *, batc
     if hasattr(model, "set_track_metrics"):
         model.set_track_metrics(False)
     xs, ys = [], []
+    batches.plan(indices.split(batch_size))
     try:
         for start in range(0, len(indices), batch_size):
             x, y = batches.get(indices[start:start + batch_size])
@@ -320,8 +292,8 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
 def train_steps(
     model: nn.Module,
     cfg: TrainConfig,
-    train: _Batches,
-    test: _Batches,
+    train: Loader,
+    test: Loader,
     *,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -461,8 +433,11 @@ def fit(
                 "rng": _rng_state(generator), "state": dict(state),
             })
 
-    train = _Batches(data.train, device)
-    test = _Batches(data.test, device)
+    train = Loader(data.train, device, spec.data.loader,
+                   augment_seed=spec.seed if spec.data.augment != "none" else None)
+    test = Loader(data.test, device, spec.data.loader)
+    train.plan(training_plan(generator, len(train), cfg.batch_size, cfg.steps - state["step"],
+                             distributed.shard), first_step=state["step"])
     try:
         # DDP (several ranks) after the resume: its construction broadcasts rank 0's weights
         train_steps(distributed.wrap(model), cfg, train, test, optimizer=optimizer,
