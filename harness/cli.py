@@ -119,6 +119,75 @@ def bench_report(
     bench_main([str(records)])
 
 
+@bench_app.command("data")
+def bench_data(
+    path: Annotated[Path | None, typer.Option(
+        help="An imagefolder of JPEGs (default: write a temporary one)")] = None,
+    image_size: Annotated[int, typer.Option(help="Training image size")] = 224,
+    resolution: Annotated[int, typer.Option(help="Prepared shards' resolution")] = 256,
+    images: Annotated[int, typer.Option(help="Images to write when no --path")] = 512,
+    workers: Annotated[list[int] | None, typer.Option(
+        help="Worker processes (repeatable; default 1 and 2)")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size")] = 64,
+    batches: Annotated[int, typer.Option(help="Timed batches per pass")] = 6,
+    repeats: Annotated[int, typer.Option(help="Passes (median)")] = 3,
+    augment: Annotated[bool, typer.Option(help="Training augmentation (crop, flip)")] = True,
+    out: Annotated[Path | None, typer.Option(help="Also write the result as JSON")] = None,
+) -> None:
+    """Images/s of each input source (JPEG imagefolder, prepared shards, in-memory tensors)
+    through N DataLoader worker processes; with 1 worker, one CPU core's rate."""
+    import json
+
+    from harness.bench_data import bench_data as run_bench
+    from harness.bench_data import print_data
+
+    result = run_bench(path, image_size=image_size, resolution=resolution, images=images,
+                       workers=tuple(workers or (1, 2)), batch=batch, batches=batches,
+                       repeats=repeats, augment=augment,
+                       progress=lambda line: print(line, flush=True))
+    print_data(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+# --- data ----------------------------------------------------------------------------------
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: prepare and verify shards.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    src: Annotated[Path, typer.Argument(help="An imagefolder: SRC/train/CLASS/*, SRC/val/...")],
+    out: Annotated[Path, typer.Argument(help="An empty folder for the shards")],
+    resolution: Annotated[int, typer.Option(help="Square side in pixels (shorter side, "
+                                                 "center crop)")] = 256,
+    shard_size: Annotated[int, typer.Option(help="Images per shard")] = 1024,
+    workers: Annotated[int | None, typer.Option(
+        help="Decoding processes (default: the CPUs this process may use)")] = None,
+) -> None:
+    """Decode an imagefolder once into fixed-size uint8 shards with a manifest (classes,
+    counts, resolution, checksums); train on them with data: {name: prepared, path: OUT}."""
+    from harness.prepared import prepare
+
+    manifest = prepare(src, out, resolution, shard_size=shard_size, workers=workers)
+    splits = manifest["splits"]
+    print(f"{out}: {splits['train']['count']} train, {splits['test']['count']} test images, "
+          f"{len(manifest['classes'])} classes, {resolution} px; checksum "
+          f"{manifest['checksum'][:16]}")
+
+
+@data_app.command("verify")
+def data_verify(
+    path: Annotated[Path, typer.Argument(help="A folder written by data prepare")],
+) -> None:
+    """Recompute every shard's checksum against the manifest."""
+    from harness.prepared import verify
+
+    manifest = verify(path)
+    print(f"{path}: ok ({sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
+          f"checksum {manifest['checksum'][:16]})")
+
+
 # --- studies -------------------------------------------------------------------------------
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml")]
 SetOpt = Annotated[list[str] | None, typer.Option(

@@ -90,20 +90,50 @@ def resize_crop(img, size: int, rng: np.random.Generator | None, augment: bool) 
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 pixels -> float in [-1, 1] on ``device`` (after the copy: 4x fewer bytes moved)."""
+def to_device(x: torch.Tensor, device: torch.device, boxes: torch.Tensor | None = None,
+              size: int | None = None) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1] on ``device`` (after the copy: 4x fewer bytes moved);
+    with ``boxes``, each image's crop is resized to ``size`` there too (``crop_on_device``)."""
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
-        return x.float().div_(127.5).sub_(1.0)
+        x = x.float()
+        if boxes is not None:
+            x = crop_on_device(x, boxes.to(device, non_blocking=True), size)
+        return x.div_(127.5).sub_(1.0)
     return x
 
 
+def crop_on_device(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image of ``x`` (B, C, R, R) to its box (left, top, right, bottom, flip) in
+    pixels, resized bilinearly to ``size``: one affine ``grid_sample`` for the whole batch."""
+    r = x.shape[-1]
+    left, top, right, bottom, flip = boxes.float().unbind(1)
+    theta = torch.zeros(len(x), 2, 3, device=x.device)
+    theta[:, 0, 0] = (right - left) / r * (1 - 2 * flip)  # a mirrored x axis flips the image
+    theta[:, 0, 2] = (left + right) / r - 1
+    theta[:, 1, 1] = (bottom - top) / r
+    theta[:, 1, 2] = (top + bottom) / r - 1
+    grid = torch.nn.functional.affine_grid(theta, [len(x), x.shape[1], size, size],
+                                           align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
+def device_box(resolution: int, rng: np.random.Generator | None, augment: bool) -> list[float]:
+    """(left, top, right, bottom, flip) of one image's crop for ``crop_on_device``."""
+    box = crop_box(resolution, resolution, rng, augment)
+    flip = float(rng is not None and augment and rng.random() < 0.5)
+    return [*box, flip]
+
+
 # --- the batch a worker makes ---------------------------------------------------------------
-Key = tuple[list[int], tuple[int, int] | None]  # indices, (seed, step) for augmentation or None
+# indices, and for training augmentation (seed, step, position of the first index) or None
+Key = tuple[list[int], tuple[int, int, int] | None]
 
 
-def fetch(dataset: Dataset, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch: images stacked as uint8 or float, labels int64."""
+def fetch(dataset: Dataset, key: Key) -> tuple[torch.Tensor, ...]:
+    """One batch: images stacked as uint8 or float, labels int64, and for a dataset whose
+    crops are resized on the device (``device_crop``), their boxes."""
     idx, seeds = key
     images = getattr(dataset, "images", None)
     if images is not None:  # in memory: one gather
@@ -113,12 +143,18 @@ def fetch(dataset: Dataset, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
     if load is None:
         items = [dataset[i] for i in idx]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-    pixels = [load(i, _rng(seeds, pos)) for pos, i in enumerate(idx)]
-    return torch.from_numpy(np.stack(pixels)), dataset.labels[torch.as_tensor(idx)]
+    rngs = [_rng(seeds, pos) for pos in range(len(idx))]
+    pixels = torch.from_numpy(np.stack([load(i, rng) for i, rng in zip(idx, rngs, strict=True)]))
+    labels = dataset.labels[torch.as_tensor(idx)]
+    if getattr(dataset, "device_crop", False):  # crops drawn here, resized on the device
+        return pixels, labels, torch.tensor([dataset.box(rng) for rng in rngs])
+    return pixels, labels
 
 
-def _rng(seeds: tuple[int, int] | None, pos: int) -> np.random.Generator | None:
-    return None if seeds is None else np.random.default_rng([*seeds, pos])
+def _rng(seeds: tuple[int, int, int] | None, pos: int) -> np.random.Generator | None:
+    """Image ``pos`` of a key's batch: its generator from (seed, step, position in the step)."""
+    return None if seeds is None else np.random.default_rng([seeds[0], seeds[1],
+                                                             seeds[2] + pos])
 
 
 class _Batched(Dataset):
@@ -127,7 +163,7 @@ class _Batched(Dataset):
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
 
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, ...]:
         return fetch(self.dataset, key)
 
     def __len__(self) -> int:
@@ -179,7 +215,7 @@ class Loader:
 
         def keys() -> Iterator[Key]:
             for n, idx in enumerate(batches):
-                yield idx.tolist(), (self.augment_seed, first_step + n) if train else None
+                yield idx.tolist(), (self.augment_seed, first_step + n, 0) if train else None
 
         if self.cfg.workers == 0:
             self._planned = keys()
@@ -188,6 +224,9 @@ class Loader:
             _Batched(self.dataset), sampler=_Keys(keys(), self._queue), batch_size=None,
             num_workers=self.cfg.workers, prefetch_factor=self.cfg.prefetch,
             pin_memory=self.cfg.pin_memory and self.device.type == "cuda",
+            # its own generator: the workers' base seed must not draw from the global RNG,
+            # which the training state (gate noise) owns and checkpoints
+            generator=torch.Generator().manual_seed(0),
             multiprocessing_context="fork" if "fork" in _start_methods() else None)
         self._batches = iter(loader)
 
@@ -197,8 +236,7 @@ class Loader:
         if self._batches is not None:
             if self._queue and self._queue[0] == wanted:  # keys are queued as workers get them
                 self._queue.popleft()
-                x, y = next(self._batches)
-                return to_device(x, self.device), y.to(self.device, non_blocking=True)
+                return self._to_device(next(self._batches))
             self._stop()  # off plan: what the workers prepared is not wanted
         key: Key = (wanted, None)
         if self._planned is not None:
@@ -212,17 +250,21 @@ class Loader:
     def _load_here(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
         if self.images is not None:
             i = torch.as_tensor(key[0], device=self.images.device)
-            x, y = self.images[i], self.labels[i]
-        elif getattr(self.dataset, "load", None) is not None:
+            return self._to_device((self.images[i], self.labels[i]))
+        if getattr(self.dataset, "load", None) is not None and len(key[0]) > 1:
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(THREADS)  # Pillow decodes without the GIL
             idx, seeds = key
-            pixels = list(self.pool.map(lambda p: self.dataset.load(idx[p], _rng(seeds, p)),
-                                        range(len(idx))))
-            x, y = torch.from_numpy(np.stack(pixels)), self.labels[torch.as_tensor(idx)]
-        else:
-            x, y = fetch(self.dataset, key)
-        return to_device(x, self.device), y.to(self.device, non_blocking=True)
+            one = lambda p: fetch(self.dataset, ([idx[p]], seeds and (*seeds[:2], p)))  # noqa: E731
+            parts = list(self.pool.map(one, range(len(idx))))
+            return self._to_device(tuple(torch.cat(t) for t in zip(*parts, strict=True)))
+        return self._to_device(fetch(self.dataset, key))
+
+    def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, *boxes = batch
+        size = getattr(self.dataset, "image_size", None)
+        return (to_device(x, self.device, boxes[0] if boxes else None, size),
+                y.to(self.device, non_blocking=True))
 
     def _stop(self) -> None:
         """End the current plan; its worker processes exit."""

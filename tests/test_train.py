@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,18 +236,20 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         run(spec_for("dense", checkpoint_every=6, fewshot_shots=0, lr=1e-3), tmp_path)
 
 
+ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent("""
-    import json, sys, time
-    from harness.config import DataConfig, TrainConfig
+    import json, os, sys, time
+    from harness.config import DataConfig, LoaderConfig, TrainConfig
     from harness.data import load_data
     from harness.models import build
     from harness.study import RunSpec
     from harness.train import fit, seed_everything
 
-    workdir, slow = sys.argv[1], float(sys.argv[2])
+    workdir, slow, workers = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     spec = RunSpec(study="t", model="vit-w32d2h2m64/4", router="tokens_choice", num_experts=4,
                    moe_layers="last_half", seed=3,
-                   data=DataConfig(num_classes=4, train_size=512, test_size=128),
+                   data=DataConfig(num_classes=4, train_size=512, test_size=128,
+                                   loader=LoaderConfig(workers=workers)),
                    train=TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup_steps=4,
                                      eval_every=5, checkpoint_every=4, eval_batch_size=64,
                                      fewshot_shots=3, threads=1))
@@ -256,37 +259,87 @@ CHILD = textwrap.dedent("""
     out = fit(model, spec, data, workdir=workdir, device="cpu",
               on_progress=lambda p: time.sleep(slow))
     print("RESULT " + json.dumps(out))
+    kids = []  # this process's live children (DataLoader workers would be)
+    for p in os.listdir("/proc"):
+        try:
+            state, ppid = open(f"/proc/{p}/stat").read().rsplit(") ", 1)[1].split()[:2]
+        except (OSError, ValueError, IndexError):
+            continue
+        if int(ppid) == os.getpid() and state != "Z":
+            kids.append(int(p))
+    print("CHILDREN " + json.dumps(kids))
 """)
 
 
-def child(script, workdir, slow=0.0, **kw):
-    return subprocess.Popen([sys.executable, str(script), str(workdir), str(slow)],
-                            stdout=subprocess.PIPE, text=True, **kw)
+def child(script, workdir, slow=0.0, workers=0, **kw):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # this checkout's harness, first
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.Popen([sys.executable, str(script), str(workdir), str(slow), str(workers)],
+                            stdout=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def live_children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` and that are not zombies (from /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                state, ppid = f.read().rsplit(") ", 1)[1].split()[:2]
+        except (OSError, ValueError, IndexError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            out.append(int(name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def result_of(proc):
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    proc.lines = out.splitlines()
+    return json.loads(next(line for line in proc.lines if line.startswith("RESULT "))[7:])
+
+
+def children_at_end(proc) -> list[int]:
+    """The child processes the training script still had after ``fit`` returned."""
+    return json.loads(next(line for line in proc.lines if line.startswith("CHILDREN "))[9:])
 
 
 @pytest.mark.slow
-def test_sigkill_and_restart_ends_like_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_and_restart_ends_like_an_unbroken_run(tmp_path, workers):
+    """Also with DataLoader worker processes, whose prefetching must not shift the batches;
+    and those workers end with the run, and when the training process is killed."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    unbroken = result_of(child(script, tmp_path / "unbroken"))
+    proc = child(script, tmp_path / "unbroken", workers=workers)
+    unbroken = result_of(proc)
     assert unbroken["resumed_from_step"] is None
+    assert children_at_end(proc) == []  # the workers ended with the run
 
     workdir = tmp_path / "killed"
-    proc = child(script, workdir, slow=0.05)  # ~0.1 s a step: time to kill it mid-run
-    deadline = time.monotonic() + 60
+    proc = child(script, workdir, slow=0.05, workers=workers)  # ~0.1 s a step: time to kill
+    deadline = time.monotonic() + 240
     while not (workdir / CHECKPOINT).exists():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
+    workers_seen = live_children(proc.pid)  # training workers (+ a history evaluation's)
+    assert len(workers_seen) >= workers and (workers or not workers_seen)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    resumed = result_of(child(script, workdir))
+    deadline = time.monotonic() + 30  # DataLoader workers check on their parent every 5 s
+    while any(alive(pid) for pid in workers_seen):
+        assert time.monotonic() < deadline, f"workers {workers_seen} outlived their parent"
+        time.sleep(0.2)
+    resumed = result_of(child(script, workdir, workers=workers))
 
     assert 0 < resumed["resumed_from_step"] < 40
     assert resumed["steps_done"] == 40 and resumed["status"] == "ok"
