@@ -291,11 +291,10 @@ def training_plan(generator: torch.Generator, size: int, batch_size: int, steps:
                   shard=lambda idx: idx) -> Iterator[torch.Tensor]:
     """The training batches of ``steps`` steps, drawn as the training loop draws them (with
     replacement, ``batch_size`` indices a step, each rank's ``shard``) from a copy of
-    ``generator``, which itself is left untouched."""
+    ``generator`` taken now; ``generator`` itself is left untouched."""
     ahead = torch.Generator().set_state(generator.get_state())
-    for _ in range(steps):
-        yield shard(torch.randint(size, (batch_size,), generator=ahead))
+    return (shard(torch.randint(size, (batch_size,), generator=ahead)) for _ in range(steps))
 
 
-__all__ = ["Loader", "crop_box", "fetch", "resize_crop", "to_device", "training_plan"]
-
+__all__ = ["Loader", "crop_box", "crop_on_device", "fetch", "resize_crop", "to_device",
+           "training_plan"]
