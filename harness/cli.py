@@ -243,6 +243,10 @@ def run(
         from runners.views import plan_table
 
         console.print(plan_table(spec, the_plan))
+        from harness.estimate import data_supply_notes
+
+        for line in data_supply_notes(spec, the_plan.specs):
+            console.print(line, style="bold red" if line.startswith("DATA-BOUND") else None)
         return
     if not the_plan.todo:
         what = "failed runs to retry" if retry_failed else "pending runs"

@@ -28,6 +28,13 @@ from dataclasses import dataclass
 from harness.flops import analytic_flops, train_exaflops
 from harness.study import EstimateConfig, RunSpec, Study
 
+#: Images one CPU core decodes and augments per second (random resized crop + flip to 224 px),
+#: measured with ``moe-harness bench data`` (a worker's CPU time) on this project's 2-core
+#: machines: JPEGs of 500 x 375 px ~250, prepared shards of 256 px ~5,000 (their crop and
+#: resize run on the GPU). Datasets held in memory are not decoded and not checked.
+IMAGES_PER_CPU_S = {"imagefolder": 250.0, "prepared": 5000.0}
+THREADS_WITHOUT_WORKERS = 4  # harness.pipeline.THREADS: decoding threads when workers == 0
+
 #: Classes of the datasets whose size is known without opening them (harness.data).
 KNOWN_CLASSES = {"synthetic": 50, "digits": 10, "cifar10": 10, "mnist": 10}
 #: Assumed for a folder dataset without ``data.num_classes`` (ImageNet-1k).
@@ -57,7 +64,7 @@ class RunCost:
 def head_classes(spec: RunSpec) -> tuple[int, bool]:
     """The head's class count without opening the data, and whether it was assumed."""
     data = spec.data
-    if data.num_classes is not None and data.name in ("synthetic", "imagefolder"):
+    if data.num_classes is not None and data.name in ("synthetic", "imagefolder", "prepared"):
         return data.num_classes, False
     if data.name in KNOWN_CLASSES:
         return KNOWN_CLASSES[data.name], False
@@ -115,6 +122,76 @@ def describe(settings: EstimateConfig) -> str:
             f"TFLOP/s peak [{settings.device}] x {settings.utilization:.0%} utilisation); "
             "training steps only (no evaluation, probe, measurement or queueing). Set "
             "'estimate: {peak_tflops, utilization, device}' in the study to change them.")
+
+
+@dataclass(frozen=True)
+class DataSupply:
+    """Images/s a run's GPUs consume against what its CPUs decode (estimates)."""
+
+    spec: str
+    source: str
+    demand: float  # images/s: GPUs x peak x utilisation / training FLOPs per image
+    per_cpu: float  # images/s one core decodes
+    cpus: int  # cores decoding: cpus_per_run, at most the worker processes (or threads)
+    cpus_needed: int
+
+    @property
+    def supply(self) -> float:
+        return self.per_cpu * self.cpus
+
+    @property
+    def bound(self) -> bool:
+        return self.demand > self.supply
+
+
+def data_supply(study: Study, specs: Sequence[RunSpec] | None = None) -> list[DataSupply]:
+    """For a study on SLURM GPUs reading image files: each distinct model's data balance.
+
+    Demand per run = ``train.gpus`` x peak x utilisation / (3 x forward FLOPs per image), the
+    same rate the GPU-hour estimate assumes. Supply = the cores that decode (the run's
+    ``cpus_per_run``, at most ``data.loader.workers`` per GPU process, or the in-process
+    decoding threads without workers) x the per-core rate (``estimate.images_per_cpu_s``, else
+    ``IMAGES_PER_CPU_S``). Empty for CPU runs and for datasets held in memory.
+    """
+    slurm = study.executor.slurm
+    if study.executor.name != "slurm" or slurm.gpus_per_run == 0:
+        return []
+    settings = study.estimate
+    out: dict[str, DataSupply] = {}
+    for spec in study.expand() if specs is None else specs:
+        source = spec.data.name
+        if source not in IMAGES_PER_CPU_S:
+            continue
+        cost = run_cost(spec, settings)
+        flops = 3 * cost.gflops_per_image * 1e9
+        demand = spec.train.gpus * settings.peak_tflops * 1e12 * settings.utilization / flops
+        per_cpu = settings.images_per_cpu_s or IMAGES_PER_CPU_S[source]
+        decoders = spec.train.gpus * (spec.data.loader.workers or THREADS_WITHOUT_WORKERS)
+        cpus = min(slurm.cpus_per_run, decoders)
+        row = DataSupply(cost.spec, source, demand, per_cpu, cpus, -int(-demand // per_cpu))
+        if cost.spec not in out or row.demand > out[cost.spec].demand:
+            out[cost.spec] = row
+    return list(out.values())
+
+
+def data_supply_notes(study: Study, specs: Sequence[RunSpec] | None = None) -> list[str]:
+    """The dry run's line on whether the GPUs will wait for data (see ``data_supply``): the
+    hungriest model, and how many models its CPUs cannot feed."""
+    rows = data_supply(study, specs)
+    if not rows:
+        return []
+    worst = max(rows, key=lambda r: r.demand / r.supply)
+    bound = sum(r.bound for r in rows)
+    line = (f"{worst.spec} on {worst.source}: its GPUs consume ~{worst.demand:,.0f} images/s "
+            f"(from the FLOP estimate), {worst.cpus} CPUs decode ~{worst.supply:,.0f} at "
+            f"~{worst.per_cpu:,.0f}/core (estimate.images_per_cpu_s; measure it with "
+            "`moe-harness bench data`)")
+    if not bound:
+        return [f"Data: fed. Hungriest model {line}."]
+    return [f"DATA-BOUND: {bound} of {len(rows)} models would leave their GPUs waiting for "
+            f"data. Hungriest: {line}; it needs ~{worst.cpus_needed} CPUs (executor.slurm."
+            "cpus_per_run, and data.loader.workers x GPUs at least as many), or prepared shards "
+            "(`moe-harness data prepare`, data.name: prepared)."]
 
 
 CONVENTIONS = ("GFLOP/img: forward, 1 multiply-add = 2 FLOPs. train EF ours = 3 x forward "

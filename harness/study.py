@@ -100,6 +100,9 @@ class EstimateConfig(Section):
     peak_tflops: PositiveFloat = 989.0  # per GPU, dense (no sparsity), at train.precision
     utilization: float = Field(0.4, gt=0, le=1)  # achieved / peak FLOP rate (MFU)
     device: str = "H100 SXM, bf16 dense"  # what peak_tflops describes (printed with it)
+    # images one CPU core decodes and augments per second for this study's data (measure it on
+    # the nodes with `moe-harness bench data`); unset: harness.estimate.IMAGES_PER_CPU_S
+    images_per_cpu_s: PositiveFloat | None = None
 
 
 class Study(Section):

@@ -85,7 +85,7 @@ def test_laptop_profile_is_small_and_local(name):
 def test_cluster_profile_is_the_papers_setup(name):
     s = study(name, "cluster")
     t = s.train
-    assert s.data.name == "imagefolder" and s.data.image_size == 224
+    assert s.data.name == "prepared" and s.data.image_size == 224 and s.data.augment != "none"
     assert s.data.path  # a placeholder the user replaces with --set data.path=...
     assert (t.lr, t.schedule, t.warmup_steps, t.grad_clip) == (1e-3, "rsqrt", 10_000, 1.0)
     assert t.weight_decay > 0 and t.precision == "bf16" and t.batch_size == PAPER_BATCH
