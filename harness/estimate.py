@@ -30,9 +30,10 @@ from harness.study import EstimateConfig, RunSpec, Study
 
 #: Images one CPU core decodes and augments per second (random resized crop + flip to 224 px),
 #: measured with ``moe-harness bench data`` (a worker's CPU time) on this project's 2-core
-#: machines: JPEGs of 500 x 375 px ~250, prepared shards of 256 px ~5,000 (their crop and
-#: resize run on the GPU). Datasets held in memory are not decoded and not checked.
-IMAGES_PER_CPU_S = {"imagefolder": 250.0, "prepared": 5000.0}
+#: machines, twice: JPEGs of 500 x 375 px 251 and 259, prepared shards of 256 px 5,230 and
+#: 4,204 (their crop and resize run on the GPU); rounded down. Datasets held in memory are
+#: not decoded and not checked.
+IMAGES_PER_CPU_S = {"imagefolder": 250.0, "prepared": 4000.0}
 THREADS_WITHOUT_WORKERS = 4  # harness.pipeline.THREADS: decoding threads when workers == 0
 
 #: Classes of the datasets whose size is known without opening them (harness.data).

@@ -22,7 +22,7 @@ def test_jpeg_folders_starve_eight_gpus():
     flops = 3 * run_cost(spec).gflops_per_image * 1e9  # training FLOPs per image
     assert worst.demand == pytest.approx(8 * 989e12 * 0.4 / flops)
     assert 100_000 < worst.demand < 150_000  # S/16: ~14-16k images/s per GPU, 8 GPUs
-    assert worst.cpus == 8  # 1 worker per GPU process, 8 GPUs, 48 CPUs
+    assert worst.cpus == 8  # 1 worker per GPU process, 8 GPUs (of the 56 CPUs)
     assert worst.per_cpu == IMAGES_PER_CPU_S["imagefolder"]
     assert worst.cpus_needed == pytest.approx(worst.demand / worst.per_cpu, abs=1)
     (note,) = data_supply_notes(study)
