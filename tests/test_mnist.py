@@ -3,6 +3,7 @@ Fashion-MNIST from Debian's package."""
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,23 @@ def test_real_fashion_mnist():
     assert torch.bincount(data.train.labels).tolist() == [6000] * 10
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
     assert data.train.images.min() == -1 and data.train.images.max() == 1
+
+
+@pytest.mark.slow
+def test_fashion_mnist_study_runs_end_to_end(tmp_path):
+    """The shipped study, shrunk: real images through the CLI, records and a report."""
+    root = fashion_mnist_dir()
+    study = Path(__file__).resolve().parents[1] / "studies" / "fashion_mnist.yaml"
+    shrink = ["train.steps=6", "train.eval_every=0", "train.checkpoint_every=0",
+              "train.fewshot_shots=2", "data.train_size=600", "data.test_size=200",
+              "measure.enabled=false", "grid.router=[dense, soft]", "grid.seed=[0]",
+              "grid.slots_per_expert=[1]", f"data.path={root}"]
+    args = [a for s in shrink for a in ("--set", s)]
+    cli("run", study, *args, "--results", tmp_path, "--quiet")
+    records = [json.loads(f.read_text()) for f in (tmp_path / "fashion-mnist/runs").glob("*.json")]
+    assert sorted(r["router"] for r in records) == ["dense", "soft"]
+    for r in records:
+        assert r["status"] == "ok" and r["data"] == "mnist" and r["image_size"] == 28
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+    cli("report", study, *args, "--results", tmp_path)
+    assert (tmp_path / "fashion-mnist/report.html").stat().st_size > 10_000
