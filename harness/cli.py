@@ -375,7 +375,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     except usage_error as err:
         ctx = err.ctx
         if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            print(ctx.get_help(), file=sys.stderr)
+            text = ctx.get_help()  # typer's rich help prints itself and returns ""
+            if text.strip():
+                print(text)
             return 2
         command = ctx.command_path if ctx is not None else "moe-harness"
         if ctx is not None:

@@ -18,23 +18,34 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks since boot (Linux), None elsewhere or if gone."""
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...), None if absent."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux), None elsewhere or if gone."""
+    stat = _stat(pid)
+    return stat[19] if stat else None  # field 22 of proc(5)
 
 
 def alive(pid: int, start: str | None) -> bool:
+    """``pid`` runs and is the process that started at ``start`` (a zombie, killed but not yet
+    reaped by its parent, counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    return start is None or process_start(pid) == start
+    stat = _stat(pid)
+    if stat is None:
+        return start is None  # no /proc: trust os.kill
+    return stat[0] != "Z" and (start is None or stat[19] == start)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,23 @@ class Tethered:
     def __call__(self, *args, **kwargs):
         watch(self.pid, self.start, self.interval_s)
         return self.fn(*args, **kwargs)
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (Linux; empty elsewhere)."""
+    entries = os.listdir("/proc") if os.path.isdir("/proc") else []
+    return [int(e) for e in entries
+            if e.isdigit() and (stat := _stat(int(e))) and int(stat[1]) == pid]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants, the deepest first (so none is left orphaned)."""
+    for child in children(pid):
+        kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def watch(pid: int, start: str | None, interval_s: float = 0.5) -> threading.Thread:

@@ -26,9 +26,11 @@ metrics are read from ``model.module``.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -300,8 +302,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         if path.exists():
             os.replace(path, previous_checkpoint(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = shutil.disk_usage(path.parent).free < 1 << 20  # before the space is freed
         tmp.unlink(missing_ok=True)
+        if full and isinstance(err, Exception):
+            # torch's writer reports a full disk as "unexpected pos": say what happened
+            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from err
         raise
 
 

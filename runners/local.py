@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import submitit
 
 from harness.errors import HarnessError, Interrupted
-from harness.lifeline import Tethered
+from harness.lifeline import Tethered, kill_tree
 from harness.run import execute, now
 from harness.store import Store
 from harness.study import RunSpec, Study
@@ -69,7 +69,7 @@ class LocalRunner:
                 while queue or running:
                     while queue and len(running) < self.max_parallel:
                         spec, tries = queue.pop(0)
-                        with thread_env(threads):
+                        with thread_env(threads), sigint_ignored():
                             job = self.executor.submit(task, spec, str(self.store.root))
                         summary.job_ids.append(str(job.job_id))
                         running[job] = (spec, tries, now())
@@ -106,13 +106,9 @@ class LocalRunner:
                     f"kept); free space and run the same command again") from None
         return summary
 
-    @staticmethod
-    def _cancel(running: dict) -> None:
-        for job in running:
-            job.cancel(check=False)
-        deadline = time.monotonic() + 10
-        while any(not j.done() for j in running) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    def _cancel(self, running: dict) -> None:
+        if not self.debug:
+            stop_local_jobs(list(running))
 
     def _result(self, job, spec: RunSpec, submitted: str) -> dict | None:
         """The run's record (None if another process holds the run); if the job died before
@@ -130,6 +126,29 @@ class LocalRunner:
                       "log_path": str(job.paths.stderr)}
             self.store.write(record)
             return record
+
+
+def stop_local_jobs(jobs) -> None:
+    """End submitit local jobs now: each job's process tree (its controller, whose PID is the
+    job id, and the job under it) gets SIGKILL. A job is stopped between checkpoints anyway;
+    SIGINT would make the controller print a traceback on our terminal."""
+    for job in jobs:
+        kill_tree(int(job.job_id))
+
+
+@contextmanager
+def sigint_ignored():
+    """Processes started in this block ignore SIGINT (inherited through exec): a Ctrl-C on the
+    terminal reaches the sweep alone, which stops its jobs itself (``stop_local_jobs``)."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextmanager
