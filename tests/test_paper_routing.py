@@ -79,13 +79,15 @@ def test_tokens_choice_importance_uses_the_noise_free_gates(float64, fixed_noise
 
 # --- Experts Choice: router noise in training, as the paper's config -----------------------
 def test_experts_choice_trains_with_noise_of_std_one_over_experts_by_default():
-    assert ExpertsChoice(4, 8, 8).noise_std == pytest.approx(1 / 8)
+    torch.manual_seed(0)
+    layer, x = ExpertsChoice(4, 8, 8).train(), torch.randn(2, 16, 4)
+    assert not torch.equal(layer(x), layer(x))  # the routing differs between draws
+    assert layer.noise_std == pytest.approx(1 / 8)
     assert ExpertsChoice(4, 8, 8, noise_std=0.0).noise_std == 0.0
-    layers = build(ModelConfig(size="w16d2h2m32", patch_size=4, image_size=8, router="experts_choice",
-                               num_experts=4)).moe_layers()
-    assert [m.noise_std for m in layers] == [0.25]
-    no_noise = build(ModelConfig(size="w16d2h2m32", patch_size=4, image_size=8,
-                                 router="experts_choice", num_experts=4, router_noise=0.0))
+    tiny = dict(size="w16d2h2m32", patch_size=4, image_size=8, router="experts_choice",
+                num_experts=4)
+    assert [m.noise_std for m in build(ModelConfig(**tiny)).moe_layers()] == [0.25]
+    no_noise = build(ModelConfig(**tiny, router_noise=0.0))
     assert [m.noise_std for m in no_noise.moe_layers()] == [0.0]
 
 
@@ -126,7 +128,12 @@ def test_experts_choice_routes_on_the_noisy_gates_in_training(float64, fixed_noi
     (8, 2, 100.0, "ceil4", 1, 8),  # at most the group
 ])
 def test_capacity_rules(tokens, experts, factor, rule, k, expected):
-    assert compute_capacity(tokens, experts, factor, rule, k) == expected
+    assert compute_capacity(tokens, experts, factor, rounding=rule, k=k) == expected
+
+
+def test_default_rule_is_ceil_in_exact_arithmetic():
+    assert compute_capacity(50, 5, 1.1) == 11
+    assert compute_capacity(100, 10, 1.00000000001) == 11  # a 1e-9 float slack gives 10
 
 
 def test_unknown_capacity_rule_is_one_clear_error():
@@ -307,4 +314,4 @@ def test_paper_studies_state_the_papers_choices(name, profile):
         if spec.router in rules:
             assert spec.capacity_rounding == rules[spec.router], spec.label
             assert spec.router_noise == 1.0
-            assert f"capacity_rounding: [{rules['tokens_choice']}, {rules['experts_choice']}]" in raw
+            assert "capacity_rounding: [ceil4, round]" in raw and "router_noise: 1.0" in raw

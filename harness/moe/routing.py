@@ -38,6 +38,7 @@ def compute_capacity(group_tokens: int, num_experts: int, capacity_factor: float
     if capacity_factor <= 0:
         raise ConfigError(f"capacity_factor must be > 0, got {capacity_factor}")
     kind, multiple = CAPACITY_RULE.fullmatch(check_capacity_rule(rounding)).groups()
+    group_tokens = int(group_tokens)  # a traced size (fvcore's jit trace) is a tensor
     exact = Fraction(repr(float(capacity_factor))) * group_tokens * k / num_experts
     capacity = max(1, math.ceil(exact) if kind == "ceil" else round(exact))
     if multiple:

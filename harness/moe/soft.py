@@ -29,7 +29,7 @@ EPS = 1e-6
 def inv_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
     """1 / sqrt(||x||² + 1e-6) along ``dim`` (kept): the paper's code normalises with this
     (its text writes x / (||x|| + 1e-6): the same at ordinary norms, not near zero)."""
-    return torch.linalg.vector_norm(x, dim=dim, keepdim=True).square().add(EPS).rsqrt()
+    return torch.linalg.vector_norm(x, dim=dim, keepdim=True).pow(2).add(EPS).rsqrt()
 
 
 def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
