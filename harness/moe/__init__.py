@@ -15,7 +15,7 @@ from harness.errors import ConfigError
 from harness.moe.dense import Mlp
 from harness.moe.experts import GELUS, BatchedExperts
 from harness.moe.experts_choice import ExpertsChoice
-from harness.moe.routing import CAPACITY_RULE_HELP, check_capacity_rule, compute_capacity
+from harness.moe.routing import check_capacity_rule, compute_capacity
 from harness.moe.soft import SoftMoE
 from harness.moe.tokens_choice import TokensChoice
 
@@ -87,7 +87,6 @@ def make_mlp(
 
 
 __all__ = [
-    "CAPACITY_RULE_HELP",
     "GELUS",
     "ROUTERS",
     "SOFT_VARIANTS",
