@@ -291,6 +291,8 @@ def test_choices_are_recorded_and_separate_run_ids(tmp_path):
     ("gelu", "relu", "gelu must be one of erf, tanh, got 'relu'"),
     ("capacity_rounding", "floor", "capacity_rounding must be 'ceil', 'round'"),
     ("router_noise", -1, "router_noise must be >= 0, got -1.0"),
+    ("gelu", 1, "gelu: expected a string, got 1"),
+    ("router_noise", "true", "router_noise: expected a finite number, got True"),
 ])
 def test_bad_choice_in_a_study_is_one_line_naming_the_file(tmp_path, axis, value, message):
     with pytest.raises(HarnessError) as err:
