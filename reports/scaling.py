@@ -34,12 +34,13 @@ from scipy.optimize import minimize_scalar
 
 from reports.metrics import METRICS, label
 
-N_BOOT = 400
+N_BOOT = 200
 CONFIDENCE = 0.95
 MIN_POINTS = 3  # distinct costs for a plain power law (2 parameters, 1 residual degree)
 MIN_SATURATING = 5  # distinct costs before the floor E is fitted too
 FIT_COSTS = ("train_exaflops", "gflops_per_image", "infer_latency_ms")
-_GRID = np.linspace(0.0, 0.995, 200)  # floor candidates, as fractions of the lowest error
+_COARSE = np.linspace(0.0, 0.995, 25)  # floor candidates, as fractions of the lowest error
+_FINE = 17  # candidates around the best coarse one
 SATURATING, POWER = "saturating power law", "power law"
 
 
@@ -94,12 +95,21 @@ def _fit_given_floor(logx: np.ndarray, y: np.ndarray, floor: np.ndarray):
 def fit_many(logx: np.ndarray, y: np.ndarray, saturating: bool) -> np.ndarray:
     """Fit every row of ``y`` (B, n) against ``logx`` (n,): parameters (B, 3) as E, A, alpha.
 
-    The floor is profiled on a grid of fractions of the row's lowest error (0 included, so a
-    plain power law is a special case); ``A`` and ``alpha`` are closed form given the floor.
+    The floor is profiled over fractions of the row's lowest error (0 included, so a plain
+    power law is a special case): a coarse grid, then a fine one around its best point;
+    ``A`` and ``alpha`` are closed form given the floor.
     """
     y = np.atleast_2d(y)
-    grid = _GRID if saturating else _GRID[:1]
-    floor = y.min(-1, keepdims=True) * grid  # (B, K)
+    top = y.min(-1, keepdims=True)
+    if not saturating:
+        floor = np.zeros_like(top)
+    else:
+        frac = np.broadcast_to(_COARSE, (y.shape[0], _COARSE.size))
+        best = _fit_given_floor(logx, y, frac * top)[2].argmin(-1)
+        step = _COARSE[1] - _COARSE[0]
+        centre = _COARSE[best][:, None]
+        frac = np.clip(centre + np.linspace(-step, step, _FINE)[None, :], 0.0, _COARSE[-1])
+        floor = frac * top
     log_a, alpha, sse = _fit_given_floor(logx, y, floor)
     best = sse.argmin(-1)
     rows = np.arange(y.shape[0])
@@ -117,7 +127,7 @@ def fit_one(logx: np.ndarray, y: np.ndarray, saturating: bool) -> np.ndarray:
         return float(_fit_given_floor(logx, y, np.array([frac * top]))[2][0])
 
     start = params[0] / top
-    step = _GRID[1]
+    step = (_COARSE[1] - _COARSE[0]) / (_FINE - 1)
     res = minimize_scalar(sse, bounds=(max(0.0, start - step), min(0.999, start + step)),
                           method="bounded", options={"xatol": 1e-6})
     if res.fun < sse(start):
@@ -319,8 +329,7 @@ def _multiplier(a: Curve, b: Curve, levels: list[float], extrapolated: bool) -> 
         with np.errstate(invalid="ignore", divide="ignore"):
             change = np.log(samples[-1] / samples[0])
         lo, hi = _interval(np.nan_to_num(change, nan=0.0))
-        trend = ("grows with quality" if lo > 0 else "shrinks with quality" if hi < 0
-                 else "steady within the noise")
+        trend = "grows" if lo > 0 else "shrinks" if hi < 0 else "steady within the noise"
     note = ("extrapolated: the curves share no quality, read at the nearer end" if extrapolated
             else "")
     return Multiplier(a.group, b.group, a.cost, a.quality,
@@ -350,25 +359,31 @@ class Match:
 def matches(agg: pl.DataFrame, cost: str, quality: Quality, names: Sequence[str],
             by: str = "router") -> list[Match]:
     """For every configuration of every router, the cheapest configuration of each other
-    router with at least its quality (measured means, no fit), when it is cheaper."""
+    router with at least its quality (measured means, no fit), when that one is cheaper;
+    sorted by the saving, largest first."""
     c = _column(agg, f"{cost}_mean")
-    q = _column(agg, f"{quality.name}_mean")
+    err = np.asarray(quality.error(_column(agg, f"{quality.name}_mean")), dtype=float)
     std = np.nan_to_num(_column(agg, f"{quality.name}_std"))
-    groups = agg[by].cast(pl.String).to_list()
-    ok = np.isfinite(c) & np.isfinite(q) & (c > 0)
-    err = np.asarray(quality.error(q), dtype=float)
+    groups = np.array(agg[by].cast(pl.String).fill_null("-").to_list(), dtype=object)
+    ok = np.isfinite(c) & np.isfinite(err) & (c > 0)
     out = []
-    for i in np.flatnonzero(ok):
-        for g in dict.fromkeys(groups):
-            if g == groups[i]:
+    for g in dict.fromkeys(groups[ok]):
+        mine = np.flatnonzero(ok & (groups == g))
+        mine = mine[np.argsort(err[mine], kind="stable")]  # best quality first
+        cheapest = np.minimum.accumulate(c[mine])  # cheapest with at least this quality
+        pick = np.empty_like(mine)  # ... and which configuration that is
+        for k, i in enumerate(mine):
+            pick[k] = i if k == 0 or c[i] < c[pick[k - 1]] else pick[k - 1]
+        targets = np.flatnonzero(ok & (groups != g))
+        # rivals of g with at least each target's quality: the prefix up to its error
+        reach = np.searchsorted(err[mine], err[targets], side="right") - 1
+        for t, r in zip(targets, reach, strict=True):
+            if r < 0 or cheapest[r] >= c[t]:
                 continue
-            rivals = [j for j in np.flatnonzero(ok) if groups[j] == g and err[j] <= err[i]]
-            if not rivals:
-                continue
-            j = min(rivals, key=lambda r: (c[r], err[r]))
-            if c[j] < c[i]:
-                out.append(Match(g, names[j], float(q[j]), float(c[j]), groups[i], names[i],
-                                 float(q[i]), float(c[i]), float(max(std[i], std[j]))))
+            j = pick[r]
+            out.append(Match(str(g), names[j], float(quality.value(err[j])), float(c[j]),
+                             str(groups[t]), names[t], float(quality.value(err[t])),
+                             float(c[t]), float(max(std[t], std[j]))))
     return sorted(out, key=lambda m: -m.ratio)
 
 
