@@ -37,6 +37,7 @@ from reports.metrics import METRICS, label
 N_BOOT = 200
 CONFIDENCE = 0.95
 MIN_POINTS = 3  # distinct costs for a plain power law (2 parameters, 1 residual degree)
+TREND_TOL = 0.05  # a multiplier "grows" or "shrinks" only by more than 5% across the range
 MIN_SATURATING = 5  # distinct costs before the floor E is fitted too
 FIT_COSTS = ("train_exaflops", "gflops_per_image", "infer_latency_ms")
 _COARSE = np.linspace(0.0, 0.995, 25)  # floor candidates, as fractions of the lowest error
@@ -329,7 +330,9 @@ def _multiplier(a: Curve, b: Curve, levels: list[float], extrapolated: bool) -> 
         with np.errstate(invalid="ignore", divide="ignore"):
             change = np.log(samples[-1] / samples[0])
         lo, hi = _interval(np.nan_to_num(change, nan=0.0))
-        trend = "grows" if lo > 0 else "shrinks" if hi < 0 else "steady within the noise"
+        tol = math.log1p(TREND_TOL)
+        trend = ("grows" if lo > tol else "shrinks" if hi < -tol
+                 else f"steady (within {TREND_TOL:.0%} or the noise)")
     note = ("extrapolated: the curves share no quality, read at the nearer end" if extrapolated
             else "")
     return Multiplier(a.group, b.group, a.cost, a.quality,
