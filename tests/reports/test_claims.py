@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -275,3 +276,62 @@ def test_thresholds_are_stated_in_the_rules():
 def test_every_rule_lacks_data_on_an_empty_frame(rule):
     empty = agg([rec("dense", status="failed")])
     assert rule(empty).status == LACKS
+
+
+# --------------------------------------------------------------------------- seed noise
+
+
+def seeded(router, accs, **kw):
+    return [rec(router, acc=a, seed=s, **kw) for s, a in enumerate(accs)]
+
+
+def pareto_with_seeds(soft, dense):
+    return (seeded("soft", soft, train_exaflops=1.0, model="vit-a/4")
+            + seeded("dense", dense, train_exaflops=1.0, model="vit-a/4"))
+
+
+def test_pareto_is_inconclusive_when_routers_differ_by_less_than_their_seed_spread():
+    # dense leads by 0.01 (more than the 0.005 tolerance) but seeds spread by ~0.05
+    v = soft_on_pareto_front(agg(pareto_with_seeds([0.40, 0.50, 0.45], [0.41, 0.51, 0.46])))
+    assert v.status == INCONCLUSIVE, v.evidence
+    assert "may beat Soft MoE" in v.evidence and "seeds each would settle it" in v.evidence
+    # the same means, seeds spread by 0.001: the lead is real, the claim fails as before
+    v = soft_on_pareto_front(agg(pareto_with_seeds([0.449, 0.450, 0.451], [0.459, 0.46, 0.461])))
+    assert v.status == FAILED and "+0.01 [+0.0" in v.evidence
+    # Soft MoE ahead by far more than the spread: held
+    v = soft_on_pareto_front(agg(pareto_with_seeds([0.55, 0.60, 0.65], [0.40, 0.45, 0.50])))
+    assert v.status == HELD
+
+
+def test_interval_matches_the_pooled_two_sample_t_interval():
+    from scipy.stats import ttest_ind
+
+    from reports.noise import difference, pooled
+
+    a, b = np.array([0.52, 0.55, 0.58]), np.array([0.50, 0.51, 0.56])
+    stds, ns = [a.std(ddof=1), b.std(ddof=1)], [3, 3]
+    margin = difference(a.mean(), stds[0], 3, b.mean(), stds[1], 3, pooled(stds, ns))
+    # the larger side's own variance is used, so the interval is at least scipy's pooled one
+    ref = ttest_ind(a, b, equal_var=True).confidence_interval(0.95)
+    assert margin.lo <= ref.low + 1e-12 and margin.hi >= ref.high - 1e-12
+    same = difference(a.mean(), stds[0], 3, a.mean() - 0.01, stds[0], 3,
+                      pooled([stds[0]] * 2, ns))
+    ref = ttest_ind(a, a - 0.01, equal_var=True).confidence_interval(0.95)
+    assert (same.lo, same.hi) == pytest.approx((ref.low, ref.high))
+
+
+def test_seeds_to_settle_is_the_smallest_count_that_clears_the_threshold():
+    from scipy.stats import t
+
+    from reports.noise import difference
+
+    m = difference(0.51, 0.05, 2, 0.50, 0.05, 2)  # +0.01 with a 0.05 spread: unsure
+    assert m.outcome() == "unsure"
+    n = m.seeds_to_settle()
+
+    def half(k):
+        return t.ppf(0.975, 2 * k - 2) * np.sqrt(2 * 0.05**2 / k)
+
+    assert half(n) < 0.01 <= half(n - 1)
+    assert 150 < n < 250  # ~ (1.96 * 0.0707 / 0.01)^2 = 192
+    assert difference(0.51, None, 1, 0.50, None, 1).known is False  # one seed: no interval
