@@ -142,14 +142,15 @@ def predict_error(params: np.ndarray, cost: np.ndarray | float, c0: float) -> np
     params = np.atleast_2d(np.asarray(params, dtype=float))
     floor, amp, alpha = params[:, 0:1], params[:, 1:2], params[:, 2:3]
     cost = np.atleast_1d(np.asarray(cost, dtype=float))
-    return floor + amp * (cost / c0) ** -alpha
+    with np.errstate(over="ignore"):  # a wild bootstrap replicate may overflow to inf
+        return floor + amp * (cost / c0) ** -alpha
 
 
 def cost_for_error(params: np.ndarray, error: float, c0: float) -> np.ndarray:
     """The cost at which each parameter row reaches ``error`` (inf where it never does)."""
     params = np.atleast_2d(params)
     floor, amp, alpha = params[:, 0], params[:, 1], params[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cost = c0 * ((error - floor) / amp) ** (-1.0 / alpha)
     reachable = (error > floor) & (alpha > 0) & np.isfinite(cost)
     return np.where(reachable, cost, np.inf)
@@ -301,7 +302,7 @@ class Multiplier:
 
 def _ratio_samples(a: Curve, b: Curve, error: float) -> tuple[float, np.ndarray]:
     point = cost_for_error(b.params, error, b.c0)[0] / cost_for_error(a.params, error, a.c0)[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         samples = cost_for_error(b.samples, error, b.c0) / cost_for_error(a.samples, error, a.c0)
     return float(point), np.nan_to_num(samples, nan=1.0)  # both never reach it: no saving
 
@@ -327,7 +328,7 @@ def _multiplier(a: Curve, b: Curve, levels: list[float], extrapolated: bool) -> 
     intervals = [tuple(float(v) for v in _interval(s)) for s in samples]
     trend = "one level only"
     if not extrapolated:
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             change = np.log(samples[-1] / samples[0])
         lo, hi = _interval(np.nan_to_num(change, nan=0.0))
         tol = math.log1p(TREND_TOL)
