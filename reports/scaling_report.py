@@ -250,9 +250,8 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def analysis_markdown(analysis: Analysis) -> str:
-    """The section's tables as Markdown (no figures)."""
+    """The section's tables as Markdown (no figures; the method note is the caller's)."""
     parts = [f"## {analysis.quality.label}\n",
-             METHOD_NOTE.format(conf=f"{CONFIDENCE:.0%}") + "\n",
              "### Fits\n", _md_table(CURVE_HEADERS, curve_rows(analysis)),
              "### Compute multipliers (from the fits)\n",
              _md_table(MULTIPLIER_HEADERS, multiplier_rows(analysis)),

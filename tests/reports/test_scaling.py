@@ -172,6 +172,8 @@ def test_the_docs_page_of_the_published_points_is_current():
     page = (ROOT / "docs" / "scaling-published.md").read_text()
     assert page == markdown(), "regenerate: python -m reports.published docs/scaling-published.md"
     assert "| Soft MoE B/16 128E | ViT H/14 | eval GFLOP/img (2 FLOPs/MAC) | 60 vs 59.7" in page
+    assert "at 32 vs 334.2 eval GFLOP/img (2 FLOPs/MAC) (10.4x less); 1.5 vs 8.6" in page
+    assert "(5.73x less)" in page
 
 
 # --------------------------------------------------------------------------- report and plan
