@@ -449,7 +449,7 @@ def soft_saves_compute(agg: pl.DataFrame, quality: str | None = None,
     if quality is None or cost is None or "router" not in agg.columns:
         return Verdict("compute", claim, LACKS, "No quality or training compute recorded.", rule)
     pair = agg.filter(pl.col("router").is_in(["soft", "dense"]))
-    analysis = analyse(pair, quality_of(quality), costs=(cost,))
+    analysis = analyse(pair, quality_of(quality), costs=(cost,), with_matches=False)
     curves = {c.group: c for c in analysis.curves}
     missing = [f"{router_name(r)}: {curves[r].note if r in curves else 'no run'}"
                for r in ("soft", "dense") if r not in curves or not curves[r].fitted]

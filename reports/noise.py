@@ -18,15 +18,24 @@ seeds nothing is known about the noise: the interval is left out and the means d
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
-from scipy.stats import t as student_t
+import numpy as np
+from scipy.special import stdtrit  # Student t quantiles (lighter to import than scipy.stats)
 
 CONFIDENCE = 0.95
 MAX_SEEDS = 1000  # beyond this, "more than 1000" seeds
 
 
-def _t(dof: float) -> float:
-    return float(student_t.ppf(0.5 + CONFIDENCE / 2, max(dof, 1.0)))
+@cache
+def _t(dof: int) -> float:
+    return float(stdtrit(max(dof, 1), 0.5 + CONFIDENCE / 2))
+
+
+@cache
+def _t_by_seeds() -> np.ndarray:
+    """t quantiles for 2 .. MAX_SEEDS seeds on each of two sides (2n - 2 dof)."""
+    return stdtrit(2 * np.arange(2, MAX_SEEDS + 1) - 2, 0.5 + CONFIDENCE / 2)
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,9 @@ class Margin:
         gap = abs(self.value - threshold)
         if not self.known or self.var <= 0 or gap == 0:
             return None
-        for n in range(2, MAX_SEEDS + 1):
-            if _t(2 * n - 2) * math.sqrt(self.var / n) < gap:
-                return n
-        return MAX_SEEDS + 1
+        seeds = np.arange(2, MAX_SEEDS + 1)
+        clear = np.flatnonzero(_t_by_seeds() * np.sqrt(self.var / seeds) < gap)
+        return int(seeds[clear[0]]) if clear.size else MAX_SEEDS + 1
 
     def text(self, threshold: float = 0.0, digits: int = 4, percent: bool = False) -> str:
         """``+0.012 [-0.003, +0.027]`` (or ``40% [31%, 49%]``) and, when unsure, the seeds
@@ -120,7 +128,7 @@ def difference(mean_a: float, std_a: float | None, n_a: int | None,
     vb = va if vb is None else vb
     na, nb = max(int(n_a or 1), 1), max(int(n_b or 1), 1)
     se = math.sqrt(va / na + vb / nb)
-    dof = spread.dof if spread is not None else max(na + nb - 2, 1)
+    dof = spread.dof if spread is not None else max(na + nb - 2, 1)  # an int: _t caches
     half = _t(dof) * se
     return Margin(value, value - half, value + half, va + vb)
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.optimize import minimize_scalar
 
 from reports.metrics import METRICS, label
 
@@ -118,23 +117,16 @@ def fit_many(logx: np.ndarray, y: np.ndarray, saturating: bool) -> np.ndarray:
 
 
 def fit_one(logx: np.ndarray, y: np.ndarray, saturating: bool) -> np.ndarray:
-    """:func:`fit_many` for one curve, the floor then refined off the grid."""
+    """:func:`fit_many` for one curve, the floor then refined on a third, finer grid."""
     params = fit_many(logx, y, saturating)[0]
     if not saturating:
         return params
     top = y.min()
-
-    def sse(frac: float) -> float:
-        return float(_fit_given_floor(logx, y, np.array([frac * top]))[2][0])
-
-    start = params[0] / top
     step = (_COARSE[1] - _COARSE[0]) / (_FINE - 1)
-    res = minimize_scalar(sse, bounds=(max(0.0, start - step), min(0.999, start + step)),
-                          method="bounded", options={"xatol": 1e-6})
-    if res.fun < sse(start):
-        log_a, alpha, _ = _fit_given_floor(logx, y, np.array([res.x * top]))
-        params = np.array([res.x * top, math.exp(log_a[0]), alpha[0]])
-    return params
+    frac = np.clip(params[0] / top + np.linspace(-step, step, 65), 0.0, _COARSE[-1])
+    log_a, alpha, sse = _fit_given_floor(logx, y[None, :], frac[None, :] * top)
+    best = int(sse[0].argmin())
+    return np.array([frac[best] * top, math.exp(log_a[0, best]), alpha[0, best]])
 
 
 def predict_error(params: np.ndarray, cost: np.ndarray | float, c0: float) -> np.ndarray:
@@ -412,9 +404,10 @@ class Analysis:
 
 def analyse(agg: pl.DataFrame, quality: Quality, *, costs: Sequence[str] = FIT_COSTS,
             names: Sequence[str] | None = None, by: str = "router",
-            cost_labels: dict[str, str] | None = None, n_boot: int = N_BOOT) -> Analysis:
-    """Curves per ``by`` group on each cost axis present, every pair's multiplier, and the
-    measured matches. ``names`` labels the rows (default: their row numbers)."""
+            cost_labels: dict[str, str] | None = None, n_boot: int = N_BOOT,
+            with_matches: bool = True) -> Analysis:
+    """Curves per ``by`` group on each cost axis present, every pair's multiplier, and (with
+    ``with_matches``) the measured matches. ``names`` labels the rows (default: row numbers)."""
     names = list(names) if names is not None else [str(i) for i in range(agg.height)]
     present = [c for c in costs if f"{c}_mean" in agg.columns
                and np.isfinite(_column(agg, f"{c}_mean")).any()]
@@ -437,7 +430,7 @@ def analyse(agg: pl.DataFrame, quality: Quality, *, costs: Sequence[str] = FIT_C
             m = multiplier(a, b)
             if m is not None:
                 mults.append(m)
-        if by in agg.columns:
+        if with_matches and by in agg.columns:
             found[cost] = matches(agg, cost, quality, names, by)
     labels = {c: label(c) for c in present} | dict(cost_labels or {})
     return Analysis(quality, curves, mults, found, labels)
