@@ -23,9 +23,10 @@ from harness.errors import HarnessError
 from harness.estimate import RunCost, gpu_hours, study_costs
 from harness.study import Study
 from reports.aggregate import aggregate
-from reports.figures import config_label, primary_quality, router_name
+from reports.figures import primary_quality, router_name
 from reports.metrics import METRICS, QUALITY_AXES
 from reports.scaling import Curve, analyse, quality_of
+from reports.scaling_report import row_names
 
 COST = "train_exaflops"
 MEMORY = "not estimated"
@@ -94,8 +95,8 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
     if f"{COST}_mean" not in agg.columns or "router" not in agg.columns:
         raise HarnessError(f"{source}: no finished run with {COST} yet: run the study first")
     _check_target(quality, target, source)
-    names = [config_label(r) for r in agg.iter_rows(named=True)]
-    analysis = analyse(agg, quality_of(quality), costs=(COST,), names=names)
+    analysis = analyse(agg, quality_of(quality), costs=(COST,), names=row_names(agg),
+                       with_matches=False)
     specs = study.expand()
     candidates: dict[str, dict[tuple, tuple[RunCost, object]]] = {}
     for cost, spec in zip(study_costs(study, specs), specs, strict=True):

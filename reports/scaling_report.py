@@ -192,8 +192,13 @@ def analysis_for(agg: pl.DataFrame) -> Analysis | None:
     quality = primary_quality(agg)
     if quality is None or "router" not in agg.columns or agg.height == 0:
         return None
-    names = [config_label(r) for r in agg.iter_rows(named=True)]
-    return analyse(agg, quality_of(quality), names=names)
+    return analyse(agg, quality_of(quality), names=row_names(agg))
+
+
+def row_names(agg: pl.DataFrame) -> list[str]:
+    """Short configuration names (a dense model's placement "none" left out)."""
+    return [config_label({**r, "moe_layers": None} if r.get("router") == "dense" else r)
+            for r in agg.iter_rows(named=True)]
 
 
 def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,

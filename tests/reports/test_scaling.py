@@ -242,3 +242,16 @@ def test_small_study_gets_the_note_not_a_curve(tmp_path):
     page = render_report(records_frame(records), study_name="tiny")
     assert 'id="fits"' in page and 'id="fits-note"' in page
     assert "fewer than 3 distinct costs" in page and "fig-fit-" not in page
+
+
+def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
+    from reports.claims import INCONCLUSIVE, soft_saves_compute
+    from reports.scaling_report import multiplier_rows
+
+    records = curve_records(curve_study(tmp_path), offsets={"dense": -0.3})  # dense far worse
+    analysis = analysis_of(records)
+    saving = analysis.find("soft", "dense", "train_exaflops")
+    assert saving.extrapolated and "extrapolated" in saving.note
+    assert "extrapolated" in multiplier_rows(analysis)[0][-1]
+    verdict = soft_saves_compute(aggregate(records_frame(records)))
+    assert verdict.status == INCONCLUSIVE and "extrapolation" in verdict.evidence
