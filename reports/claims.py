@@ -456,7 +456,7 @@ def soft_saves_compute(agg: pl.DataFrame, quality: str | None = None,
     if missing:
         return Verdict("compute", claim, LACKS, "No fitted curve for " + "; ".join(missing)
                        + ".", rule)
-    found = analysis.find("soft", "dense", cost)
+    found = analysis.between("soft", "dense", cost)
     if found is None:
         return Verdict("compute", claim, LACKS, "A curve does not improve with training "
                        "compute, so no multiplier can be read.", rule)

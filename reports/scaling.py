@@ -397,9 +397,10 @@ class Analysis:
     def curve(self, group: str, cost: str) -> Curve | None:
         return next((c for c in self.curves if c.group == group and c.cost == cost), None)
 
-    def find(self, better: str, other: str, cost: str) -> Multiplier | None:
+    def between(self, a: str, b: str, cost: str) -> Multiplier | None:
+        """The multiplier of routers ``a`` and ``b`` (either order) on ``cost``."""
         return next((m for m in self.multipliers
-                     if {m.better, m.other} == {better, other} and m.cost == cost), None)
+                     if {m.better, m.other} == {a, b} and m.cost == cost), None)
 
 
 def analyse(agg: pl.DataFrame, quality: Quality, *, costs: Sequence[str] = FIT_COSTS,
@@ -412,7 +413,8 @@ def analyse(agg: pl.DataFrame, quality: Quality, *, costs: Sequence[str] = FIT_C
     present = [c for c in costs if f"{c}_mean" in agg.columns
                and np.isfinite(_column(agg, f"{c}_mean")).any()]
     curves, mults, found = [], [], {}
-    groups = sorted(set(agg[by].cast(pl.String).to_list())) if by in agg.columns else []
+    groups = (sorted({g for g in agg[by].cast(pl.String).to_list() if g is not None})
+              if by in agg.columns else [])
     for cost in present:
         axis = []
         for g in groups:

@@ -87,7 +87,7 @@ def test_fits_recover_the_known_curves_within_their_intervals(tmp_path):
         truth = {"E": FLOOR, "alpha": ALPHA, "A": AMP * (dense.c0 / C_REF) ** -ALPHA}
         for key, value in truth.items():
             hits[key] += iv[key][0] <= value <= iv[key][1]
-        saving = analysis.find("soft", "dense", "train_exaflops")
+        saving = analysis.between("soft", "dense", "train_exaflops")
         assert saving.better == "soft" and not saving.extrapolated
         ratio, lo, hi = saving.middle
         hits["saving"] += lo <= SAVING <= hi
@@ -102,7 +102,7 @@ def test_point_estimates_are_close_without_noise(tmp_path):
     e, a, alpha = dense.params
     assert e == pytest.approx(FLOOR, abs=2e-3) and alpha == pytest.approx(ALPHA, rel=0.02)
     assert a == pytest.approx(AMP * (dense.c0 / C_REF) ** -ALPHA, rel=0.02)
-    saving = analysis.find("soft", "dense", "train_exaflops")
+    saving = analysis.between("soft", "dense", "train_exaflops")
     assert all(r == pytest.approx(SAVING, rel=0.03) for r in saving.ratios)
     assert saving.trend.startswith("steady")
 
@@ -152,7 +152,7 @@ def test_published_points_reproduce_soft_moe_b16_matching_vit_h14():
     time = {(m.config, m.target): m for m in analysis.matches["eval_ms_per_img"]}
     assert time[("Soft MoE B/16 128E", "ViT H/14")].ratio == pytest.approx(5.73, abs=0.01)
     # the fits: Soft MoE saves eval FLOPs over the whole common range, with an interval
-    saving = analysis.find("soft", "dense", "eval_gflops_per_img")
+    saving = analysis.between("soft", "dense", "eval_gflops_per_img")
     assert saving.better == "soft" and not saving.extrapolated
     assert all(lo > 2 for lo, _ in saving.intervals)
 
@@ -250,7 +250,7 @@ def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
 
     records = curve_records(curve_study(tmp_path), offsets={"dense": -0.3})  # dense far worse
     analysis = analysis_of(records)
-    saving = analysis.find("soft", "dense", "train_exaflops")
+    saving = analysis.between("soft", "dense", "train_exaflops")
     assert saving.extrapolated and "extrapolated" in saving.note
     assert "extrapolated" in multiplier_rows(analysis)[0][-1]
     verdict = soft_saves_compute(aggregate(records_frame(records)))
