@@ -257,9 +257,13 @@ def plan_command(
     profile: ProfileOpt = None,
     results: ResultsOpt = None,
 ) -> None:
-    """PREDICT, from curves fitted to the finished runs, the cheapest configuration of each
-    router (among the study's grid, --set to widen it) that reaches --target-quality, with
-    its dry-run cost (GFLOP/img, training exaFLOPs, GPU-hours)."""
+    """Predict each router's cheapest configuration that reaches --target-quality.
+
+    Curves of quality against training compute are fitted to the finished runs; the
+    candidates are the study's grid (--set train.steps=... to widen it), costed like
+    run --dry-run (GFLOP/img, training exaFLOPs, GPU-hours). A prediction, with its
+    95% interval; memory is not estimated.
+    """
     import json
 
     from harness.store import Store, results_root
