@@ -24,11 +24,13 @@ Thresholds (module constants, stated in each verdict):
   compute, read from the fitted curves (:mod:`reports.scaling`) in the middle of the quality
   range both cover.
 
-Every comparison carries a 95% interval (:mod:`reports.noise`: Welch t over seeds; for the
-compute multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold
-makes the verdict **inconclusive** (unless another comparison fails outright), and says how
-many seeds per configuration would settle it at the measured spread. With one seed on both
-sides the spread is unknown and the means decide, as the evidence says.
+Every comparison of means carries a 95% interval (:mod:`reports.noise`: a t interval from the
+seed spread, each side's own or the study's pooled, whichever is larger; for the compute
+multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
+the verdict **inconclusive** (unless another comparison fails outright), and says how many
+seeds per configuration would settle it at the measured spread. Without any configuration of
+2 or more seeds the spread is unknown and the means decide, as the evidence says. (Soft MoE's
+throughput band is still judged on means.)
 
 "held" and "failed" describe these records only: a laptop-scale synthetic study says what the
 harness measured there, not whether the paper is right at ImageNet scale.
