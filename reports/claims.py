@@ -29,8 +29,8 @@ seed spread, each side's own or the study's pooled, whichever is larger; for the
 multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
 the verdict **inconclusive** (unless another comparison fails outright), and says how many
 seeds per configuration would settle it at the measured spread. Without any configuration of
-2 or more seeds the spread is unknown and the means decide, as the evidence says. (Soft MoE's
-throughput band is still judged on means.)
+2 or more seeds the spread is unknown and the means decide, as the evidence says. A band
+(Soft MoE's throughput) holds when the whole interval is inside it.
 
 "held" and "failed" describe these records only: a laptop-scale synthetic study says what the
 harness measured there, not whether the paper is right at ImageNet scale.
@@ -136,6 +136,14 @@ def _margin(metric: str, a: dict[str, Any], b: dict[str, Any],
     """How much better ``a`` is than ``b`` on ``metric`` (direction-aware), with its interval."""
     first, second = (b, a) if METRICS[metric].lower_is_better else (a, b)
     return difference(*_values(metric, first, second), spread)
+
+
+def _in_band(change: Margin, band: float) -> str:
+    """Whether a relative change lies within +-band: "inside", "outside" or "unsure"."""
+    lo, hi = (change.lo, change.hi) if change.known else (change.value, change.value)
+    if -band <= lo and hi <= band:
+        return "inside"
+    return "outside" if lo > band or hi < -band else "unsure"
 
 
 def _status(outcomes: Sequence[str]) -> str:
@@ -260,6 +268,7 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
     has_speed = f"{THROUGHPUT}_mean" in data.columns
     lines, failed, speed_missing, unsure = [], False, False, False
     spread = _spread(soft, quality)
+    speed_spread = _spread(soft, THROUGHPUT, relative=True) if has_speed else None
     for g in sweeps:
         rows = g.to_dicts()
         first, last = rows[0], rows[-1]
@@ -279,11 +288,15 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
             text += f"; {label(THROUGHPUT)} not recorded"
         else:
             ratios = [s / speeds[0] for s in speeds]
-            inside = all(abs(r - 1) <= band for r in ratios)
-            failed |= not inside
+            where = [_in_band(relative_change(*_values(THROUGHPUT, first, r), speed_spread),
+                              band) for r in rows[1:]]
+            verdict = ("outside" if "outside" in where else
+                       "not settled inside" if "unsure" in where else "inside")
+            failed |= verdict == "outside"
+            unsure |= verdict == "not settled inside"
             text += (f"; {label(THROUGHPUT)} {'->'.join(fmt(s) for s in speeds)} "
                      f"({min(ratios):.2f}-{max(ratios):.2f}x of the fewest, "
-                     f"{'inside' if inside else 'outside'} +-{band:.0%})")
+                     f"{verdict} +-{band:.0%})")
         lines.append(text)
     evidence = _listing(lines) + "."
     if failed:

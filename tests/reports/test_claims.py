@@ -335,3 +335,19 @@ def test_seeds_to_settle_is_the_smallest_count_that_clears_the_threshold():
     assert half(n) < 0.01 <= half(n - 1)
     assert 150 < n < 250  # ~ (1.96 * 0.0707 / 0.01)^2 = 192
     assert difference(0.51, None, 1, 0.50, None, 1).known is False  # one seed: no interval
+
+
+def test_soft_throughput_band_is_judged_with_its_interval():
+    def sweep(speeds_by_seed):  # quality rises clearly; throughput per seed as given
+        out = []
+        for seed, speeds in enumerate(speeds_by_seed):
+            for (e, acc), speed in zip(((4, 0.30), (16, 0.40), (64, 0.50)), speeds, strict=True):
+                out.append(rec("soft", num_experts=e, slots_per_expert=64 // e,
+                               acc=acc + 0.001 * seed, seed=seed, train_images_per_s=speed))
+        return out
+
+    # the fall to 0.75x is inside +-30% on average, but seeds spread by ~20%: not settled
+    noisy = soft_scales_with_experts(agg(sweep([(1000, 950, 600), (1000, 950, 900)])))
+    assert noisy.status == INCONCLUSIVE and "not settled inside +-30%" in noisy.evidence
+    steady = soft_scales_with_experts(agg(sweep([(1000, 950, 740), (1001, 951, 760)])))
+    assert steady.status == HELD and "inside +-30%" in steady.evidence
