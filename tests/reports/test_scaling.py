@@ -255,3 +255,15 @@ def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
     assert "extrapolated" in multiplier_rows(analysis)[0][-1]
     verdict = soft_saves_compute(aggregate(records_frame(records)))
     assert verdict.status == INCONCLUSIVE and "extrapolation" in verdict.evidence
+
+
+def test_the_section_escapes_record_text(tmp_path):
+    from reports.html import figure_html
+    from reports.scaling_report import scaling_section_body
+
+    records = [{**r, "model": r["model"] + "<script>alert(1)</script>"}
+               for r in curve_records(curve_study(tmp_path))]
+    agg = with_rows(aggregate(records_frame(records)))
+    body = scaling_section_body(agg, None, figure_html)
+    assert "<script>alert" not in body and "&lt;script&gt;alert(1)" in body
+    assert 'id="fig-fit-train_exaflops"' in body
