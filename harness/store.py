@@ -33,7 +33,8 @@ STATUSES = ("ok", "failed", "diverged", "pruned")
 SCHEMA = {
     "study": "str", "run_id": "str", "status": "str", "error": "str", "spec": "str",
     "model": "str", "router": "str", "num_experts": "int", "slots_per_expert": "int", "k": "int",
-    "capacity_factor": "float", "moe_layers": "str", "pool": "str", "seed": "int", "lr": "float",
+    "capacity_factor": "float", "moe_layers": "str", "pool": "str", "gelu": "str",
+    "capacity_rounding": "str", "router_noise": "float", "seed": "int", "lr": "float",
     "steps": "int", "batch_size": "int", "data": "str", "image_size": "int",
     "params_total": "int", "params_active": "int", "gflops_per_image": "float",
     "train_exaflops": "float", "train_exaflops_paper": "float", "train_step_ms": "float",

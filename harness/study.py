@@ -28,7 +28,8 @@ from harness.models import MODEL_NAME, PLACEMENT_HELP, ModelConfig
 AXES: dict[str, Any] = {
     "model": None, "router": "dense", "num_experts": None, "slots_per_expert": None, "k": None,
     "capacity_factor": None, "moe_layers": "last_half", "pool": "gap", "attention": "auto",
-    "group_size": None, "seed": 0,
+    "group_size": None, "gelu": "erf", "capacity_rounding": None, "router_noise": None,
+    "seed": 0,
 }
 # Training knobs that may also be grid axes; they override the study's ``train`` section.
 TRAIN_AXES = ("lr", "steps", "batch_size", "weight_decay", "aux_loss_weight", "warmup_steps")
@@ -36,7 +37,8 @@ ALL_AXES = (*AXES, *TRAIN_AXES)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # The type of each model axis's values (training axes are typed by TrainConfig).
 INT_AXES = ("num_experts", "slots_per_expert", "k", "group_size", "seed")
-STR_AXES = ("model", "router", "pool", "attention")
+STR_AXES = ("model", "router", "pool", "attention", "gelu", "capacity_rounding")
+NUMBER_AXES = ("capacity_factor", "router_noise")
 
 # Bounds on what a study file may ask of the loader (see ``read_yaml``) and of ``expand``.
 MAX_STUDY_BYTES = 1 << 20
@@ -59,6 +61,9 @@ class RunSpec(Section):
     pool: str = "gap"
     attention: str = "auto"
     group_size: int | None = None
+    gelu: str = "erf"
+    capacity_rounding: str | None = None  # sparse routers; resolved by ModelConfig
+    router_noise: float | None = None  # sparse routers, in units of 1/E; resolved likewise
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -82,7 +87,8 @@ class RunSpec(Section):
             attention=self.attention, router=self.router, num_experts=self.num_experts,
             slots_per_expert=self.slots_per_expert, k=self.k,
             capacity_factor=self.capacity_factor, moe_layers=self.moe_layers,
-            group_size=self.group_size,
+            group_size=self.group_size, gelu=self.gelu,
+            capacity_rounding=self.capacity_rounding, router_noise=self.router_noise,
         )
 
     @property
@@ -204,6 +210,8 @@ class Study(Section):
                 num_experts=point["num_experts"], slots_per_expert=point["slots_per_expert"],
                 k=point["k"], capacity_factor=point["capacity_factor"],
                 moe_layers=point["moe_layers"], group_size=point["group_size"],
+                gelu=point["gelu"], capacity_rounding=point["capacity_rounding"],
+                router_noise=point["router_noise"],
             )
             from harness.attention import check_backend
 
@@ -217,7 +225,8 @@ class Study(Section):
             num_experts=cfg.num_experts, slots_per_expert=cfg.slots_per_expert, k=cfg.k,
             capacity_factor=cfg.capacity_factor,
             moe_layers=cfg.moe_layers if cfg.router != "dense" else "none",
-            pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size,
+            pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size, gelu=cfg.gelu,
+            capacity_rounding=cfg.capacity_rounding, router_noise=cfg.router_noise,
             seed=point["seed"], data=self.data, train=train, measure=self.measure,
         )
 
@@ -237,7 +246,7 @@ def _check_axis_value(axis: str, value: Any) -> None:
     if axis in INT_AXES:
         ok = is_int(value) or (value is None and axis != "seed")
         kind = "an integer"
-    elif axis == "capacity_factor":
+    elif axis in NUMBER_AXES:
         ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
                                and math.isfinite(value))
         kind = "a finite number"

@@ -76,8 +76,8 @@ from harness.study import AXES, TRAIN_AXES, RunSpec, Study
 # --- the tune section ------------------------------------------------------------------------
 INT_AXES = ("num_experts", "slots_per_expert", "k", "group_size", "seed", "steps", "batch_size",
             "warmup_steps")
-FLOAT_AXES = ("capacity_factor", "lr", "weight_decay", "aux_loss_weight")
-STR_AXES = ("model", "router", "moe_layers", "pool", "attention")
+FLOAT_AXES = ("capacity_factor", "router_noise", "lr", "weight_decay", "aux_loss_weight")
+STR_AXES = ("model", "router", "moe_layers", "pool", "attention", "gelu", "capacity_rounding")
 SPACE_AXES = (*AXES, *TRAIN_AXES)
 BLOCK_PARAM = "moe_block_{}"  # Optuna parameter names of a per-block placement
 

@@ -20,7 +20,17 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import ConfigError
-from harness.moe import ROUTERS, make_mlp, uses_capacity, uses_experts, uses_k, uses_slots
+from harness.moe import (
+    GELUS,
+    ROUTERS,
+    check_capacity_rule,
+    compute_capacity,
+    make_mlp,
+    uses_capacity,
+    uses_experts,
+    uses_k,
+    uses_slots,
+)
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,12 @@ def canonical_placement(placement: str | list[int] | tuple[int, ...]) -> str:
 # --- configuration -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything ``build`` needs. Fields a router does not use are normalised to None."""
+    """Everything ``build`` needs. Fields a router does not use are normalised to None.
+
+    ``gelu`` is the GELU of every MLP ("erf" exact, "tanh" approximation: the paper's).
+    ``capacity_rounding`` and ``router_noise`` (the sparse routers' training noise std in
+    units of 1/E) apply to Tokens and Experts Choice; their defaults: "ceil" and 1.0.
+    """
 
     size: str = "s"
     patch_size: int = 16
@@ -126,6 +141,9 @@ class ModelConfig:
     capacity_factor: float | None = None
     moe_layers: str = "last_half"
     group_size: int | None = None
+    gelu: str = "erf"
+    capacity_rounding: str | None = None
+    router_noise: float | None = None
 
     def __post_init__(self):
         shape = lookup_size(self.size)
@@ -133,6 +151,8 @@ class ModelConfig:
             raise ConfigError(f"unknown router {self.router!r}; allowed: {', '.join(ROUTERS)}")
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.gelu not in GELUS:
+            raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
         if shape.width % shape.heads:
             raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
         if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
@@ -148,6 +168,9 @@ class ModelConfig:
             k=_default(self.k, 1) if uses_k(r) else None,
             capacity_factor=float(_default(self.capacity_factor, 1.0)) if uses_capacity(r)
             else None,
+            capacity_rounding=check_capacity_rule(_default(self.capacity_rounding, "ceil"))
+            if uses_capacity(r) else None,
+            router_noise=float(_default(self.router_noise, 1.0)) if uses_capacity(r) else None,
             moe_layers=canonical_placement(self.moe_layers),
         )
         if self.num_experts is not None and self.num_experts <= 0:
@@ -161,6 +184,8 @@ class ModelConfig:
         if self.group_size is not None and self.group_size <= 0:
             raise ConfigError(f"group_size must be > 0 (images per routing group), got "
                               f"{self.group_size}")
+        if self.router_noise is not None and self.router_noise < 0:
+            raise ConfigError(f"router_noise must be >= 0, got {self.router_noise}")
         _ = self.moe_blocks  # resolving the placement validates it against the depth
 
     @property
@@ -170,6 +195,14 @@ class ModelConfig:
     @property
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def expert_capacity(self) -> int | None:
+        """Tokens and Experts Choice: buffer rows per expert and routing group."""
+        if not uses_capacity(self.router):
+            return None
+        return compute_capacity(self.group_size or self.num_tokens, self.num_experts,
+                                self.capacity_factor, self.capacity_rounding, self.k or 1)
 
     @property
     def moe_blocks(self) -> tuple[int, ...]:
@@ -279,13 +312,16 @@ def build(cfg: ModelConfig | str, **overrides):
     def mlp_factory(dim: int, hidden: int):
         return make_mlp(cfg.router, dim, hidden, num_experts=cfg.num_experts,
                         slots_per_expert=cfg.slots_per_expert, k=cfg.k,
-                        capacity_factor=cfg.capacity_factor, group_size=cfg.group_size)
+                        capacity_factor=cfg.capacity_factor, group_size=cfg.group_size,
+                        gelu=cfg.gelu, capacity_rounding=cfg.capacity_rounding,
+                        router_noise=cfg.router_noise)
 
     return VisionTransformer(
         image_size=cfg.image_size, patch_size=cfg.patch_size, width=shape.width,
         depth=shape.depth, heads=shape.heads, mlp_dim=shape.mlp_dim,
         num_classes=cfg.num_classes, in_chans=cfg.in_chans, pool=cfg.pool,
         attention=cfg.attention, moe_blocks=cfg.moe_blocks, mlp_factory=mlp_factory,
+        gelu=cfg.gelu,
     )
 
 

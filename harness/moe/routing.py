@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import math
+import re
+from fractions import Fraction
 
 import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.moe.experts import BatchedExperts
+from harness.moe.experts import BatchedExperts, check_gelu
+
+#: Capacity rules: ``ceil`` or ``round`` (half to even) of c·S·K/E, then, with a number
+#: after it, up to a multiple of that number (``ceil4``: vmoe's default for its sparse routers).
+CAPACITY_RULE = re.compile(r"(ceil|round)([1-9]\d*)?")
+CAPACITY_RULE_HELP = "'ceil', 'round', or either followed by a multiple, e.g. 'ceil4'"
 
 
-def compute_capacity(group_tokens: int, num_experts: int, capacity_factor: float) -> int:
-    """Buffer size per expert and group: ceil(capacity_factor * group_tokens / num_experts).
+def check_capacity_rule(rule: str) -> str:
+    if not isinstance(rule, str) or not CAPACITY_RULE.fullmatch(rule):
+        raise ConfigError(f"capacity_rounding must be {CAPACITY_RULE_HELP}, got {rule!r}")
+    return rule
 
-    One rounding rule for every router, so that Tokens Choice (capacity_factor = k * C) and
-    Experts Choice (capacity_factor = c) with the same factor get the same buffers. At least
-    1, at most ``group_tokens`` (an expert never holds a token twice from one group).
+
+def compute_capacity(group_tokens: int, num_experts: int, capacity_factor: float,
+                     rounding: str = "ceil", k: int = 1) -> int:
+    """Buffer rows per expert and group: ``rounding`` applied to c·S·K/E.
+
+    Exact arithmetic: the factor is taken as the decimal it prints as (1.1 is 11/10, not the
+    binary float just above it), so the rule, not float error, decides at integers
+    (50 tokens, 5 experts, c = 1.1: exactly 11). One rule for every router, so that Tokens
+    Choice (K choices, factor c) and Experts Choice (factor c·K) with the same product get
+    the same buffers. At least 1; at most ``group_tokens`` (an expert never holds a token
+    twice from one group), also after rounding up to a multiple.
     """
     if capacity_factor <= 0:
         raise ConfigError(f"capacity_factor must be > 0, got {capacity_factor}")
-    capacity = math.ceil(capacity_factor * group_tokens / num_experts - 1e-9)
-    return max(1, min(group_tokens, capacity))
+    kind, multiple = CAPACITY_RULE.fullmatch(check_capacity_rule(rounding)).groups()
+    group_tokens = int(group_tokens)  # a traced size (fvcore's jit trace) is a tensor
+    exact = Fraction(repr(float(capacity_factor))) * group_tokens * k / num_experts
+    capacity = max(1, math.ceil(exact) if kind == "ceil" else round(exact))
+    if multiple:
+        capacity += -capacity % int(multiple)
+    return min(group_tokens, capacity)
 
 
 def to_groups(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -58,18 +80,38 @@ def check_positive(name: str, value: int) -> None:
 
 class SparseRouted(nn.Module):
     """What Tokens Choice and Experts Choice share: a linear router (dim -> E, no bias,
-    normal init with std dim^-1/2), the experts, the capacity factor and the routing group
-    size, and the aux loss / metrics every MoE layer exposes."""
+    normal init with std dim^-1/2), the experts, the capacity factor and rule, the routing
+    group size, the router noise, and the aux loss / metrics every MoE layer exposes.
+
+    ``noise_std``: std of the Gaussian noise added to the router logits in training only
+    (None: 1/E, vmoe's default for both sparse routers; 0: none).
+    """
 
     def __init__(self, dim: int, num_experts: int, hidden_dim: int, capacity_factor: float,
-                 group_size: int | None):
+                 group_size: int | None, noise_std: float | None = None,
+                 capacity_rounding: str = "ceil", gelu: str = "erf"):
         super().__init__()
         check_positive("num_experts", num_experts)
         self.num_experts, self.capacity_factor = num_experts, capacity_factor
         self.group_size = group_size
+        self.capacity_rounding = check_capacity_rule(capacity_rounding)
+        self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
+        if self.noise_std < 0:
+            raise ConfigError(f"noise_std must be >= 0, got {noise_std}")
         self.router = nn.Linear(dim, num_experts, bias=False)
         nn.init.normal_(self.router.weight, std=dim**-0.5)
-        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu))
         self.aux_loss = torch.zeros(())
         self.metrics: dict[str, float] = {}
         self.track_metrics = True
+
+    def capacity(self, group_tokens: int, k: int = 1) -> int:
+        """Buffer rows per expert for a group of ``group_tokens`` tokens, K choices each."""
+        return compute_capacity(group_tokens, self.num_experts, self.capacity_factor,
+                                self.capacity_rounding, k)
+
+    def noisy(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the routing decision uses: with noise in training, else as they are."""
+        if self.training and self.noise_std > 0:
+            return logits + self.noise_std * torch.randn_like(logits)
+        return logits
