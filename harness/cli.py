@@ -350,16 +350,63 @@ def cancel(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
 @app.command()
 def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            results: ResultsOpt = None,
-           out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None) -> None:
+           out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
+           json_out: Annotated[Path | None, typer.Option(
+               "--json", help="Also write the fitted curves, compute multipliers, measured "
+                              "matches and claims as JSON to this file")] = None) -> None:
     """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
     from harness.store import Store, results_root
     from reports.build import build_report
 
     spec = _load(study, set_, profile)
+    output_file(json_out, "--json")
     store = (Store(results_root(results), spec.name) if output_file(out, "--out")
              else writable_store(results, spec.name))
     path = build_report(spec, store, out)
     print(f"report: {path}")
+    if json_out is not None:
+        import json
+
+        from reports.build import report_json
+
+        json_out.write_text(json.dumps(report_json(store), indent=1) + "\n")
+        print(f"json: {json_out}")
+
+
+@app.command("plan")
+def plan_command(
+    study: StudyArg,
+    target_quality: Annotated[float, typer.Option(
+        "--target-quality", help="Quality to reach, in the metric's units (accuracy 0..1)")],
+    quality: Annotated[str | None, typer.Option(
+        help="Quality metric (default: the report's primary one, e.g. test_accuracy)")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the plan as JSON to this file")] = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Predict each router's cheapest configuration that reaches --target-quality.
+
+    Curves of quality against training compute are fitted to the finished runs; the
+    candidates are the study's grid (--set train.steps=... to widen it), costed like
+    run --dry-run (GFLOP/img, training exaFLOPs, GPU-hours). A prediction, with its
+    95% interval; memory is not estimated.
+    """
+    import json
+
+    from harness.store import Store, results_root
+    from reports.aggregate import load_records
+    from reports.plan import plan_json, plan_rows, print_plan
+
+    spec = _load(study, set_, profile)
+    output_file(json_out, "--json")
+    store = Store(results_root(results), spec.name)
+    rows = plan_rows(spec, load_records(store.runs_dir), target_quality, quality,
+                     source=str(store.runs_dir))
+    print_plan(rows, spec, wide_console())
+    if json_out is not None:
+        json_out.write_text(json.dumps(plan_json(rows), indent=1) + "\n")
 
 
 @app.command()

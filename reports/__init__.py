@@ -6,6 +6,9 @@
 * ``reports.pareto``    ``pareto_mask`` / ``pareto_front``, vectorised, per group;
 * ``reports.figures``   one plotly figure per function (fronts, scaling, router diagnostics);
 * ``reports.html``      ``write_report``: one self-contained HTML page (plotly.js embedded);
+* ``reports.scaling``   fitted quality-against-cost curves, compute multipliers, matches;
+  ``reports.scaling_report`` their report section; ``reports.plan`` ``moe-harness plan``;
+  ``reports.noise`` intervals for the claims check; ``reports.published`` the paper's points;
 * ``reports.bench``     the 10,000-record report benchmark;
 * ``reports.synthetic`` synthetic records for the benchmark and the tests.
 """

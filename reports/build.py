@@ -33,6 +33,24 @@ def paper_sections(frame) -> list[str]:
     return [s for s in (claims_section(agg), paper_section(frame, agg)) if s]
 
 
+def report_json(store: Store) -> dict:
+    """The analysis behind the page as JSON types: fitted curves, compute multipliers and
+    measured matches (``reports.scaling``), and the claims' verdicts."""
+    from dataclasses import asdict
+
+    from reports.aggregate import aggregate, load_records
+    from reports.claims import check_claims
+    from reports.figures import with_rows
+    from reports.paper import derive
+    from reports.scaling import to_json
+    from reports.scaling_report import analysis_for
+
+    agg = with_rows(aggregate(load_records(store.runs_dir)))
+    analysis = analysis_for(agg)
+    claims = [asdict(v) for v in check_claims(derive(agg))] if agg.height else []
+    return {"scaling": to_json(analysis) if analysis else None, "claims": claims}
+
+
 def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
     from reports.aggregate import load_records
     from reports.html import write_report

@@ -1,4 +1,5 @@
-"""The paper's main claims, checked against the records: **held**, **failed** or **lacks data**.
+"""The paper's main claims, checked against the records: **held**, **failed**, **inconclusive**
+or **lacks data**.
 
 Each rule is a small pure function of the aggregated frame (:func:`reports.aggregate.aggregate`
 output, one row per configuration, means over seeds) that returns a :class:`Verdict` with the
@@ -18,8 +19,18 @@ Thresholds (module constants, stated in each verdict):
   the throughput at the fewest experts.
 * Sparse routers: training throughput at the most experts at least ``MIN_THROUGHPUT_FALL``
   below the fewest; dropped-token fraction at least ``MIN_DROP_RISE`` above.
-* Ablations and placement: strictly better mean quality; a margin smaller than the larger
-  standard deviation over seeds is flagged "within one std".
+* Ablations and placement: strictly better mean quality.
+* Compute: Soft MoE reaches dense quality at ``MIN_COMPUTE_MULTIPLIER`` x less training
+  compute, read from the fitted curves (:mod:`reports.scaling`) in the middle of the quality
+  range both cover.
+
+Every comparison of means carries a 95% interval (:mod:`reports.noise`: a t interval from the
+seed spread, each side's own or the study's pooled, whichever is larger; for the compute
+multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
+the verdict **inconclusive** (unless another comparison fails outright), and says how many
+seeds per configuration would settle it at the measured spread. Without any configuration of
+2 or more seeds the spread is unknown and the means decide, as the evidence says. A band
+(Soft MoE's throughput) holds when the whole interval is inside it.
 
 "held" and "failed" describe these records only: a laptop-scale synthetic study says what the
 harness measured there, not whether the paper is right at ImageNet scale.
@@ -38,6 +49,7 @@ import polars as pl
 
 from reports.figures import config_label, fmt, primary_quality, router_name, spec_columns
 from reports.metrics import METRICS, label
+from reports.noise import Margin, Spread, difference, pooled, relative_change
 from reports.paper import (
     N_BLOCKS,
     PLACEMENT,
@@ -47,13 +59,14 @@ from reports.paper import (
     derive,
 )
 
-HELD, FAILED, LACKS = "held", "failed", "lacks data"
+HELD, FAILED, LACKS, INCONCLUSIVE = "held", "failed", "lacks data", "inconclusive"
 
 FRONT_QUALITY_TOL = 0.005  # quality units: half a point of accuracy
 FRONT_COST_TOL = 0.05  # relative: costs within 5% are the same cost
 THROUGHPUT_BAND = 0.30  # Soft MoE: within +-30% of its throughput at the fewest experts
 MIN_THROUGHPUT_FALL = 0.05  # sparse routers: at least 5% slower at the most experts
 MIN_DROP_RISE = 0.01  # sparse routers: at least 1 point more tokens dropped
+MIN_COMPUTE_MULTIPLIER = 2.0  # Soft MoE: dense quality at >= 2x less training compute
 MAX_LISTED = 6  # groups or violations spelled out in one verdict
 
 PARETO_RIVALS = ("dense", "tokens_choice", "experts_choice")
@@ -66,7 +79,7 @@ DROPPED = "router_dropped_fraction"
 class Verdict:
     key: str
     claim: str
-    status: str  # HELD | FAILED | LACKS
+    status: str  # HELD | FAILED | INCONCLUSIVE | LACKS
     evidence: str
     rule: str
 
@@ -103,9 +116,41 @@ def _name(row: dict[str, Any], drop: Sequence[str] = ()) -> str:
     return config_label(row).replace(" None", "")
 
 
-def _std(row: dict[str, Any], metric: str) -> float:
-    value = row.get(f"{metric}_std")
-    return 0.0 if value is None or value != value else float(value)
+def _values(metric: str, *rows: dict[str, Any]) -> list[Any]:
+    return [row.get(f"{metric}_{s}") for row in rows for s in ("mean", "std", "n")]
+
+
+def _spread(agg: pl.DataFrame, metric: str, relative: bool = False) -> Spread | None:
+    """The study's pooled seed variance of ``metric`` (of std / mean when ``relative``)."""
+    if f"{metric}_std" not in agg.columns or f"{metric}_n" not in agg.columns:
+        return None
+    std = pl.col(f"{metric}_std").cast(pl.Float64)
+    if relative:
+        std = std / pl.col(f"{metric}_mean").cast(pl.Float64)
+    cols = agg.select(std.alias("s"), pl.col(f"{metric}_n").alias("n"))
+    return pooled(cols["s"].to_list(), cols["n"].to_list())
+
+
+def _margin(metric: str, a: dict[str, Any], b: dict[str, Any],
+            spread: Spread | None) -> Margin:
+    """How much better ``a`` is than ``b`` on ``metric`` (direction-aware), with its interval."""
+    first, second = (b, a) if METRICS[metric].lower_is_better else (a, b)
+    return difference(*_values(metric, first, second), spread)
+
+
+def _in_band(change: Margin, band: float) -> str:
+    """Whether a relative change lies within +-band: "inside", "outside" or "unsure"."""
+    lo, hi = (change.lo, change.hi) if change.known else (change.value, change.value)
+    if -band <= lo and hi <= band:
+        return "inside"
+    return "outside" if lo > band or hi < -band else "unsure"
+
+
+def _status(outcomes: Sequence[str]) -> str:
+    """FAILED if any comparison fails, INCONCLUSIVE if any straddles its threshold."""
+    if "fail" in outcomes:
+        return FAILED
+    return INCONCLUSIVE if "unsure" in outcomes else HELD
 
 
 def _count(n: int, noun: str) -> str:
@@ -153,14 +198,15 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
         missing = "Soft MoE" if soft.height == 0 else "dense or sparse routers"
         return Verdict("pareto", claim, LACKS, f"No run of {missing} with {label(quality)} "
                        f"and {label(cost)}.", rule)
-    by_cost = soft.sort(f"{cost}_mean")
-    costs = by_cost[f"{cost}_mean"].to_list()
-    best_upto = list(itertools.accumulate(  # Soft MoE's best quality at costs <= costs[i]
-        by_cost[f"{quality}_mean"].to_list(),
-        lambda a, b: b if _gain(quality, b, a) > 0 else a))
+    by_cost = soft.sort(f"{cost}_mean").to_dicts()
+    costs = [r[f"{cost}_mean"] for r in by_cost]
+    best_upto = list(itertools.accumulate(  # Soft MoE's best row at costs <= costs[i]
+        by_cost, lambda a, b: b if _gain(quality, b[f"{quality}_mean"],
+                                         a[f"{quality}_mean"]) > 0 else a))
     lo, hi = costs[0], costs[-1]
     slack = 1 + FRONT_COST_TOL
-    compared, beaten = 0, []
+    compared, beaten, unsure = 0, [], []
+    spread = _spread(data, quality)
     for row in rivals.iter_rows(named=True):
         c, q = row[f"{cost}_mean"], row[f"{quality}_mean"]
         if c > hi * slack:
@@ -168,10 +214,13 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
         compared += 1
         at = max(c, lo) * slack
         best = best_upto[bisect.bisect_right(costs, at) - 1]
-        margin = _gain(quality, q, best)
-        if margin > FRONT_QUALITY_TOL:
-            beaten.append((margin, f"{_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "
-                                   f"{fmt(best)} at <= {fmt(max(c, lo))} (+{fmt(margin)})"))
+        margin = _margin(quality, row, best, spread)
+        outcome = margin.outcome(FRONT_QUALITY_TOL)
+        if outcome != "fail":  # the rival beats Soft MoE by more than the tolerance, or may
+            text = (f"{_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "
+                    f"{fmt(best[f'{quality}_mean'])} at <= {fmt(max(c, lo))} "
+                    f"({margin.text(FRONT_QUALITY_TOL)})")
+            (beaten if outcome == "pass" else unsure).append((margin.value, text))
     span = (f"Soft MoE covers {label(cost)} {fmt(lo)} to {fmt(hi)} "
             f"({_count(soft.height, 'configuration')}); "
             f"{_count(compared, 'configuration')} of other routers cost at most that")
@@ -181,6 +230,11 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
         beaten.sort(key=lambda t: -t[0])
         return Verdict("pareto", claim, FAILED, f"{span}; {len(beaten)} beat Soft MoE: "
                        + _listing([b for _, b in beaten]) + ".", rule)
+    if unsure:
+        unsure.sort(key=lambda t: -t[0])
+        return Verdict("pareto", claim, INCONCLUSIVE, f"{span}; {len(unsure)} may beat Soft "
+                       f"MoE by more than {FRONT_QUALITY_TOL:g} (the interval straddles it): "
+                       + _listing([b for _, b in unsure]) + ".", rule)
     return Verdict("pareto", claim, HELD, f"{span}; none beats Soft MoE by more than "
                    f"{FRONT_QUALITY_TOL:g} in {label(quality)}.", rule)
 
@@ -212,39 +266,50 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
         return Verdict("soft_experts", claim, LACKS, "No Soft MoE configurations that differ "
                        "only in the number of experts (at fixed total slots).", rule)
     has_speed = f"{THROUGHPUT}_mean" in data.columns
-    lines, failed, speed_missing = [], False, False
+    lines, failed, speed_missing, unsure = [], False, False, False
+    spread = _spread(soft, quality)
+    speed_spread = _spread(soft, THROUGHPUT, relative=True) if has_speed else None
     for g in sweeps:
         rows = g.to_dicts()
         first, last = rows[0], rows[-1]
-        gain = _gain(quality, last[f"{quality}_mean"], first[f"{quality}_mean"])
+        gain = _margin(quality, last, first, spread)
+        outcome = gain.outcome()
         experts = "->".join(fmt(r["num_experts"]) for r in rows)
         qs = "->".join(fmt(r[f"{quality}_mean"]) for r in rows)
+        says = {"pass": "rises", "fail": "does not rise", "unsure": "rise not settled"}
         text = (f"{_name(first, ('num_experts', 'slots_per_expert'))}, "
                 f"{fmt(first[TOTAL_SLOTS])} slots: experts {experts}: {label(quality)} {qs} "
-                f"({'rises' if gain > 0 else 'does not rise'}, {gain:+.4g})")
-        failed |= gain <= 0
+                f"({says[outcome]}, {gain.text()})")
+        failed |= outcome == "fail"
+        unsure |= outcome == "unsure"
         speeds = [r.get(f"{THROUGHPUT}_mean") for r in rows] if has_speed else [None]
         if any(s is None or s != s for s in speeds) or not speeds[0]:
             speed_missing = True
             text += f"; {label(THROUGHPUT)} not recorded"
         else:
             ratios = [s / speeds[0] for s in speeds]
-            inside = all(abs(r - 1) <= band for r in ratios)
-            failed |= not inside
+            where = [_in_band(relative_change(*_values(THROUGHPUT, first, r), speed_spread),
+                              band) for r in rows[1:]]
+            verdict = ("outside" if "outside" in where else
+                       "not settled inside" if "unsure" in where else "inside")
+            failed |= verdict == "outside"
+            unsure |= verdict == "not settled inside"
             text += (f"; {label(THROUGHPUT)} {'->'.join(fmt(s) for s in speeds)} "
                      f"({min(ratios):.2f}-{max(ratios):.2f}x of the fewest, "
-                     f"{'inside' if inside else 'outside'} +-{band:.0%})")
+                     f"{verdict} +-{band:.0%})")
         lines.append(text)
     evidence = _listing(lines) + "."
     if failed:
         return Verdict("soft_experts", claim, FAILED, evidence, rule)
+    if unsure:
+        return Verdict("soft_experts", claim, INCONCLUSIVE, evidence, rule)
     if speed_missing:
         return Verdict("soft_experts", claim, LACKS, evidence, rule)
     return Verdict("soft_experts", claim, HELD, evidence, rule)
 
 
-def _sparse_trend(agg: pl.DataFrame, metric: str) -> list[tuple[str, float, float, list[str]]]:
-    """(name, value at fewest, value at most experts, per-count text) per sparse sweep."""
+def _sparse_trend(agg: pl.DataFrame, metric: str) -> list[tuple[str, dict, dict, list[str]]]:
+    """(name, row at fewest, row at most experts, per-count text) per sparse sweep."""
     out = []
     if f"{metric}_mean" not in agg.columns or "router" not in agg.columns:
         return out
@@ -255,8 +320,7 @@ def _sparse_trend(agg: pl.DataFrame, metric: str) -> list[tuple[str, float, floa
             continue
         rows = g.sort("num_experts").to_dicts()
         steps = [f"{fmt(r['num_experts'])}: {fmt(r[f'{metric}_mean'])}" for r in rows]
-        out.append((_name(rows[0], ("num_experts",)), rows[0][f"{metric}_mean"],
-                    rows[-1][f"{metric}_mean"], steps))
+        out.append((_name(rows[0], ("num_experts",)), rows[0], rows[-1], steps))
     return out
 
 
@@ -271,12 +335,15 @@ def sparse_throughput_falls(agg: pl.DataFrame,
     if not sweeps:
         return Verdict("sparse_speed", claim, LACKS, "No sparse-router configurations that "
                        f"differ only in the number of experts, with {label(THROUGHPUT)}.", rule)
-    lines, ok = [], True
+    lines, outcomes = [], []
+    spread = _spread(agg, THROUGHPUT, relative=True)
     for name, first, last, steps in sweeps:
-        fall = 1 - last / first if first else 0.0
-        ok &= fall >= min_fall
-        lines.append(f"{name}: experts {', '.join(steps)} img/s (falls {fall:.0%})")
-    return Verdict("sparse_speed", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+        fall = (relative_change(*_values(THROUGHPUT, first, last), spread)
+                if first[f"{THROUGHPUT}_mean"] and last[f"{THROUGHPUT}_mean"] else Margin(0.0))
+        outcomes.append(fall.outcome(min_fall))
+        lines.append(f"{name}: experts {', '.join(steps)} img/s "
+                     f"(falls {fall.text(min_fall, percent=True)})")
+    return Verdict("sparse_speed", claim, _status(outcomes), _listing(lines) + ".", rule)
 
 
 def dropped_tokens_grow(agg: pl.DataFrame, min_rise: float = MIN_DROP_RISE) -> Verdict:
@@ -289,18 +356,20 @@ def dropped_tokens_grow(agg: pl.DataFrame, min_rise: float = MIN_DROP_RISE) -> V
     if not sweeps:
         return Verdict("dropped", claim, LACKS, "No sparse-router configurations that differ "
                        f"only in the number of experts, with {label(DROPPED)}.", rule)
-    lines, ok = [], True
+    lines, outcomes = [], []
+    spread = _spread(agg, DROPPED)
     for name, first, last, steps in sweeps:
-        rise = last - first
-        ok &= rise >= min_rise
-        lines.append(f"{name}: experts {', '.join(steps)} (rises {rise:+.3f})")
-    return Verdict("dropped", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+        rise = difference(*_values(DROPPED, last, first), spread)
+        outcomes.append(rise.outcome(min_rise))
+        lines.append(f"{name}: experts {', '.join(steps)} (rises {rise.text(min_rise, 3)})")
+    return Verdict("dropped", claim, _status(outcomes), _listing(lines) + ".", rule)
 
 
-def _pairwise(quality: str, best: dict[str, Any], other: dict[str, Any]) -> tuple[float, str]:
-    margin = _gain(quality, best[f"{quality}_mean"], other[f"{quality}_mean"])
-    noisy = abs(margin) < max(_std(best, quality), _std(other, quality))
-    return margin, f"{margin:+.4g}{' (within one std)' if noisy else ''}"
+def _pairwise(quality: str, best: dict[str, Any], other: dict[str, Any],
+              spread: Spread | None) -> tuple[str, str]:
+    """Whether ``best`` beats ``other`` ("pass", "fail", "unsure") and the margin's text."""
+    margin = _margin(quality, best, other, spread)
+    return margin.outcome(), margin.text()
 
 
 def learned_routing_beats_ablations(agg: pl.DataFrame, quality: str | None = None) -> Verdict:
@@ -315,7 +384,8 @@ def learned_routing_beats_ablations(agg: pl.DataFrame, quality: str | None = Non
     data = _filter_present(agg, quality).filter(
         pl.col("router").is_in(["soft", *ABLATIONS]))
     keys = [k for k in _context(data, ("router",)) if k in data.columns]
-    lines, ok, compared = [], True, 0
+    lines, outcomes = [], []
+    spread = _spread(data, quality)
     for g in _groups(data, keys):
         rows = {r["router"]: r for r in g.to_dicts()}
         if "soft" not in rows or not set(rows) & set(ABLATIONS):
@@ -324,18 +394,17 @@ def learned_routing_beats_ablations(agg: pl.DataFrame, quality: str | None = Non
         parts = []
         for name in ABLATIONS:
             if name in rows:
-                margin, text = _pairwise(quality, soft, rows[name])
-                ok &= margin > 0
-                compared += 1
+                outcome, text = _pairwise(quality, soft, rows[name], spread)
+                outcomes.append(outcome)
                 parts.append(f"{router_name(name)} {fmt(rows[name][f'{quality}_mean'])} "
                              f"({text})")
         missing = [router_name(a) for a in ABLATIONS if a not in rows]
         lines.append(f"{_name(soft, ('router',))}: Soft MoE {fmt(soft[f'{quality}_mean'])} vs "
                      + ", ".join(parts) + (f"; not run: {', '.join(missing)}" if missing else ""))
-    if not compared:
+    if not outcomes:
         return Verdict("ablations", claim, LACKS, "No Soft MoE run next to an ablation with "
                        "the same other settings.", rule)
-    return Verdict("ablations", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+    return Verdict("ablations", claim, _status(outcomes), _listing(lines) + ".", rule)
 
 
 def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Verdict:
@@ -353,7 +422,8 @@ def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Ve
         pl.col("router").is_in(list(SOFT_ROUTERS)) & pl.col(PLACEMENT).is_in(["last", "spread"])
     ).with_columns((pl.col("num_experts") * pl.col(N_BLOCKS)).alias("_total_experts"))
     keys = [k for k in _context(soft, ("moe_layers", "num_experts")) if k in soft.columns]
-    lines, ok, compared = [], True, 0
+    lines, outcomes = [], []
+    pool = _spread(soft, quality)
     for g in _groups(soft, [*keys, "_total_experts", N_BLOCKS]):
         by_kind: dict[str, dict[str, Any]] = {}
         for row in g.to_dicts():
@@ -364,17 +434,60 @@ def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Ve
         if len(by_kind) < 2:
             continue
         last, spread = by_kind["last"], by_kind["spread"]
-        margin, text = _pairwise(quality, last, spread)
-        ok &= margin > 0
-        compared += 1
+        outcome, text = _pairwise(quality, last, spread, pool)
+        outcomes.append(outcome)
         lines.append(f"{fmt(last[N_BLOCKS])} blocks ({fmt(last['_total_experts'])} experts in "
                      f"total): last {{{last['moe_layers']}}} {fmt(last[f'{quality}_mean'])} vs "
                      f"spread {{{spread['moe_layers']}}} {fmt(spread[f'{quality}_mean'])} "
                      f"({text})")
-    if not compared:
+    if not outcomes:
         return Verdict("placement", claim, LACKS, "No pair of last-blocks and spread Soft MoE "
                        "placements with the same number of MoE blocks.", rule)
-    return Verdict("placement", claim, HELD if ok else FAILED, _listing(lines) + ".", rule)
+    return Verdict("placement", claim, _status(outcomes), _listing(lines) + ".", rule)
+
+
+def soft_saves_compute(agg: pl.DataFrame, quality: str | None = None,
+                       minimum: float = MIN_COMPUTE_MULTIPLIER) -> Verdict:
+    """Soft MoE reaches dense quality at ``minimum`` x less training compute (from the fits)."""
+    from reports.scaling import analyse, quality_of
+
+    claim = (f"Soft MoE reaches dense quality at >= {minimum:g}x less training compute "
+             f"(as the paper reports for its backbones).")
+    rule = (f"Fitted curves of quality against training compute (reports.scaling): the cost "
+            f"at which dense reaches a quality over the cost at which Soft MoE does, in the "
+            f"middle of the quality range both curves cover, with its 95% bootstrap interval: "
+            f"held when the interval is above {minimum:g}x, failed when below, inconclusive "
+            f"when it straddles {minimum:g}x or the curves share no quality (extrapolation).")
+    quality = _quality(agg, quality)
+    cost = next((c for c in ("train_exaflops", "train_exaflops_paper")
+                 if f"{c}_mean" in agg.columns), None)
+    if quality is None or cost is None or "router" not in agg.columns:
+        return Verdict("compute", claim, LACKS, "No quality or training compute recorded.", rule)
+    pair = agg.filter(pl.col("router").is_in(["soft", "dense"]))
+    analysis = analyse(pair, quality_of(quality), costs=(cost,), with_matches=False)
+    curves = {c.group: c for c in analysis.curves}
+    missing = [f"{router_name(r)}: {curves[r].note if r in curves else 'no run'}"
+               for r in ("soft", "dense") if r not in curves or not curves[r].fitted]
+    if missing:
+        return Verdict("compute", claim, LACKS, "No fitted curve for " + "; ".join(missing)
+                       + ".", rule)
+    found = analysis.between("soft", "dense", cost)
+    if found is None:
+        return Verdict("compute", claim, LACKS, "A curve does not improve with training "
+                       "compute, so no multiplier can be read.", rule)
+    ratio, lo, hi = found.middle
+    if found.better != "soft":  # dense is the cheaper one: invert to Soft MoE's saving
+        ratio, lo, hi = 1 / ratio, 1 / hi if hi else float("inf"), 1 / lo if lo else float("inf")
+    level = found.levels[len(found.levels) // 2]
+    evidence = (f"At {label(quality)} {fmt(level)}, Soft MoE needs {ratio:.3g}x less "
+                f"{label(cost)} than dense [95%: {lo:.3g}x, {hi:.3g}x]; over the common range "
+                f"the saving {found.trend}. Seeds alone cannot settle a fitted multiplier: its "
+                f"interval includes the configurations' scatter around each curve.")
+    if found.extrapolated:
+        return Verdict("compute", claim, INCONCLUSIVE, evidence + " The curves share no "
+                       "quality range: the multiplier is an extrapolation.", rule)
+    status = HELD if lo > minimum else FAILED if hi < minimum else INCONCLUSIVE
+    return Verdict("compute", claim, status, evidence, rule)
 
 
 RULES: tuple[Callable[[pl.DataFrame], Verdict], ...] = (
@@ -384,6 +497,7 @@ RULES: tuple[Callable[[pl.DataFrame], Verdict], ...] = (
     dropped_tokens_grow,
     learned_routing_beats_ablations,
     last_blocks_beat_spread,
+    soft_saves_compute,
 )
 
 
@@ -395,7 +509,7 @@ def check_claims(agg: pl.DataFrame) -> list[Verdict]:
 
 # --------------------------------------------------------------------------- the section
 
-_BADGE = {HELD: "#d4edda", FAILED: "#f8d7da", LACKS: "#eeeeee"}
+_BADGE = {HELD: "#d4edda", FAILED: "#f8d7da", INCONCLUSIVE: "#fff3cd", LACKS: "#eeeeee"}
 
 
 def claims_table(verdicts: Sequence[Verdict]) -> str:
@@ -416,11 +530,14 @@ def claims_section(agg: pl.DataFrame) -> str | None:
     if agg.height == 0 or primary_quality(agg) is None:
         return None
     verdicts = check_claims(agg)
-    counts = {s: sum(v.status == s for v in verdicts) for s in (HELD, FAILED, LACKS)}
+    counts = {s: sum(v.status == s for v in verdicts)
+              for s in (HELD, FAILED, INCONCLUSIVE, LACKS)}
     quality = primary_quality(agg)
     note = (f'<p class="note">Each of the paper\'s main claims, judged from these records '
-            f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, {counts[LACKS]} "
-            f"lack data). Quality is the mean {html.escape(label(quality))} over seeds. A "
+            f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, "
+            f"{counts[INCONCLUSIVE]} inconclusive, {counts[LACKS]} lack data). Quality is the "
+            f"mean {html.escape(label(quality))} over seeds; every comparison carries a 95% "
+            "interval, and one that straddles its threshold makes the verdict inconclusive. A "
             "verdict describes these runs only: at laptop scale on synthetic data it says "
             "what the harness measured, not whether the paper holds at its scale.</p>")
     return (f'<section id="claims"><h2>The paper\'s claims, checked</h2>{note}'

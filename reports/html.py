@@ -6,7 +6,8 @@
 1. a header with run counts, marked *partial* when runs are still pending;
 2. a summary table of the best configurations;
 3. quality against each cost axis, with every router's Pareto front;
-4. scaling curves (quality against experts and against slots per expert, per model);
+4. scaling curves (quality against experts and against slots per expert, per model), then
+   fitted quality-against-cost curves and compute multipliers (``reports.scaling_report``);
 5. router diagnostics (dropped tokens, token coverage, slot entropy);
 6. caller-supplied sections (already-safe HTML), then the failed / diverged runs;
 7. the study file and the environments the runs used.
@@ -326,6 +327,11 @@ def render_report(
     scaling_html = "".join(figure_html(i, f) for i, f in scaling if f is not None)
     sections.append(("scaling", "Scaling", scaling_html or
                      '<p class="note">No MoE run with a quality metric yet.</p>'))
+
+    from reports.scaling_report import scaling_section_body
+
+    sections.append(("fits", "Fitted curves and compute multipliers",
+                     scaling_section_body(agg, hover, figure_html)))
 
     diagnostics = [(f"fig-router-{m}", fig_router_diagnostic(agg, m, hover=hover))
                    for m in ROUTER_DIAGNOSTICS]

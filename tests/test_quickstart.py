@@ -30,3 +30,5 @@ def test_quickstart_runs_every_grid_point_and_writes_the_report(tmp_path):
     assert f"report: {page}" in report
     html = page.read_text()
     assert "moe-harness report: quickstart" in html and "Partial results" not in html
+    # the fitted-curves section: a curve where a router has 3+ distinct costs, else the note
+    assert 'id="fits"' in html and ('id="fig-fit-' in html or 'id="fits-note"' in html)

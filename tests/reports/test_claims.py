@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -12,6 +13,7 @@ from reports.aggregate import aggregate, records_frame
 from reports.claims import (
     FAILED,
     HELD,
+    INCONCLUSIVE,
     LACKS,
     check_claims,
     claims_section,
@@ -148,7 +150,7 @@ def test_sparse_throughput_and_dropped_tokens_hold():
     a = agg(records)
     speed, dropped = sparse_throughput_falls(a), dropped_tokens_grow(a)
     assert speed.status == HELD and "falls 40%" in speed.evidence and "falls 30%" in speed.evidence
-    assert dropped.status == HELD and "+0.150" in dropped.evidence
+    assert dropped.status == HELD and "rises +0.15 (one seed: spread unknown)" in dropped.evidence
 
 
 def test_sparse_claims_fail_when_any_sweep_goes_the_other_way():
@@ -186,9 +188,13 @@ def ablation_records(soft_acc):
 
 def test_ablations_hold_fail_and_lack_data():
     held = learned_routing_beats_ablations(agg(ablation_records(0.45)))
-    assert held.status == HELD and "Soft / Uniform 0.4 (+0.055)" in held.evidence
-    failed = learned_routing_beats_ablations(agg(ablation_records(0.39)))
-    assert failed.status == FAILED and "(-0.005 (within one std))" in failed.evidence
+    assert held.status == HELD and "Soft / Uniform 0.4 (+0.055 [+0.04" in held.evidence
+    # -0.005 against Soft / Uniform with a seed spread of 0.007: the interval straddles 0
+    unsure = learned_routing_beats_ablations(agg(ablation_records(0.39)))
+    assert unsure.status == INCONCLUSIVE and "Soft / Uniform 0.4 (-0.005 [-0.0" in unsure.evidence
+    assert "seeds each would settle it" in unsure.evidence
+    failed = learned_routing_beats_ablations(agg(ablation_records(0.30)))
+    assert failed.status == FAILED
     assert learned_routing_beats_ablations(agg([rec("soft"), rec("dense")])).status == LACKS
     # an ablation with other settings (lr) is not compared
     other = agg([rec("soft", acc=0.3), rec("uniform", acc=0.5, lr=1e-3)])
@@ -244,10 +250,10 @@ def test_check_claims_runs_every_rule_and_the_section_escapes():
     a = agg(records)
     verdicts = check_claims(a)
     assert [v.key for v in verdicts] == ["pareto", "soft_experts", "sparse_speed", "dropped",
-                                         "ablations", "placement"]
+                                         "ablations", "placement", "compute"]
     assert {v.status for v in verdicts} <= {HELD, FAILED, LACKS}
     page = claims_section(a)
-    assert page.count("<tr data-claim=") == 6
+    assert page.count("<tr data-claim=") == 7
     assert 'data-verdict="held"' in page and 'data-verdict="lacks data"' in page
     assert "<b>x</b>" not in page
 
@@ -270,3 +276,78 @@ def test_thresholds_are_stated_in_the_rules():
 def test_every_rule_lacks_data_on_an_empty_frame(rule):
     empty = agg([rec("dense", status="failed")])
     assert rule(empty).status == LACKS
+
+
+# --------------------------------------------------------------------------- seed noise
+
+
+def seeded(router, accs, **kw):
+    return [rec(router, acc=a, seed=s, **kw) for s, a in enumerate(accs)]
+
+
+def pareto_with_seeds(soft, dense):
+    return (seeded("soft", soft, train_exaflops=1.0, model="vit-a/4")
+            + seeded("dense", dense, train_exaflops=1.0, model="vit-a/4"))
+
+
+def test_pareto_is_inconclusive_when_routers_differ_by_less_than_their_seed_spread():
+    # dense leads by 0.01 (more than the 0.005 tolerance) but seeds spread by ~0.05
+    v = soft_on_pareto_front(agg(pareto_with_seeds([0.40, 0.50, 0.45], [0.41, 0.51, 0.46])))
+    assert v.status == INCONCLUSIVE, v.evidence
+    assert "may beat Soft MoE" in v.evidence and "seeds each would settle it" in v.evidence
+    # the same means, seeds spread by 0.001: the lead is real, the claim fails as before
+    v = soft_on_pareto_front(agg(pareto_with_seeds([0.449, 0.450, 0.451], [0.459, 0.46, 0.461])))
+    assert v.status == FAILED and "+0.01 [+0.0" in v.evidence
+    # Soft MoE ahead by far more than the spread: held
+    v = soft_on_pareto_front(agg(pareto_with_seeds([0.55, 0.60, 0.65], [0.40, 0.45, 0.50])))
+    assert v.status == HELD
+
+
+def test_interval_matches_the_pooled_two_sample_t_interval():
+    from scipy.stats import ttest_ind
+
+    from reports.noise import difference, pooled
+
+    a, b = np.array([0.52, 0.55, 0.58]), np.array([0.50, 0.51, 0.56])
+    stds, ns = [a.std(ddof=1), b.std(ddof=1)], [3, 3]
+    margin = difference(a.mean(), stds[0], 3, b.mean(), stds[1], 3, pooled(stds, ns))
+    # the larger side's own variance is used, so the interval is at least scipy's pooled one
+    ref = ttest_ind(a, b, equal_var=True).confidence_interval(0.95)
+    assert margin.lo <= ref.low + 1e-12 and margin.hi >= ref.high - 1e-12
+    same = difference(a.mean(), stds[0], 3, a.mean() - 0.01, stds[0], 3,
+                      pooled([stds[0]] * 2, ns))
+    ref = ttest_ind(a, a - 0.01, equal_var=True).confidence_interval(0.95)
+    assert (same.lo, same.hi) == pytest.approx((ref.low, ref.high))
+
+
+def test_seeds_to_settle_is_the_smallest_count_that_clears_the_threshold():
+    from scipy.stats import t
+
+    from reports.noise import difference
+
+    m = difference(0.51, 0.05, 2, 0.50, 0.05, 2)  # +0.01 with a 0.05 spread: unsure
+    assert m.outcome() == "unsure"
+    n = m.seeds_to_settle()
+
+    def half(k):
+        return t.ppf(0.975, 2 * k - 2) * np.sqrt(2 * 0.05**2 / k)
+
+    assert half(n) < 0.01 <= half(n - 1)
+    assert 150 < n < 250  # ~ (1.96 * 0.0707 / 0.01)^2 = 192
+    assert difference(0.51, None, 1, 0.50, None, 1).known is False  # one seed: no interval
+
+
+def test_soft_throughput_band_is_judged_with_its_interval():
+    def sweep(speeds_by_seed):  # quality rises clearly; throughput per seed as given
+        out = []
+        for seed, speeds in enumerate(speeds_by_seed):
+            for (e, acc), speed in zip(((4, 0.30), (16, 0.40), (64, 0.50)), speeds, strict=True):
+                out.append(rec("soft", num_experts=e, slots_per_expert=64 // e,
+                               acc=acc + 0.001 * seed, seed=seed, train_images_per_s=speed))
+        return out
+
+    # the fall to 0.75x is inside +-30% on average, but seeds spread by ~20%: not settled
+    noisy = soft_scales_with_experts(agg(sweep([(1000, 950, 600), (1000, 950, 900)])))
+    assert noisy.status == INCONCLUSIVE and "not settled inside +-30%" in noisy.evidence
+    steady = soft_scales_with_experts(agg(sweep([(1000, 950, 740), (1001, 951, 760)])))
+    assert steady.status == HELD and "inside +-30%" in steady.evidence

@@ -346,7 +346,7 @@ def test_paper_figures_draw_in_chromium(chromium_launch, test_output_dir, frame)
                 assert "runs (" in text and "router:" in text, fig_id
             verdicts = page.eval_on_selector_all(
                 "#claims tr[data-claim]", "rs => rs.map(r => r.dataset.verdict)")
-            assert len(verdicts) == 6
+            assert len(verdicts) == 7
             page.screenshot(path=str(test_output_dir / "paper.png"), full_page=True)
         finally:
             browser.close()
