@@ -131,4 +131,7 @@ def test_fashion_mnist_study_runs_end_to_end(tmp_path):
         assert r["status"] == "ok" and r["data"] == "mnist" and r["image_size"] == 28
         assert 0.0 <= r["test_accuracy"] <= 1.0
     cli("report", study, *args, "--results", tmp_path)
-    assert (tmp_path / "fashion-mnist/report.html").stat().st_size > 10_000
+    html = (tmp_path / "fashion-mnist/report.html").read_text()
+    assert len(html) > 10_000
+    # the fitted-curves section: a curve where a router has 3+ distinct costs, else the note
+    assert 'id="fits"' in html and ('id="fig-fit-' in html or 'id="fits-note"' in html)
