@@ -234,6 +234,39 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
 
 
 @app.command()
+def export(
+    study: StudyArg,
+    to: Annotated[str, typer.Option(
+        "--to", help="parquet | csv (the per-run and aggregated tables) | mlflow")] = "parquet",
+    out: Annotated[Path | None, typer.Option(
+        help="parquet/csv: the per-run table's file; the aggregated one is written beside it "
+             "as STEM-aggregated.EXT (default: RESULTS/STUDY/export/runs.EXT)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="mlflow: a tracking server (http://HOST:PORT) or store URI (default: the "
+             "study's tracking.mlflow_uri, else sqlite:///RESULTS/mlflow.db)")] = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Export a study's records: Parquet/CSV tables for polars, pandas and duckdb, or one
+    MLflow run per record (idempotent: matched by run_id)."""
+    from harness.store import Store, results_root
+    from reports.export import FORMATS, export_mlflow, export_tables
+
+    spec = _load(study, set_, profile)
+    store = Store(results_root(results), spec.name)
+    if to not in FORMATS:
+        raise HarnessError(f"--to {to!r}: allowed: {', '.join(FORMATS)}")
+    if to == "mlflow":
+        counts = export_mlflow(store, spec.name, tracking_uri or spec.tracking.mlflow_uri)
+        print(f"mlflow: experiment {spec.name}: " + ", ".join(
+            f"{n} {what}" for what, n in counts.items()))
+        return
+    runs, aggregated = export_tables(store, to, out)
+    print(f"runs: {runs}\naggregated: {aggregated}")
+
+
+@app.command()
 def tune(
     study: StudyArg,
     trials: Annotated[int | None, typer.Option(
