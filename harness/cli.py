@@ -253,10 +253,10 @@ def export(
     from harness.store import Store, results_root
     from reports.export import FORMATS, export_mlflow, export_tables
 
-    spec = _load(study, set_, profile)
-    store = Store(results_root(results), spec.name)
     if to not in FORMATS:
         raise HarnessError(f"--to {to!r}: allowed: {', '.join(FORMATS)}")
+    spec = _load(study, set_, profile)
+    store = Store(results_root(results), spec.name)
     if to == "mlflow":
         counts = export_mlflow(store, spec.name, tracking_uri or spec.tracking.mlflow_uri)
         print(f"mlflow: experiment {spec.name}: " + ", ".join(

@@ -20,6 +20,7 @@ from harness.config import DataConfig
 from harness.run import execute
 from harness.store import Store
 from harness.study import load
+from reports.export import export_mlflow, export_tables
 
 STUDY = """\
 name: exported
@@ -28,17 +29,18 @@ train: {steps: 20, batch_size: 16, eval_every: 5, checkpoint_every: 0, fewshot_s
         threads: 1}
 measure: {enabled: true, time: false, memory: false}
 grid: {model: [vit-w16d2h2m32/4], router: [soft], num_experts: [4], slots_per_expert: [1]}
-tracking: {tensorboard: false, mlflow: true, mlflow_uri: "sqlite:///LIVE_DB"}
+tracking: {tensorboard: false, mlflow: true}
 """
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A store with one real ok run (logged live to MLflow) and one real failed run."""
+    """A store with one real ok run (logged live to MLflow's default store under the results
+    root) and one real failed run."""
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     folder = tmp_path_factory.mktemp("export")
     study_file = folder / "exported.yaml"
-    study_file.write_text(STUDY.replace("LIVE_DB", str(folder / "live.db")))
+    study_file.write_text(STUDY)
     ok = load(study_file).expand()[0]
     broken = ok.model_copy(update={"data": DataConfig(name="imagefolder", path=str(folder / "no"),
                                                       image_size=8)})
@@ -46,7 +48,7 @@ def exported(tmp_path_factory):
     records = [execute(ok, root), execute(broken, root)]
     assert [r["status"] for r in records] == ["ok", "failed"], records[0].get("error")
     return {"file": study_file, "root": root, "store": Store(root, "exported"),
-            "ok": records[0], "failed": records[1], "live": f"sqlite:///{folder / 'live.db'}"}
+            "ok": records[0], "failed": records[1], "live": f"sqlite:///{root / 'mlflow.db'}"}
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -56,11 +58,13 @@ def test_parquet_and_csv_round_trip_through_polars_and_duckdb(exported, tmp_path
     ok = exported["ok"]
     for fmt in ("parquet", "csv"):
         out = tmp_path / f"t.{fmt}"
-        result = cli("export", str(exported["file"]), "--to", fmt, "--out", str(out),
-                         "--results", str(exported["root"]))
-        assert result.returncode == 0, result.stderr
         aggregated = tmp_path / f"t-aggregated.{fmt}"
-        assert f"runs: {out}" in result.stdout and aggregated.is_file()
+        if fmt == "parquet":  # the command once; the function behind it for CSV
+            result = cli("export", exported["file"], "--to", fmt, "--out", out,
+                         "--results", exported["root"])
+            assert f"runs: {out}\naggregated: {aggregated}" in result.stdout
+        else:
+            assert export_tables(exported["store"], fmt, out) == (out, aggregated)
         read = pl.read_parquet if fmt == "parquet" else pl.read_csv
         runs = read(out)
         assert runs.height == 2 and set(runs["status"]) == {"ok", "failed"}
@@ -175,8 +179,6 @@ def _check_exported(uri, exported):
 @pytest.mark.parametrize("backend", ["server", "file"])
 def test_mlflow_export_is_complete_and_idempotent(backend, exported, tmp_path, request,
                                                   monkeypatch):
-    from reports.export import export_mlflow
-
     if backend == "server":
         uri = request.getfixturevalue("mlflow_server")
     else:  # MLflow 3 keeps its ./mlruns file store behind an opt-in
@@ -196,35 +198,12 @@ def test_mlflow_export_is_complete_and_idempotent(backend, exported, tmp_path, r
 
 
 @pytest.mark.slow
-def test_mlflow_default_store_and_a_changed_record(exported, tmp_path):
-    """The CLI's default: SQLite under the results root; a rerun's record replaces its run."""
+def test_live_run_default_store_export_and_rerun(exported, tmp_path):
+    """A run logged live to the default store (SQLite under the results root); the command's
+    export joins it; a rerun's changed record replaces its MLflow run."""
     import shutil
 
     from harness.tracking import mlflow_client
-
-    root = tmp_path / "results"
-    shutil.copytree(exported["root"] / "exported" / "runs", root / "exported" / "runs")
-    result = cli("export", str(exported["file"]), "--to", "mlflow", "--results", str(root),
-                     "--set", "tracking.mlflow_uri=null")
-    assert result.returncode == 0, result.stderr
-    assert "2 created, 0 updated, 0 unchanged" in result.stdout
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    _check_exported(uri, exported)
-
-    store = Store(root, "exported")
-    record = dict(exported["ok"], test_accuracy=0.5)  # as if rerun
-    store.write(record)
-    from reports.export import export_mlflow
-
-    assert export_mlflow(store, "exported", uri) == {"created": 1, "updated": 0, "unchanged": 1}
-    runs = _runs(mlflow_client(uri), "exported")
-    assert len(runs) == 2 and runs[record["run_id"]].data.metrics["test_accuracy"] == 0.5
-
-
-@pytest.mark.slow
-def test_a_run_logs_live_to_mlflow_and_its_export_joins_it(exported):
-    from harness.tracking import mlflow_client
-    from reports.export import export_mlflow
 
     client = mlflow_client(exported["live"])
     (run,) = _runs(client, "exported").values()  # the ok run; the failed one never trained
@@ -232,8 +211,16 @@ def test_a_run_logs_live_to_mlflow_and_its_export_joins_it(exported):
     assert run.info.status == "FINISHED" and run.data.params["router"] == "soft"
     loss = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in loss] == list(range(1, 21))
-    assert export_mlflow(exported["store"], "exported", exported["live"]) == {
-        "created": 1, "updated": 1, "unchanged": 0}
-    runs = _runs(client, "exported")
+
+    result = cli("export", exported["file"], "--to", "mlflow", "--results", exported["root"])
+    assert "1 created, 1 updated, 0 unchanged" in result.stdout
+    _, runs = _check_exported(exported["live"], exported)
     assert runs[exported["ok"]["run_id"]].info.run_id == run.info.run_id
-    _check_exported(exported["live"], exported)
+
+    copy = Store(tmp_path / "results", "exported")  # leave the shared store as it is
+    shutil.copytree(exported["store"].runs_dir, copy.runs_dir)
+    copy.write(dict(exported["ok"], test_accuracy=0.5))  # as if rerun
+    assert export_mlflow(copy, "exported", exported["live"]) == {
+        "created": 1, "updated": 0, "unchanged": 1}
+    runs = _runs(client, "exported")
+    assert len(runs) == 2 and runs[exported["ok"]["run_id"]].data.metrics["test_accuracy"] == 0.5
