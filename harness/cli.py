@@ -119,6 +119,34 @@ def bench_report(
     bench_main([str(records)])
 
 
+@bench_app.command("tracking")
+def bench_tracking(
+    steps: Annotated[int, typer.Option(help="Training steps per run")] = 150,
+    repeats: Annotated[int, typer.Option(help="Interleaved pairs of runs (on, off)")] = 5,
+    model: Annotated[str, typer.Option(help="Backbone")] = "vit-w64d4h4m256/4",
+    router: Annotated[str, typer.Option(help="Router")] = "soft",
+    batch_size: Annotated[int, typer.Option(help="Images per step")] = 128,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
+) -> None:
+    """The training loop's speed with TensorBoard event files on against off (the target:
+    within 2%)."""
+    import json
+
+    from harness.tracking import bench_tracking as run_bench
+
+    result = run_bench(model=model, router=router, steps=steps, batch_size=batch_size,
+                       repeats=repeats, threads=threads,
+                       progress=lambda line: print(line, flush=True))
+    off, on = result["median_s"]["off"], result["median_s"]["on"]
+    print(f"{result['spec']}, {steps} steps of {batch_size} images, {repeats} pairs: "
+          f"off {1e3 * off / steps:.2f} ms/step, on {1e3 * on / steps:.2f} ms/step; "
+          f"on/off {result['ratio_on_off']:.4f} (median of pairs; "
+          f"{', '.join(f'{r:.3f}' for r in result['ratios'])})")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
 # --- studies -------------------------------------------------------------------------------
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML), e.g. studies/quickstart.yaml")]
 SetOpt = Annotated[list[str] | None, typer.Option(

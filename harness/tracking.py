@@ -200,3 +200,57 @@ class MlflowLog:
     def close(self, status: str = "ok") -> None:
         if self.run is not None:
             self.client.set_terminated(self.run, status=MLFLOW_STATUS.get(status, "FAILED"))
+
+
+# --- overhead benchmark ----------------------------------------------------------------------
+def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
+                   num_experts: int = 16, image_size: int = 16, steps: int = 150,
+                   batch_size: int = 128, repeats: int = 5, threads: int | None = None,
+                   progress=None) -> dict[str, Any]:
+    """The training loop's time with TensorBoard event files on and off.
+
+    ``repeats`` interleaved pairs of identical runs (same seed, data and model; the order
+    within a pair alternates), each timed by the loop's own ``train_time_s`` (the steps, with
+    the tracker's calls, without the evaluations). Returns the per-run times, each mode's
+    median and the median of the per-pair ratios on / off.
+    """
+    import statistics
+    import tempfile
+
+    import torch.utils.tensorboard  # noqa: F401 - imported once, outside the timed loops
+
+    from harness.config import DataConfig, MeasureConfig, TrackingConfig, TrainConfig
+    from harness.data import load_data
+    from harness.models import build
+    from harness.study import RunSpec
+    from harness.train import fit, seed_everything
+
+    spec = RunSpec(
+        study="bench-tracking", model=model, router=router,
+        num_experts=None if router == "dense" else num_experts,
+        slots_per_expert=1 if router.startswith("soft") else None, moe_layers="last:2",
+        data=DataConfig(image_size=image_size, num_classes=100, train_size=20_000,
+                        test_size=1_000),
+        train=TrainConfig(steps=steps, batch_size=batch_size, eval_every=0,
+                          checkpoint_every=0, fewshot_shots=0, warmup_steps=10, device="cpu",
+                          threads=threads),
+        measure=MeasureConfig(enabled=False))
+    data = load_data(spec.data)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for i in range(repeats):
+        for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
+            seed_everything(spec.seed)
+            net = build(spec.model_config_(data.num_classes))
+            run = spec.model_copy(update={"tracking": TrackingConfig(tensorboard=mode == "on")})
+            with tempfile.TemporaryDirectory(prefix="moe-bench-tracking-") as tmp:
+                log, close = open_log(run, Path(tmp), Path(tmp))  # as harness.run does
+                result = fit(net, run, data, workdir=Path(tmp), device="cpu", log=log)
+                close()
+                assert bool(list(Path(tmp).glob("events.out.tfevents.*"))) == (mode == "on")
+            times[mode].append(result["train_time_s"])
+            if progress:
+                progress(f"{mode:>3}: {1e3 * result['train_time_s'] / steps:.2f} ms/step")
+    ratios = [on / off for on, off in zip(times["on"], times["off"], strict=True)]
+    return {"spec": spec.model_config_().spec, "steps": steps, "batch_size": batch_size,
+            "times_s": times, "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "ratio_on_off": statistics.median(ratios), "ratios": ratios}
