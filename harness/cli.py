@@ -142,7 +142,8 @@ def bench_tracking(
     print(f"{result['spec']}, {steps} steps of {batch_size} images, {repeats} pairs: "
           f"off {1e3 * off / steps:.2f} ms/step, on {1e3 * on / steps:.2f} ms/step; "
           f"on/off {result['ratio_on_off']:.4f} (median of pairs; "
-          f"{', '.join(f'{r:.3f}' for r in result['ratios'])})")
+          f"{', '.join(f'{r:.3f}' for r in result['ratios'])}); time inside the tracker's "
+          f"calls: {100 * result['log_share']:.3f}% of the loop")
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -212,7 +212,10 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
     ``repeats`` interleaved pairs of identical runs (same seed, data and model; the order
     within a pair alternates), each timed by the loop's own ``train_time_s`` (the steps, with
     the tracker's calls, without the evaluations). Returns the per-run times, each mode's
-    median and the median of the per-pair ratios on / off.
+    median, the median of the per-pair ratios on / off, and ``log_share``: the time spent
+    inside the tracker's calls during the loop over the loop's time (median over the "on"
+    runs), the overhead measured directly, which a loaded machine does not blur as it blurs
+    the ratio of two runs.
     """
     import statistics
     import tempfile
@@ -237,6 +240,7 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
         measure=MeasureConfig(enabled=False))
     data = load_data(spec.data)
     times: dict[str, list[float]] = {"off": [], "on": []}
+    shares: list[float] = []
     for i in range(repeats):
         for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
             seed_everything(spec.seed)
@@ -244,8 +248,19 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
             run = spec.model_copy(update={"tracking": TrackingConfig(tensorboard=mode == "on")})
             with tempfile.TemporaryDirectory(prefix="moe-bench-tracking-") as tmp:
                 log, close = open_log(run, Path(tmp), Path(tmp))  # as harness.run does
-                result = fit(net, run, data, workdir=Path(tmp), device="cpu", log=log)
+                spent = [0.0]
+
+                def timed(step: int, values: dict, log=log, spent=spent) -> None:
+                    tic = time.perf_counter()
+                    log(step, values)
+                    if step > 0:  # the call before the loop opens the writer, untimed
+                        spent[0] += time.perf_counter() - tic
+
+                result = fit(net, run, data, workdir=Path(tmp), device="cpu",
+                             log=timed if log else None)
                 close()
+                if log:
+                    shares.append(spent[0] / result["train_time_s"])
                 assert bool(list(Path(tmp).glob("events.out.tfevents.*"))) == (mode == "on")
             times[mode].append(result["train_time_s"])
             if progress:
@@ -253,4 +268,5 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
     ratios = [on / off for on, off in zip(times["on"], times["off"], strict=True)]
     return {"spec": spec.model_config_().spec, "steps": steps, "batch_size": batch_size,
             "times_s": times, "median_s": {k: statistics.median(v) for k, v in times.items()},
-            "ratio_on_off": statistics.median(ratios), "ratios": ratios}
+            "ratio_on_off": statistics.median(ratios), "ratios": ratios,
+            "log_share": statistics.median(shares), "log_shares": shares}
