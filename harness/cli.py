@@ -71,7 +71,7 @@ def inspect(
 
 
 # --- micro-benchmarks ----------------------------------------------------------------------
-bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report).")
+bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report, tracking).")
 app.add_typer(bench_app, name="bench")
 
 
