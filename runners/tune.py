@@ -981,8 +981,9 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     import optuna
     from rich.console import Console
 
+    from harness.lifeline import Tethered
     from harness.store import Store
-    from runners.local import thread_env
+    from runners.local import sigint_ignored, stop_local_jobs, thread_env
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = console or Console(stderr=True)
@@ -1027,7 +1028,9 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     worker_fn = functools.partial(run_worker, study, cfg, url, trials,
                                   results_root=str(store.root),
                                   resumed_at=len(ostudy.get_trials(deepcopy=False)))
-    with thread_env(threads):
+    if executor == "local":  # workers die with this process; Ctrl-C reaches this one alone
+        worker_fn = Tethered(worker_fn)
+    with thread_env(threads), sigint_ignored():
         jobs = ex.map_array(worker_fn, list(range(workers)))
     summary["job_ids"] = [str(j.job_id) for j in jobs]
     if executor == "slurm" and not wait:
@@ -1039,6 +1042,8 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     try:
         _follow(ostudy, jobs, trials, before, console, show_progress, executor == "debug")
     except KeyboardInterrupt:
+        if executor == "local":
+            stop_local_jobs(jobs)
         for job in jobs:
             job.cancel(check=False)
         console.print("interrupted: workers cancelled; their running trials end FAILED; "

@@ -57,7 +57,11 @@ def lookup_size(name: str) -> ViTSize:
         return SIZES[name]
     custom = CUSTOM_SIZE.fullmatch(name)
     if custom:
-        return ViTSize(*map(int, custom.groups()))
+        size = ViTSize(*map(int, custom.groups()))
+        zero = [f for f in ("width", "depth", "heads", "mlp_dim") if getattr(size, f) <= 0]
+        if zero:
+            raise ConfigError(f"model size {name!r}: {zero[0]} must be > 0")
+        return size
     raise ConfigError(
         f"unknown model size {name!r}; allowed: {', '.join(SIZES)} or a custom "
         f"'wWIDTHdDEPTHhHEADSmMLP' such as 'w64d4h4m256'"
@@ -131,7 +135,7 @@ class ModelConfig:
             raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if shape.width % shape.heads:
             raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
-        if self.patch_size <= 0 or self.image_size % self.patch_size:
+        if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
             raise ConfigError(
                 f"image_size {self.image_size} must be a positive multiple of patch_size "
                 f"{self.patch_size}"
@@ -154,6 +158,9 @@ class ModelConfig:
             raise ConfigError(f"k must lie in 1..num_experts ({self.num_experts}), got {self.k}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise ConfigError(f"group_size must be > 0 (images per routing group), got "
+                              f"{self.group_size}")
         _ = self.moe_blocks  # resolving the placement validates it against the depth
 
     @property
@@ -224,8 +231,14 @@ def parse_model_spec(spec: str, **overrides) -> ModelConfig:
     fields["size"], fields["patch_size"] = m.group(1), int(m.group(2))
     if m.group(3):
         fields["image_size"] = int(m.group(3))
+    named: set[str] = set()
     for tok in tokens:
-        fields.update(_parse_token(spec, tok))
+        part = _parse_token(spec, tok)
+        twice = named & set(part)
+        if twice:
+            raise ConfigError(f"model spec {spec!r}: {tok!r} sets {twice.pop()} a second time")
+        named.update(part)
+        fields.update(part)
     return ModelConfig(**fields)
 
 
