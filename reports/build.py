@@ -23,10 +23,12 @@ def tuning_sections(study: Study, store: Store) -> list[str]:
 
 
 def _claims(frame, agg) -> tuple[str | None, str | None]:
-    from reports.claims import claims_section
+    from reports.claims import check_claims, claims_section
+    from reports.figures import primary_quality
     from reports.verdict import claims_answer
 
-    return claims_answer(agg), claims_section(agg)
+    verdicts = check_claims(agg) if agg.height and primary_quality(agg) else None
+    return claims_answer(agg, verdicts), claims_section(agg, verdicts)
 
 
 def _figures(frame, agg) -> tuple[str | None, str | None]:

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -175,23 +176,26 @@ def tidy_layout(fig: go.Figure) -> go.Figure:
     fig.update_layout(title={"yref": "container", "y": 1, "yanchor": "top",
                              "pad": {"t": MODEBAR_PX}},
                       margin_t=max(fig.layout.margin.t or 0, MODEBAR_PX + 22 * lines + 20))
-    fig.update_xaxes(exponentformat="power")
-    fig.update_yaxes(exponentformat="power")
-    values: dict[str, list[float]] = {}
-    for trace in fig.data:
+    axes = {}
+    fig.for_each_xaxis(lambda axis: axes.setdefault(axis.plotly_name, axis))
+    fig.for_each_yaxis(lambda axis: axes.setdefault(axis.plotly_name, axis))
+    logs: dict[str, list[float]] = {}
+    for name, axis in axes.items():
+        axis.exponentformat = "power"
+        if axis.type == "log" and axis.tickvals is None:
+            logs[name] = []
+    for trace in fig.data if logs else ():
         for letter in ("x", "y"):
+            ref = getattr(trace, f"{letter}axis", None) or letter
+            name = ref.replace(letter, f"{letter}axis", 1)
             data = getattr(trace, letter, None)
-            if data is None or isinstance(data, str):
-                continue
-            axis = (getattr(trace, f"{letter}axis", None) or letter).replace(
-                letter, f"{letter}axis", 1)
-            values.setdefault(axis, []).extend(
-                v for v in data if isinstance(v, int | float) and v > 0 and math.isfinite(v))
-    for axis, data in values.items():
-        layout_axis = fig.layout[axis]
-        if layout_axis.type == "log" and layout_axis.tickvals is None and data:
+            if name in logs and data is not None:
+                v = np.asarray(data, dtype=float)
+                logs[name] += v[np.isfinite(v) & (v > 0)].tolist()
+    for name, data in logs.items():
+        if data:
             ticks = log_ticks(min(data), max(data))
-            layout_axis.update(tickvals=ticks, ticktext=tick_labels(ticks))
+            axes[name].update(tickvals=ticks, ticktext=tick_labels(ticks))
     return fig
 
 

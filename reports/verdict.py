@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -78,13 +79,14 @@ def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
     )
 
 
-def claims_answer(agg: pl.DataFrame) -> str | None:
-    """One line: how many of the paper's claims held, failed or lack data, each named."""
+def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None) -> str | None:
+    """One line: how many of the paper's claims held, failed or lack data, each named
+    (``verdicts``: ``reports.claims.check_claims(agg)`` when the caller has them)."""
     from reports.claims import check_claims
 
     if agg.height == 0 or primary_quality(agg) is None:
         return None
-    verdicts = check_claims(agg)
+    verdicts = check_claims(agg) if verdicts is None else verdicts
     counts = Counter(v.status for v in verdicts)
     items = "".join(
         f'<li data-claim="{html.escape(v.key)}"><span class="badge" '
