@@ -88,7 +88,7 @@ def inspect(
 
 
 # --- micro-benchmarks ----------------------------------------------------------------------
-bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report).")
+bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report, tracking).")
 app.add_typer(bench_app, name="bench")
 
 
@@ -159,11 +159,42 @@ def bench_data(
     from harness.bench_data import bench_data as run_bench
     from harness.bench_data import print_data
 
+    output_file(out, "--out")
     result = run_bench(path, image_size=image_size, resolution=resolution, images=images,
                        workers=tuple(workers or (1, 2)), batch=batch, batches=batches,
                        repeats=repeats, augment=augment,
                        progress=lambda line: print(line, flush=True))
     print_data(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+@bench_app.command("tracking")
+def bench_tracking(
+    steps: Annotated[int, typer.Option(help="Training steps per run")] = 150,
+    repeats: Annotated[int, typer.Option(help="Interleaved pairs of runs (on, off)")] = 5,
+    model: Annotated[str, typer.Option(help="Backbone")] = "vit-w64d4h4m256/4",
+    router: Annotated[str, typer.Option(help="Router")] = "soft",
+    batch_size: Annotated[int, typer.Option(help="Images per step")] = 128,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
+) -> None:
+    """The training loop's speed with TensorBoard event files on against off (the target:
+    within 2%)."""
+    import json
+
+    from harness.tracking import bench_tracking as run_bench
+
+    output_file(out, "--out")
+    result = run_bench(model=model, router=router, steps=steps, batch_size=batch_size,
+                       repeats=repeats, threads=threads,
+                       progress=lambda line: print(line, flush=True))
+    off, on = result["median_s"]["off"], result["median_s"]["on"]
+    print(f"{result['spec']}, {steps} steps of {batch_size} images, {repeats} pairs: "
+          f"off {1e3 * off / steps:.2f} ms/step, on {1e3 * on / steps:.2f} ms/step; "
+          f"on/off {result['ratio_on_off']:.4f} (median of pairs; "
+          f"{', '.join(f'{r:.3f}' for r in result['ratios'])}); time inside the tracker's "
+          f"calls: {100 * result['log_share']:.3f}% of the loop")
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
 
@@ -407,6 +438,39 @@ def plan_command(
     print_plan(rows, spec, wide_console())
     if json_out is not None:
         json_out.write_text(json.dumps(plan_json(rows), indent=1) + "\n")
+
+
+@app.command()
+def export(
+    study: StudyArg,
+    to: Annotated[str, typer.Option(
+        "--to", help="parquet | csv (the per-run and aggregated tables) | mlflow")] = "parquet",
+    out: Annotated[Path | None, typer.Option(
+        help="parquet/csv: the per-run table's file; the aggregated one is written beside it "
+             "as STEM-aggregated.EXT (default: RESULTS/STUDY/export/runs.EXT)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="mlflow: a tracking server (http://HOST:PORT) or store URI (default: the "
+             "study's tracking.mlflow_uri, else sqlite:///RESULTS/mlflow.db)")] = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Export a study's records: Parquet/CSV tables for polars, pandas and duckdb, or one
+    MLflow run per record (idempotent: matched by run_id)."""
+    from harness.store import Store, results_root
+    from reports.export import FORMATS, export_mlflow, export_tables
+
+    if to not in FORMATS:
+        raise HarnessError(f"--to {to!r}: allowed: {', '.join(FORMATS)}")
+    spec = _load(study, set_, profile)
+    store = Store(results_root(results), spec.name)
+    if to == "mlflow":
+        counts = export_mlflow(store, spec.name, tracking_uri or spec.tracking.mlflow_uri)
+        print(f"mlflow: experiment {spec.name}: " + ", ".join(
+            f"{n} {what}" for what, n in counts.items()))
+        return
+    runs, aggregated = export_tables(store, to, out)
+    print(f"runs: {runs}\naggregated: {aggregated}")
 
 
 @app.command()

@@ -130,3 +130,15 @@ class ExecutorConfig(Section):
     max_parallel: PositiveInt = 1  # local: runs at the same time
     max_retries: int = Field(0, ge=0)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+
+class TrackingConfig(Section):
+    """Where a run also reports while it trains. Not part of the run's identity (``run_id``):
+    switching a tracker on or off never makes a finished run pending again."""
+
+    # event files in the run's work folder (rank 0), where the `tensorboard` extra is installed
+    tensorboard: bool = True
+    # log live to MLflow too (the `mlflow` extra); `moe-harness export --to mlflow` does the
+    # same after the fact for any record
+    mlflow: bool = False
+    mlflow_uri: str | None = None  # default: sqlite:///RESULTS/mlflow.db

@@ -154,7 +154,8 @@ def _execute(spec: RunSpec, store: Store, on_progress, tags) -> dict[str, Any] |
     main = distributed.env_context().is_main
     try:
         with distributed.session(pick_device(spec.train.device).type) as ctx:
-            record.update(_run(spec, workdir, partial, on_progress if main else None, ctx))
+            record.update(_run(spec, workdir, partial, on_progress if main else None, ctx,
+                               store.root))
     except Pruned as stop:
         record.update(partial)
         record.update(status="pruned", pruned_step=stop.step, prune_reason=str(stop))
@@ -183,13 +184,15 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
 
 
 def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
-         on_progress=None, ctx: distributed.Context | None = None) -> dict[str, Any]:
+         on_progress=None, ctx: distributed.Context | None = None,
+         results_root: Path | None = None) -> dict[str, Any]:
     import torch
 
     from harness import cost
     from harness.data import load_data
     from harness.flops import train_exaflops
     from harness.models import build
+    from harness.tracking import open_log
     from harness.train import fit
 
     if spec.train.threads:
@@ -207,8 +210,15 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
         out.update(measure_cost(model, cfg, spec, device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
     progress = progress_writer(workdir / "progress.json", spec) if ctx.is_main else None
-    quality = fit(model, spec, data, workdir=workdir, device=device,
-                  on_progress=_chain(progress, on_progress))
+    log, close_log = open_log(spec, workdir, results_root or workdir.parents[2]) \
+        if ctx.is_main else (None, lambda status: None)
+    try:
+        quality = fit(model, spec, data, workdir=workdir, device=device,
+                      on_progress=_chain(progress, on_progress), log=log)
+    except BaseException as err:
+        close_log("pruned" if isinstance(err, Pruned) else "failed")
+        raise
+    close_log(quality["status"] if quality else "ok")
     if not ctx.is_main:
         return out  # rank 0 has the results
     out.update(quality)

@@ -20,7 +20,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator
 
-from harness.config import DataConfig, ExecutorConfig, MeasureConfig, Section, TrainConfig
+from harness.config import (
+    DataConfig,
+    ExecutorConfig,
+    MeasureConfig,
+    Section,
+    TrackingConfig,
+    TrainConfig,
+)
 from harness.errors import ConfigError, HarnessError, shorten
 from harness.models import MODEL_NAME, PLACEMENT_HELP, ModelConfig
 
@@ -68,11 +75,13 @@ class RunSpec(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # not part of the id
 
     def canonical_json(self) -> str:
-        """Sorted-key JSON of everything but the study name (renaming a study keeps ids)."""
-        return json.dumps(self.model_dump(mode="json", exclude={"study"}), sort_keys=True,
-                          separators=(",", ":"))
+        """Sorted-key JSON of everything but the study name and the trackers (renaming a
+        study or switching TensorBoard off keeps ids)."""
+        return json.dumps(self.model_dump(mode="json", exclude={"study", "tracking"}),
+                          sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:
@@ -133,6 +142,7 @@ class Study(Section):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     tune: dict[str, Any] | None = None  # validated by runners.tune
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)  # run --dry-run
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # TensorBoard, MLflow
     profile: str | None = None  # the profile applied, if any
     source: str | None = None  # the study file's path (set by load)
 
@@ -231,6 +241,7 @@ class Study(Section):
             pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size, gelu=cfg.gelu,
             capacity_rounding=cfg.capacity_rounding, router_noise=cfg.router_noise,
             seed=point["seed"], data=self.data, train=train, measure=self.measure,
+            tracking=self.tracking,
         )
 
 

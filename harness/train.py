@@ -338,6 +338,7 @@ def train_steps(
     state: dict[str, Any],
     checkpoint: Callable[[], None] | None,
     on_progress: Callable[[dict], None] | None,
+    log: Callable[[int, dict], None] | None = None,
 ) -> None:
     """The step loop, from ``state["step"]`` to ``cfg.steps``, on the model's device.
 
@@ -345,6 +346,8 @@ def train_steps(
     caller can checkpoint and report it. ``checkpoint()`` is called every ``checkpoint_every``
     steps (after that step's history evaluation). ``model`` may be DDP-wrapped: each rank
     then trains on its slice of every global batch, and history evaluations run on rank 0.
+    ``log(step, scalars)`` (rank 0's trackers, ``harness.tracking``) gets the loss, learning
+    rate and speed at every progress point, and the history evaluations with router metrics.
     """
     device = next(model.parameters()).device
     core = distributed.unwrap(model)  # aux_loss, metrics: a DDP wrapper does not forward them
@@ -355,6 +358,9 @@ def train_steps(
     aux_fn = getattr(core, "aux_loss", None)
     history_idx = _spread(len(test), HISTORY_EVAL_IMAGES)
     progress_every = max(1, min(10, cfg.steps // 20))
+    if log is not None:
+        log(state["step"], {"train/lr": optimizer.param_groups[0]["lr"]})
+    window = {"loss": 0.0, "steps": 0, "time": 0.0}  # the logged speed excludes evaluations
     tic = time.perf_counter()
     while state["step"] < cfg.steps:
         idx = torch.randint(len(train), (cfg.batch_size,), generator=generator)
@@ -375,22 +381,39 @@ def train_steps(
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         state["step"] += 1
         state["loss_sum"] += loss_value
         state["loss_count"] += 1
         step = state["step"]
-        if on_progress is not None and (step % progress_every == 0 or step == cfg.steps):
-            on_progress({"step": step, "steps": cfg.steps, "loss": loss_value})
+        window["loss"] += loss_value
+        window["steps"] += 1
+        if step % progress_every == 0 or step == cfg.steps:
+            if on_progress is not None:
+                on_progress({"step": step, "steps": cfg.steps, "loss": loss_value})
+            if log is not None:
+                toc = time.perf_counter()
+                step_s = (window["time"] + toc - tic) / window["steps"]
+                log(step, {"train/loss": window["loss"] / window["steps"], "train/lr": lr,
+                           "train/step_time_ms": 1e3 * step_s,
+                           "train/images_per_s": cfg.batch_size / step_s})
+                window.update(loss=0.0, steps=0, time=tic - time.perf_counter())
         eval_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
         ckpt_now = checkpoint is not None and cfg.checkpoint_every and (
             step % cfg.checkpoint_every == 0 or step == cfg.steps)
         if eval_now or ckpt_now:
             state["train_time_s"] += time.perf_counter() - tic
+            window["time"] += time.perf_counter() - tic
             if eval_now:
-                acc = evaluate(core, test, batch_size=cfg.eval_batch_size,
-                               precision=cfg.precision, indices=history_idx,
-                               router_metrics=False)["accuracy"] if main else None
+                scores = evaluate(core, test, batch_size=cfg.eval_batch_size,
+                                  precision=cfg.precision, indices=history_idx,
+                                  router_metrics=log is not None) if main else {}
+                acc = scores.get("accuracy")
+                if log is not None and main:
+                    log(step, {"eval/test_accuracy": acc, **{
+                        f"router/{k.removeprefix('router_')}": v for k, v in scores.items()
+                        if k.startswith("router_")}})
                 state["history"].append({
                     "step": step, "train_loss": state["loss_sum"] / state["loss_count"],
                     "test_accuracy": acc})
@@ -416,6 +439,7 @@ def fit(
     workdir: Path,
     device: torch.device | str,
     on_progress: Callable[[dict], None] | None = None,
+    log: Callable[[int, dict], None] | None = None,
 ) -> dict[str, Any] | None:
     """Train ``model`` on ``data`` (a ``harness.data.Datasets``) as ``spec.train`` says.
 
@@ -433,6 +457,9 @@ def fit(
     The model's initial weights are the caller's: seed (``seed_everything(spec.seed)``) before
     building it. ``fit`` reseeds python, numpy and torch with ``spec.seed`` at the start of a
     fresh run, so the gate noise and the batches follow from the seed.
+
+    ``log`` (rank 0's trackers, see ``train_steps``) also gets the final scores at the last
+    step, as ``final/<key>``.
     """
     cfg: TrainConfig = spec.train
     device = torch.device(device)
@@ -483,7 +510,7 @@ def fit(
                     scheduler=scheduler,
                     generator=generator, state=state,
                     checkpoint=checkpoint if cfg.checkpoint_every else None,
-                    on_progress=on_progress)
+                    on_progress=on_progress, log=log if main else None)
         if not main:
             return None
         result = {
@@ -516,6 +543,9 @@ def fit(
                 result.update(fewshot_accuracy=acc, fewshot_l2=l2)
         result.update(history=list(state["history"]), train_time_s=state["train_time_s"],
                       eval_time_s=time.perf_counter() - tic)
+        if log is not None:
+            log(state["step"], {f"final/{key}": value for key, value in result.items()
+                                if key.startswith(("test_", "fewshot_accuracy", "router_"))})
         return result
     finally:
         train.close()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from reports.aggregate import load_records, records_frame
-from reports.build import paper_sections
+from reports.build import paper_parts
 from reports.html import write_report
 from reports.synthetic import synthetic_records, write_store
 
@@ -45,8 +45,9 @@ def bench_report_detailed(
             start = time.perf_counter()
             df = records_frame(records)
         loaded = time.perf_counter()
-        write_report(df, out, study_name="synthetic-bench", pending=0,
-                     extra_sections=paper_sections(df))
+        answers, sections = paper_parts(df)
+        write_report(df, out, study_name="synthetic-bench", pending=0, answers=answers,
+                     extra_sections=sections)
         done = time.perf_counter()
         return {
             "records": float(n_records),

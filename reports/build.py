@@ -10,27 +10,55 @@ from harness.study import Study
 
 def extra_sections(study: Study, store: Store, frame) -> list[str]:
     """Sections beyond the generic page: tuning history, the paper's figures and claims."""
-    sections: list[str] = []
-    if getattr(study, "tune", None) is not None:  # (test doubles may lack it)
-        from reports.tuning import tuning_section
+    return tuning_sections(study, store) + paper_sections(frame)
 
-        tuning = tuning_section(study, store)  # None until `moe-harness tune` made a storage
-        if tuning:
-            sections.append(tuning)
-    sections += paper_sections(frame)
-    return sections
+
+def tuning_sections(study: Study, store: Store) -> list[str]:
+    if getattr(study, "tune", None) is None:  # (test doubles may lack it)
+        return []
+    from reports.tuning import tuning_section
+
+    tuning = tuning_section(study, store)  # None until `moe-harness tune` made a storage
+    return [tuning] if tuning else []
+
+
+def _claims(frame, agg) -> tuple[str | None, str | None]:
+    from reports.claims import check_claims, claims_section
+    from reports.figures import primary_quality
+    from reports.verdict import claims_answer
+
+    verdicts = check_claims(agg) if agg.height and primary_quality(agg) else None
+    return claims_answer(agg, verdicts), claims_section(agg, verdicts)
+
+
+def _figures(frame, agg) -> tuple[str | None, str | None]:
+    from reports.paper import paper_section
+
+    return None, paper_section(frame, agg)
+
+
+#: The paper's analyses on the page, in order. Each maps (records frame, derived aggregate)
+#: to (its answer block for the top of the page, its section), either None when the records
+#: cannot fill it. Sections are linked from the page's top bar by their ``<section id>``; a
+#: new analysis is one more entry here.
+ANALYSES = (_claims, _figures)
+
+
+def paper_parts(frame) -> tuple[list[str], list[str]]:
+    """(answer blocks, sections) of every analysis that ``frame``'s records can fill (any
+    study: a figure or claim without the data it needs is left out or says so)."""
+    from reports.aggregate import aggregate
+    from reports.figures import with_rows
+    from reports.paper import derive
+
+    agg = derive(with_rows(aggregate(frame)))
+    parts = [analysis(frame, agg) for analysis in ANALYSES]
+    return [a for a, _ in parts if a], [s for _, s in parts if s]
 
 
 def paper_sections(frame) -> list[str]:
-    """The claims check and the paper's figures that ``frame``'s records can fill (any
-    study: a figure or claim without the data it needs is left out or says so)."""
-    from reports.aggregate import aggregate
-    from reports.claims import claims_section
-    from reports.figures import with_rows
-    from reports.paper import derive, paper_section
-
-    agg = derive(with_rows(aggregate(frame)))
-    return [s for s in (claims_section(agg), paper_section(frame, agg)) if s]
+    """The claims check and the paper's figures that ``frame``'s records can fill."""
+    return paper_parts(frame)[1]
 
 
 def report_json(store: Store) -> dict:
@@ -61,6 +89,7 @@ def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
     grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
     text = Path(study.source).read_text() if study.source else None
+    answers, sections = paper_parts(frame)
     return write_report(frame, Path(out or store.dir / "report.html"), study_name=study.name,
-                        study_text=text, pending=pending,
-                        extra_sections=extra_sections(study, store, frame))
+                        study_text=text, pending=pending, answers=answers,
+                        extra_sections=tuning_sections(study, store) + sections)

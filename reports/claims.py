@@ -525,11 +525,12 @@ def claims_table(verdicts: Sequence[Verdict]) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
-def claims_section(agg: pl.DataFrame) -> str | None:
-    """The claims check as a page section; None when no run has a quality metric."""
+def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None) -> str | None:
+    """The claims check as a page section (``verdicts``: ``check_claims(agg)`` when the
+    caller has them); None when no run has a quality metric."""
     if agg.height == 0 or primary_quality(agg) is None:
         return None
-    verdicts = check_claims(agg)
+    verdicts = check_claims(agg) if verdicts is None else verdicts
     counts = {s: sum(v.status == s for v in verdicts)
               for s in (HELD, FAILED, INCONCLUSIVE, LACKS)}
     quality = primary_quality(agg)

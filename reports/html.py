@@ -3,14 +3,21 @@
 :func:`write_report` takes the frame of records (``reports.aggregate.load_records`` or
 ``harness.store.load``) and writes one HTML file:
 
-1. a header with run counts, marked *partial* when runs are still pending;
-2. a summary table of the best configurations;
-3. quality against each cost axis, with every router's Pareto front;
-4. scaling curves (quality against experts and against slots per expert, per model), then
+1. a header with run counts, marked *partial* when runs are still pending, and a link to
+   every section of the page (found in the sections themselves, caller-supplied ones too);
+2. the answer first (``reports.verdict``): the caller's answer blocks (the claims check) and
+   the best configuration of each router at equal cost;
+3. a summary table of the best configurations;
+4. quality against each cost axis, with every router's Pareto front;
+5. scaling curves (quality against experts and against slots per expert, per model), then
    fitted quality-against-cost curves and compute multipliers (``reports.scaling_report``);
-5. router diagnostics (dropped tokens, token coverage, slot entropy);
-6. caller-supplied sections (already-safe HTML), then the failed / diverged runs;
-7. the study file and the environments the runs used.
+6. router diagnostics (dropped tokens, token coverage, slot entropy);
+7. the failed / diverged runs, then caller-supplied sections (already-safe HTML);
+8. the study file and the environments the runs used.
+
+Axes never stack SI prefixes on a unit: log axes get ticks at 1-2-5 steps labelled in plain
+or scientific notation, and titles sit below plotly's tool bar (:func:`tidy_layout`,
+applied to every figure of the page).
 
 plotly.js is embedded once in the page (about 4.8 MB): the report is one file that opens
 offline anywhere, can be attached, archived or uploaded as a CI artifact without a sibling
@@ -25,12 +32,15 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 import os
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -56,6 +66,7 @@ from reports.figures import (
     with_rows,
 )
 from reports.metrics import COST_AXES, METRICS, ROUTER_DIAGNOSTICS, label
+from reports.verdict import answer_section, best_at_equal_cost
 
 #: Rows of the problems table written into the page (the count of the rest is stated).
 MAX_PROBLEM_ROWS = 2000
@@ -70,12 +81,22 @@ h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 
 .meta { color: #555; } .note { color: #555; font-size: .92em; max-width: 70em; }
 .banner { padding: .7em 1em; border-radius: 4px; font-weight: 600; }
 .partial { background: #fff3cd; border: 1px solid #e0c060; }
-nav a { margin-right: 1em; }
+nav { display: flex; flex-wrap: wrap; gap: .3em 1.2em; padding: .5em 0;
+      border-bottom: 1px solid #ddd; } nav a { white-space: nowrap; }
+#answer { background: #f4f8fb; border: 1px solid #cfe0ee; border-radius: 6px;
+          padding: 0 1em .5em; } #answer h2 { border: none; margin-top: .6em; }
+.badge { display: inline-block; min-width: 5.5em; padding: 0 .4em; border-radius: 3px;
+         font-weight: 600; font-size: .85em; text-align: center; background: #eee; }
+.badge[data-verdict="held"] { background: #d4edda; }
+.badge[data-verdict="failed"] { background: #f8d7da; }
+ul.claims-answer { list-style: none; padding-left: 0; } ul.claims-answer li { margin: .2em 0; }
+tr.winner td { font-weight: 600; }
 table { border-collapse: collapse; font-size: .88em; margin: .5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
 th { background: #f5f5f5; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-table.summary td { font-family: ui-monospace, monospace; font-size: .95em; }
+table.summary td.config { min-width: 14em; } table.summary th { font-size: .92em; }
+.std { color: #666; font-size: .9em; } details.runs { color: #555; font-size: .9em; }
 .plot { width: 100%; min-height: 400px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1em; }
 pre { background: #f7f7f7; padding: .7em; overflow-x: auto; font-size: .85em; }
@@ -111,6 +132,74 @@ def hover_script(hover: Sequence[str]) -> str:
     return f"<script>var MOE_HOVER={_safe_json(json.dumps(list(hover)))};</script>"
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def tick_labels(values: Sequence[float]) -> list[str]:
+    """Plain notation when every value is from 0.001 to below a million, else ``m×10ᵉ`` for
+    all of them (one notation per axis): never an SI prefix."""
+    if all(v == 0 or 1e-3 <= abs(v) < 1e6 for v in values):
+        return [f"{v:.6g}" for v in values]
+    return [_scientific(v) for v in values]
+
+
+def _scientific(value: float) -> str:
+    if value == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = f"{value / 10**exponent:.3g}"
+    power = f"10{str(exponent).translate(_SUPERSCRIPT)}"
+    return power if mantissa == "1" else f"{mantissa}×{power}"
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi]: 1-2-5 steps, or 1..9 steps where that
+    gives fewer than three, or three evenly spread values on a very narrow range."""
+    lo, hi = lo / 1.08, hi * 1.08  # plotly pads the data range a little
+    decades = range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(f"{m}e{d}") for d in decades for m in mantissas]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 3 and (len(ticks) <= 12 or mantissas == (1,)):
+            return ticks
+    ratio = (hi / lo) ** 0.25
+    return sorted({float(f"{lo * ratio**i:.2g}") for i in (1, 2, 3)})
+
+
+MODEBAR_PX = 32  # plotly's tool bar, top right: the title starts below it
+
+
+def tidy_layout(fig: go.Figure) -> go.Figure:
+    """The title below plotly's tool bar (which would cover it in narrow plots); no SI
+    prefixes on any axis; log axes without explicit ticks get :func:`log_ticks` over the
+    data of the traces drawn on them, labelled by :func:`tick_labels`."""
+    lines = 1 + str(fig.layout.title.text or "").count("<br>")
+    fig.update_layout(title={"yref": "container", "y": 1, "yanchor": "top",
+                             "pad": {"t": MODEBAR_PX}},
+                      margin_t=max(fig.layout.margin.t or 0, MODEBAR_PX + 22 * lines + 20))
+    axes = {}
+    fig.for_each_xaxis(lambda axis: axes.setdefault(axis.plotly_name, axis))
+    fig.for_each_yaxis(lambda axis: axes.setdefault(axis.plotly_name, axis))
+    logs: dict[str, list[float]] = {}
+    for name, axis in axes.items():
+        axis.exponentformat = "power"
+        if axis.type == "log" and axis.tickvals is None:
+            logs[name] = []
+    for trace in fig.data if logs else ():
+        for letter in ("x", "y"):
+            ref = getattr(trace, f"{letter}axis", None) or letter
+            name = ref.replace(letter, f"{letter}axis", 1)
+            data = getattr(trace, letter, None)
+            if name in logs and data is not None:
+                v = np.asarray(data, dtype=float)
+                logs[name] += v[np.isfinite(v) & (v > 0)].tolist()
+    for name, data in logs.items():
+        if data:
+            ticks = log_ticks(min(data), max(data))
+            axes[name].update(tickvals=ticks, ticktext=tick_labels(ticks))
+    return fig
+
+
 def figure_html(fig_id: str, fig: go.Figure) -> str:
     """A plot's ``<div>`` and the script that draws it.
 
@@ -120,6 +209,7 @@ def figure_html(fig_id: str, fig: go.Figure) -> str:
     The div carries ``data-expected-points`` (markers plotly should draw) and, once drawn,
     ``data-rendered="1"``: the browser test waits for it and counts the markers.
     """
+    tidy_layout(fig)
     safe_id = html.escape(fig_id, quote=True)
     return (
         f'<div class="plot" id="{safe_id}" data-expected-points="{expected_points(fig)}"></div>'
@@ -165,13 +255,19 @@ def best_configurations(agg: pl.DataFrame, quality: str, top: int = 10) -> pl.Da
     )
 
 
-def _run_ids_cell(run_ids: Sequence[Any], shown: int = 3) -> str:
-    """The first run ids, the rest behind a disclosure (all of them stay in the page)."""
-    head = "<br>".join(esc(r) for r in run_ids[:shown])
-    if len(run_ids) <= shown:
-        return head
-    rest = "<br>".join(esc(r) for r in run_ids[shown:])
-    return f"{head}<details><summary>+{len(run_ids) - shown} more</summary>{rest}</details>"
+def _run_ids_cell(run_ids: Sequence[Any], seeds: Any = None) -> str:
+    """The seed count, with every run id behind a disclosure (all of them stay in the page)."""
+    ids = " ".join(esc(r) for r in run_ids)
+    return (f'<details class="runs"><summary>{esc(seeds if seeds is not None else len(run_ids))}'
+            f" seeds</summary><code>{ids}</code></details>")
+
+
+def _mean_std_cell(mean: Any, std: Any) -> str:
+    """``mean`` over ``± std`` (smaller, on its own line), as in ``fmt_mean_std``."""
+    text = fmt_mean_std(mean, std)
+    value, sep, spread = text.partition(" ± ")
+    return html.escape(value) + (f'<br><span class="std">± {html.escape(spread)}</span>'
+                                 if sep else "")
 
 
 def summary_table(agg: pl.DataFrame) -> str:
@@ -182,21 +278,20 @@ def summary_table(agg: pl.DataFrame) -> str:
     qualities = quality_axes(agg)
     costs = [c for c in ("gflops_per_image", "params_total", "params_active", "train_step_ms",
                          "infer_images_per_s", "infer_latency_ms") if f"{c}_mean" in agg.columns]
-    specs = [c for c in ("num_experts", "slots_per_expert", "k", "capacity_factor",
-                         "moe_layers", "lr") if c in agg.columns]
-    headers = ["#", "model", "router", *specs, *(label(q) for q in qualities),
-               *(label(c) for c in costs), "seeds", "run ids"]
-    numeric = [True, False, False, *(True for _ in specs), *(True for _ in qualities),
-               *(True for _ in costs), True, False]
+    # one wrapping configuration cell and two-line quality cells keep the table (costs
+    # included) within the page
+    headers = ["#", "router", "configuration (seeds, run ids)", *(label(q) for q in qualities),
+               *(label(c) for c in costs)]
+    numeric = [True, False, False, *(True for _ in qualities), *(True for _ in costs)]
     rows = []
     for i, row in enumerate(best.iter_rows(named=True), 1):
+        config = config_label(row) + (f" lr={fmt(row['lr'])}" if row.get("lr") else "")
         rows.append([
-            str(i), esc(row.get("model")), esc(router_name(row.get("router"))),
-            *(esc(row[s]) for s in specs),
-            *(html.escape(fmt_mean_std(row[f"{q}_mean"], row[f"{q}_std"])) for q in qualities),
+            str(i), esc(router_name(row.get("router"))),
+            f'<span class="config">{esc(config)}</span>'
+            + _run_ids_cell(row.get("run_ids") or [], row.get("n_runs")),
+            *(_mean_std_cell(row[f"{q}_mean"], row[f"{q}_std"]) for q in qualities),
             *(esc(row[f"{c}_mean"]) for c in costs),
-            esc(row.get("n_runs")),
-            _run_ids_cell(row.get("run_ids") or []),
         ])
     direction = "highest" if not METRICS[quality].lower_is_better else "lowest"
     return (
@@ -266,6 +361,17 @@ def _section(sec_id: str, title: str, body: str) -> str:
     return f'<section id="{sec_id}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
+_SECTION_HEAD = re.compile(r'<section id="([^"]+)"[^>]*>\s*<h2>(.*?)</h2>', re.S)
+
+
+def nav_bar(sections: Sequence[str]) -> str:
+    """A link to every section, read from the sections themselves (``<section id=...><h2>``),
+    so a section added anywhere (a caller's too) is linked without a second list."""
+    links = [f'<a href="#{sid}">{title}</a>' for part in sections
+             for sid, title in _SECTION_HEAD.findall(part)]
+    return "<nav>" + "".join(links) + '<a href="#environment">Study and environment</a></nav>'
+
+
 def _directions_note() -> str:
     lower = [m.label for m in METRICS.values() if m.kind != "router" and m.lower_is_better]
     higher = [m.label for m in METRICS.values() if m.kind != "router" and m.higher_is_better]
@@ -281,6 +387,7 @@ def render_report(
     pending: int = 0,
     extra_sections: list[str] | None = None,
     generated_at: _dt.datetime | None = None,
+    answers: list[str] | None = None,
 ) -> str:
     """The page as a string (see :func:`write_report`)."""
     agg = with_rows(aggregate(df))
@@ -340,19 +447,15 @@ def render_report(
                      f'<div class="grid">{diag_html}</div>' if diag_html else
                      '<p class="note">No router metric recorded yet.</p>'))
 
-    extra = "".join(extra_sections or [])
     sections.append(("problems", "Failed and diverged runs", problems_table(df)))
 
-    nav = "<nav>" + "".join(
-        f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t, _ in sections) + \
-        '<a href="#environment">Study and environment</a></nav>'
+    main = [answer_section([*(answers or []), best_at_equal_cost(agg)])]
+    main += [_section(sid, t, b) for sid, t, b in sections] + list(extra_sections or [])
     footer = ['<footer id="environment"><h2>Study and environment</h2>']
     if study_text is not None:
         footer.append(f"<h3>Study file</h3><pre class=\"study\">{html.escape(study_text)}</pre>")
     footer.append("<h3>Environment</h3>" + environment_table(df) + "</footer>")
 
-    main = [hover_script(hover_text)]
-    main += [_section(sid, t, b) for sid, t, b in sections] + [extra]
     routers = sorted_routers(agg["router"].to_list()) if "router" in agg.columns else []
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -363,7 +466,7 @@ def render_report(
         "</head>",
         f'<body data-partial="{"true" if pending > 0 else "false"}" '
         f'data-routers="{esc(", ".join(str(r) for r in routers))}">',
-        *header, nav, *main, *footer,
+        *header, nav_bar(main), hover_script(hover_text), *main, *footer,
         "</body></html>\n",
     ])
 
@@ -376,17 +479,18 @@ def write_report(
     study_text: str | None = None,
     pending: int = 0,
     extra_sections: list[str] | None = None,
+    answers: list[str] | None = None,
 ) -> Path:
     """Write the study's report to ``out`` and return its path.
 
     ``df`` holds the records (any status); ``pending`` > 0 marks the page partial;
     ``extra_sections`` are HTML snippets, already safe, placed after the failed-runs table,
-    before the footer.
+    before the footer; ``answers`` are answer blocks (``reports.verdict``) for the top.
     The file is replaced atomically, so a browser reloading it never reads half a page.
     """
     out = Path(out)
     page = render_report(df, study_name=study_name, study_text=study_text, pending=pending,
-                         extra_sections=extra_sections)
+                         extra_sections=extra_sections, answers=answers)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

@@ -62,9 +62,11 @@ import gc
 import json
 import math
 import os
+import shlex
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -452,6 +454,13 @@ def storage_kind(url: str, where: str = "--storage") -> str:
                        f"postgresql+psycopg2://USER@HOST:PORT/DB) or journal:PATH")
 
 
+def dashboard_command(url: str) -> list[str]:
+    """The ``optuna-dashboard`` command line that opens the storage ``url``."""
+    if storage_kind(url) == "journal":
+        return ["optuna-dashboard", "--storage-class", "JournalFileStorage", _journal_path(url)]
+    return ["optuna-dashboard", _without_password(url)]
+
+
 def _journal_path(url: str) -> str:
     return url.removeprefix("journal:")
 
@@ -620,6 +629,9 @@ def open_study(study: Study, cfg: TuneConfig, url: str, *, worker: int = 0,
             f"the file now asks {cfg.directions}; use another --storage or study name")
     if create:
         ostudy.set_user_attr("metrics", cfg.metrics)
+        with warnings.catch_warnings():  # experimental in Optuna, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ostudy.set_metric_names(cfg.metrics)  # the objectives' names in optuna-dashboard
     return ostudy
 
 
@@ -1219,6 +1231,7 @@ def show(study: Study, results_root: Path, storage: str | None = None, console=N
                   f"complete, {c['pruned']} pruned, {c['failed']} failed), {c['stale']} stale "
                   f"(re-queued), {c['running']} running, {c['waiting']} queued; storage "
                   f"{_without_password(url)}")
+    console.print(f"Browse it: {shlex.join(dashboard_command(url))}", soft_wrap=True)
     best = best_trials(ostudy, cfg)
     title = ("Best trial" if not cfg.multi else
              f"Pareto set ({len(best)} trial{'s' if len(best) != 1 else ''}): " + ", ".join(

@@ -122,3 +122,108 @@ def test_report_draws_every_plot_offline(chromium_launch, report_path, test_outp
             browser.close()
     assert not errors, errors
     assert not requests, requests
+
+
+# --- layout: the answer first, every section linked, nothing wider than the page or covered --
+
+LAYOUT = """() => {
+    const page = document.documentElement.clientWidth;
+    const ids = [...document.querySelectorAll('section[id], footer[id]')].map(s => s.id);
+    const links = [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'));
+    const wide = [...document.querySelectorAll('body *')].filter(el => {
+        if (el.closest('#js-plotly-tester')) return false;  // plotly's off-screen measurer
+        const r = el.getBoundingClientRect();
+        return r.width > 0 && (r.right > page + 0.5 || r.left < -0.5);
+    }).map(el => el.tagName + '#' + el.id + '.' + el.className);
+    const tables = [...document.querySelectorAll('table')].filter(
+        t => t.scrollWidth > t.parentElement.clientWidth + 1).map(t => t.className);
+    return {page, scroll: document.documentElement.scrollWidth, ids, links, wide, tables,
+            first: document.querySelector('section').id,
+            answerTop: document.querySelector('#answer').getBoundingClientRect().top};
+}"""
+
+# per plot: boxes of the mode bar and of every title / annotation text, and the log axes'
+# tick labels in order
+PLOT_TEXT = """(el) => {
+    const box = e => { const r = e.getBoundingClientRect();
+                       return {l: r.left, r: r.right, t: r.top, b: r.bottom, w: r.width}; };
+    const bar = el.querySelector('.modebar');
+    const texts = [...el.querySelectorAll('.g-gtitle text, .annotation-text, .legendtext')]
+        .filter(t => t.textContent.trim()).map(t => ({text: t.textContent, ...box(t)}));
+    const logTicks = Object.entries(el._fullLayout).filter(
+        ([k, a]) => /^[xy]axis/.test(k) && a.type === 'log').map(([k, a]) =>
+        [...el.querySelectorAll(`.${a._id}tick text`)].map(t => t.textContent));
+    const ticks = [...el.querySelectorAll('.xtick text, .ytick text')].map(t => t.textContent);
+    return {bar: bar ? box(bar) : null, texts, logTicks, ticks};
+}"""
+SUPERSCRIPTS = str.maketrans("⁻⁰¹²³⁴⁵⁶⁷⁸⁹", "-0123456789")
+
+
+def _tick_value(text: str) -> float:
+    """'0.002', '5000', '10⁻³' or '4×10⁻⁴' as a number."""
+    mantissa, _, power = text.rpartition("10") if "10" in text and not text[0].isdigit() or \
+        "×" in text else ("", "", "")
+    if "×" in text:
+        mantissa, power = text.split("×10")
+        return float(mantissa) * 10 ** int(power.translate(SUPERSCRIPTS))
+    if text.startswith("10") and any(c in text for c in "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"):
+        return 10 ** int(text[2:].translate(SUPERSCRIPTS))
+    return float(text)
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]
+
+
+@pytest.fixture(scope="module")
+def full_report(test_output_dir):
+    from reports.build import paper_parts
+
+    df = records_frame(synthetic_records(300, seed=2))
+    answers, sections = paper_parts(df)
+    return write_report(df, test_output_dir / "report-full.html", study_name="layout",
+                        answers=answers, extra_sections=sections)
+
+
+@pytest.mark.parametrize("width", [1400, 1100])
+def test_report_layout_answer_first_nothing_wide_or_covered(chromium_launch, full_report,
+                                                            test_output_dir, width):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(**chromium_launch)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 1000})
+            page.goto(full_report.as_uri())
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('div.plot')].every("
+                "e => e.dataset.rendered === '1')", timeout=120_000)
+            layout = page.evaluate(LAYOUT)
+            # the answer opens the page, within the first screen, and names the verdicts
+            assert layout["first"] == "answer" and layout["answerTop"] < 400
+            answer = page.inner_text("#answer")
+            assert "claims on these records" in answer and "At equal cost" in answer
+            assert page.locator("#answer tr[data-router]").count() == 4
+            # every section is linked from the top bar, every link lands on a section
+            assert {"answer", "summary", "pareto", "claims", "paper", "environment"} <= set(
+                layout["ids"])
+            assert sorted(layout["links"]) == sorted(f"#{i}" for i in layout["ids"])
+            # nothing wider than the page; every table fits its container (costs visible)
+            assert layout["scroll"] <= layout["page"], layout
+            assert layout["wide"] == [], layout["wide"]
+            assert layout["tables"] == [], layout["tables"]
+
+            for el in page.query_selector_all("div.plot"):
+                info = page.evaluate(PLOT_TEXT, el)
+                plot = el.get_attribute("id")
+                for text in info["texts"]:  # the mode bar covers no title or label
+                    assert not (info["bar"] and _overlap(info["bar"], text)), (plot, text)
+                for tick in info["ticks"]:  # no SI prefix stacked on a unit
+                    assert not any(tick.endswith(p) and tick[:-1][-1:].isdigit()
+                                   for p in "µmkMGTnp"), (plot, tick)
+                for ticks in info["logTicks"]:  # log axes: complete, increasing labels
+                    values = [_tick_value(t) for t in ticks]
+                    assert len(values) >= 2 and values == sorted(values), (plot, ticks)
+            page.screenshot(path=str(test_output_dir / f"report-top-{width}.png"))
+        finally:
+            browser.close()
