@@ -33,12 +33,14 @@ def inspect(
     k: Annotated[int | None, typer.Option(help="Experts per token (Tokens Choice)")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes of the head")] = 1000,
     counter: Annotated[str, typer.Option(
-        help="FLOP counter: auto (fvcore; meta device above 2B params), fvcore, torch, "
-             "meta, analytic")] = "auto",
+        help="FLOP counter: auto (= analytic: closed forms, nothing built, instant), fvcore "
+             "(a traced forward), torch, meta")] = "auto",
     time_: Annotated[bool, typer.Option(
         "--time", help="Also measure inference/training throughput and peak memory")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch size for --time")] = 32,
     repeats: Annotated[int, typer.Option(help="Timed repeats for --time (median)")] = 5,
+    threads: Annotated[int | None, typer.Option(
+        help="torch CPU threads for --time (default: torch's count), recorded", min=1)] = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the table as JSON to this file")] = None,
     paper: Annotated[bool, typer.Option(
@@ -63,7 +65,8 @@ def inspect(
             if value is not None}
         rows = [cost.inspect_model(
             parse_model_spec(spec, num_classes=num_classes).replace(**overrides),
-            counter=counter, timing=time_, batch_size=batch_size, repeats=repeats)
+            counter=counter, timing=time_, batch_size=batch_size, repeats=repeats,
+            threads=threads)
             for spec in specs]
         cost.print_inspect(rows)
     if json_out is not None:
@@ -71,7 +74,8 @@ def inspect(
 
 
 # --- micro-benchmarks ----------------------------------------------------------------------
-bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report).")
+bench_app = typer.Typer(no_args_is_help=True,
+                        help="Benchmarks (layers, train, report).")
 app.add_typer(bench_app, name="bench")
 
 
@@ -104,6 +108,46 @@ def bench_layers(
         repeats=repeats or (3 if quick else 5), warmup=1,
         compare_reference=reference, progress=lambda line: print(line, flush=True))
     bench.print_layers(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+@bench_app.command("train")
+def bench_train(
+    specs: Annotated[list[str], typer.Argument(
+        help="Model specs, e.g. vit-s/16 vit-s/16:soft:e128:s1 (the first is the 'x first' "
+             "baseline)")],
+    batch_size: Annotated[int, typer.Option(help="Images per training step", min=1)] = 32,
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed steps (median)", min=1)] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first", min=0)] = 3,
+    threads: Annotated[int | None, typer.Option(
+        help="torch CPU threads (default: torch's count), recorded", min=1)] = None,
+    counter: Annotated[str, typer.Option(
+        help="FLOP counter: analytic (closed form), fvcore, torch")] = "analytic",
+    num_classes: Annotated[int, typer.Option(help="Classes of the head", min=1)] = 1000,
+    peak_tflops: Annotated[float | None, typer.Option(
+        help="The device's dense peak at this precision, for a GPU the table lacks")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write the results as JSON (a study's estimate.from_bench reads it)")] = None,
+) -> None:
+    """Training steps/s, images/s, achieved TFLOP/s and its share of the device's peak (MFU;
+    on a CPU, of the measured large-matmul rate)."""
+    import json
+
+    from harness.bench_train import bench_train as run_bench
+    from harness.bench_train import print_train
+
+    if counter not in ("analytic", "fvcore", "torch"):
+        raise typer.BadParameter(f"{counter!r}; allowed: analytic, fvcore, torch",
+                                 param_hint="--counter")
+    result = run_bench(specs, batch_size=batch_size, precision=precision, device=device,
+                       repeats=repeats, warmup=warmup, threads=threads, counter=counter,
+                       num_classes=num_classes, peak_tflops=peak_tflops,
+                       progress=lambda line: print(line, flush=True))
+    print_train(result)
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.config import DataConfig, ExecutorConfig, MeasureConfig, Section, TrainConfig
 from harness.errors import ConfigError, HarnessError
@@ -100,6 +107,24 @@ class EstimateConfig(Section):
     peak_tflops: PositiveFloat = 989.0  # per GPU, dense (no sparsity), at train.precision
     utilization: float = Field(0.4, gt=0, le=1)  # achieved / peak FLOP rate (MFU)
     device: str = "H100 SXM, bf16 dense"  # what peak_tflops describes (printed with it)
+    # a `moe-harness bench train --out FILE` result: its peak and median measured MFU replace
+    # the three fields above
+    from_bench: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measured(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("from_bench"):
+            from harness.peaks import estimate_from_bench
+
+            given = sorted({"peak_tflops", "utilization", "device"} & set(data))
+            if given:
+                raise ValueError(f"from_bench sets {', '.join(given)}: give one or the other")
+            try:
+                data = {**data, **estimate_from_bench(data["from_bench"], "from_bench")}
+            except HarnessError as err:
+                raise ValueError(str(err)) from None
+        return data
 
 
 class Study(Section):

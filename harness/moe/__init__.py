@@ -9,15 +9,32 @@ H expert hidden dim, m tokens per image, n·p slots (n experts × p slots each).
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
-from harness.moe.dense import Mlp
-from harness.moe.experts import BatchedExperts
-from harness.moe.experts_choice import ExpertsChoice
-from harness.moe.routing import compute_capacity
-from harness.moe.soft import SoftMoE
-from harness.moe.tokens_choice import TokensChoice
+from harness.moe.capacity import compute_capacity
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from harness.moe.dense import Mlp
+    from harness.moe.experts import BatchedExperts
+    from harness.moe.experts_choice import ExpertsChoice
+    from harness.moe.soft import SoftMoE
+    from harness.moe.tokens_choice import TokensChoice
+
+# The layers load torch; the names and rules below do not, so that the closed-form counts
+# (``inspect``, ``run --dry-run``) never wait for torch. ``harness.moe.SoftMoE`` etc. import
+# their module on first use.
+_LAYERS = {"Mlp": "dense", "BatchedExperts": "experts", "ExpertsChoice": "experts_choice",
+           "SoftMoE": "soft", "TokensChoice": "tokens_choice"}
+
+
+def __getattr__(name: str):
+    if name in _LAYERS:
+        return getattr(importlib.import_module(f"harness.moe.{_LAYERS[name]}"), name)
+    raise AttributeError(f"module 'harness.moe' has no attribute {name!r}")
 
 # Soft MoE's fixed-routing ablations: router name -> (dispatch, combine).
 SOFT_VARIANTS = {
@@ -58,6 +75,11 @@ def make_mlp(
     group_size: int | None = None,
 ) -> nn.Module:
     """Build the MLP block for ``router``; arguments a router does not use are ignored."""
+    from harness.moe.dense import Mlp
+    from harness.moe.experts_choice import ExpertsChoice
+    from harness.moe.soft import SoftMoE
+    from harness.moe.tokens_choice import TokensChoice
+
     if router == "dense":
         return Mlp(dim, hidden_dim)
     if router not in ROUTERS:
