@@ -73,6 +73,33 @@ def inspect(
         json_out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+@app.command()
+def doctor(
+    results: Annotated[Path | None, typer.Option(
+        help="Results root to check (default: $MOE_HARNESS_RESULTS or ./results)")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Also check that this Optuna storage URL is reachable")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="A CUDA device is required")] = False,
+    slurm: Annotated[bool, typer.Option("--slurm", help="SLURM is required")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the checks as JSON")] = False,
+) -> None:
+    """Is this environment ready? Python, torch (CUDA, cuDNN, NCCL), GPUs, xformers, fvcore,
+    the results root, SLURM, an Optuna storage: one line each. Exit 1 if a check fails (a
+    missing GPU only warns, unless --gpu; SLURM likewise with --slurm), else 0."""
+    import json
+
+    from harness.doctor import as_json, print_checks, run_checks
+    from harness.store import results_root
+
+    checks = run_checks(results_root(results), storage, gpu=gpu, slurm=slurm)
+    if json_:
+        print(json.dumps(as_json(checks), indent=1))
+    else:
+        print_checks(checks)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
 # --- micro-benchmarks ----------------------------------------------------------------------
 bench_app = typer.Typer(no_args_is_help=True,
                         help="Benchmarks (layers, train, report).")
