@@ -28,8 +28,11 @@ import torch
 
 from harness.flops import CONVENTION
 
-#: Large-matmul shape per device type: big enough to reach the device's rate.
-MATMUL_SIZE = {"cuda": (8192, 8192, 8192), "cpu": (4096, 1024, 1024)}
+#: Large-matmul shape (m, k, n) per device type and precision: big enough to reach the
+#: device's rate. CPUs without bf16 matmul units run bf16 far slower than fp32 (0.3 against
+#: 32 GFLOP/s per core on our CI's AMD EPYC), hence the smaller bf16 shape there.
+MATMUL_SIZE = {("cuda", "bf16"): (8192, 8192, 8192), ("cuda", "fp32"): (8192, 8192, 8192),
+               ("cpu", "fp32"): (4096, 1024, 1024), ("cpu", "bf16"): (1024, 512, 512)}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -57,11 +60,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def matmul_tflops(device: torch.device, precision: str, repeats: int = 5) -> float:
+def matmul_tflops(device: torch.device, precision: str, repeats: int = 5,
+                  size: tuple[int, int, int] | None = None) -> float:
     """The device's measured rate on one large matmul in the precision's dtype."""
     from harness.bench import plain_matmul_gflops
 
-    size = MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu"]
+    size = size or MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu", precision]
     return plain_matmul_gflops(device, size, repeats=repeats, dtype=DTYPES[precision]) / 1e3
 
 
@@ -69,9 +73,11 @@ def bench_train(specs: Sequence[str], *, batch_size: int = 32, precision: str = 
                 device: str = "auto", repeats: int = 10, warmup: int = 3, rounds: int = 3,
                 threads: int | None = None, counter: str = "analytic",
                 num_classes: int = 1000, peak_tflops: float | None = None, seed: int = 0,
+                matmul_size: tuple[int, int, int] | None = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time a training step of each spec (see the module doc). Returns ``{"machine": {...},
-    "rows": [...]}``, every row flat; ``mfu`` is None where no peak is known (CPU)."""
+    "rows": [...]}``, every row flat; ``mfu`` is None where no peak is known (a CPU, unless
+    ``peak_tflops`` is given, or a GPU the table lacks)."""
     from harness import peaks
     from harness.bench import _device_name, torch_threads
 
@@ -87,22 +93,19 @@ def bench_train(specs: Sequence[str], *, batch_size: int = 32, precision: str = 
             "flop_convention": CONVENTION, "batch_size": batch_size,
             "loadavg_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         }
-        if dev.type == "cuda":
-            machine["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
-            found = (peak_tflops, "given (--peak-tflops)") if peak_tflops else \
-                peaks.peak_tflops(name, precision, machine["tf32"])
-            machine["peak_tflops"], machine["peak_source"] = found or (None, None)
-        else:
-            machine["peak_tflops"] = machine["peak_source"] = None
+        machine["tf32"] = dev.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+        found = (peak_tflops, "given (--peak-tflops)") if peak_tflops else \
+            peaks.peak_tflops(name, precision, machine["tf32"]) if dev.type == "cuda" else None
+        machine["peak_tflops"], machine["peak_source"] = found or (None, None)
         machine["rounds"] = rounds
-        before = matmul_tflops(dev, precision)
+        before = matmul_tflops(dev, precision, size=matmul_size)
         say(f"{name}: large matmul {before:.3g} TFLOP/s ({precision})")
         rows = []
         for spec in specs:
             rows.append(_bench_one(spec, dev, precision, batch_size, repeats, warmup, rounds,
                                    counter, num_classes, seed))
             say(_progress_line(rows[-1]))
-        after = matmul_tflops(dev, precision)
+        after = matmul_tflops(dev, precision, size=matmul_size)
     machine["matmul_tflops_before"], machine["matmul_tflops_after"] = before, after
     machine["matmul_tflops"] = statistics.median([before, after])
     machine["reference_tflops"] = machine["peak_tflops"] or machine["matmul_tflops"]

@@ -150,13 +150,17 @@ def bench_train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed steps (median)", min=1)] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps first", min=0)] = 3,
+    rounds: Annotated[int, typer.Option(
+        help="Time again, up to this many rounds, while the spread or other processes' CPU "
+             "use is high; then flag", min=1)] = 3,
     threads: Annotated[int | None, typer.Option(
         help="torch CPU threads (default: torch's count), recorded", min=1)] = None,
     counter: Annotated[str, typer.Option(
         help="FLOP counter: analytic (closed form), fvcore, torch")] = "analytic",
     num_classes: Annotated[int, typer.Option(help="Classes of the head", min=1)] = 1000,
     peak_tflops: Annotated[float | None, typer.Option(
-        help="The device's dense peak at this precision, for a GPU the table lacks")] = None,
+        help="The device's dense peak TFLOP/s at this precision (a GPU the table lacks, or "
+             "a CPU): MFU is measured against it")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Write the results as JSON (a study's estimate.from_bench reads it)")] = None,
 ) -> None:
@@ -171,7 +175,8 @@ def bench_train(
         raise typer.BadParameter(f"{counter!r}; allowed: analytic, fvcore, torch",
                                  param_hint="--counter")
     result = run_bench(specs, batch_size=batch_size, precision=precision, device=device,
-                       repeats=repeats, warmup=warmup, threads=threads, counter=counter,
+                       repeats=repeats, warmup=warmup, rounds=rounds, threads=threads,
+                       counter=counter,
                        num_classes=num_classes, peak_tflops=peak_tflops,
                        progress=lambda line: print(line, flush=True))
     print_train(result)
