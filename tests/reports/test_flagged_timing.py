@@ -35,3 +35,16 @@ def test_flags_do_not_mark_counted_costs():
     fig = fig_pareto(agg(), "gflops_per_image", ["test_accuracy"])
     assert all(s == ["circle"] for s in markers(fig).values())
     assert not any(t.name == FLAGGED_LABEL for t in fig.data)
+
+
+def test_the_paper_fronts_mark_them_too():
+    from reports.paper import fig_fronts
+
+    fig = fig_fronts(agg(), ["gflops_per_image", "train_step_ms"], "test_accuracy")
+    by_axis = {}
+    for t in fig.data:
+        if t.mode and "markers" in t.mode and t.x[0] is not None:
+            by_axis.setdefault(t.xaxis, []).extend(t.marker.symbol)
+    assert FLAGGED_SYMBOL not in by_axis["x"]  # GFLOP/img: counted, never flagged
+    assert FLAGGED_SYMBOL in by_axis["x2"]  # train step time
+    assert any(t.name == FLAGGED_LABEL for t in fig.data)
