@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STUDY ?= studies/quickstart.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint
+GPU_OUT ?= results/gpu
+
+.PHONY: setup demo test lint test-gpu
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,3 +27,8 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check harness runners reports tests
+
+# On a GPU machine: doctor, tests/gpu, the GPU benchmarks; results in $(GPU_OUT). Needs a
+# Python with a CUDA build of torch and the project's dependencies (PY=... to pick another).
+test-gpu:
+	PY=$(PY) GPU_OUT=$(GPU_OUT) tests/gpu/run.sh

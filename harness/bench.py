@@ -434,19 +434,26 @@ def _expert_rows(layer: nn.Module, batch: int, tokens: int) -> int:
     return groups * compute_capacity(group, layer.num_experts, factor)
 
 
-def _fwd(layer, x):
+def _fwd(layer, x, precision: str = "fp32"):
+    autocast = _autocast(x.device, precision)
+
     @torch.no_grad()
     def run():
-        layer(x)
+        with autocast:
+            layer(x)
 
     return run
 
 
-def _fwd_bwd(layer, x, grad):
+def _fwd_bwd(layer, x, grad, precision: str = "fp32"):
+    autocast = _autocast(x.device, precision)
+
     def run():
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        layer(x).backward(grad)
+        with autocast:
+            y = layer(x)
+        y.backward(grad.to(y.dtype))
 
     return run
 
@@ -482,9 +489,12 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                  repeats: int = 7, warmup: int = 2, device: str = "cpu", seed: int = 0,
                  compare_reference: bool = True,
                  plain_matmul_size: tuple[int, int, int] = (2048, 1024, 1024),
-                 budget_s: float | None = 150.0,
+                 budget_s: float | None = 150.0, precision: str = "fp32",
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Forward and forward+backward time of each MLP kind at matched shapes (see module doc).
+
+    ``precision`` bf16 runs every layer (ours and the reference) under bf16 autocast; the
+    expert-matmul columns, which time bare float32 matmuls, are then left out.
 
     Soft MoE rows (with the comparison, 2 x ``repeats`` + 1 pairs) come first. Past
     ``budget_s`` seconds the remaining rows are timed with 3 repeats and 1 warm-up (the row
@@ -505,8 +515,9 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         "torch_version": torch.__version__,
         "loadavg_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "thp_advice": os.environ.get("MOE_HARNESS_THP", "1") != "0",
-        "onednn_inference": onednn_ok(torch.zeros(1, device=device)),
+        "onednn_inference": onednn_ok(torch.zeros(1, device=device)) and precision == "fp32",
         "flop_convention": CONVENTION,
+        "precision": precision,
     }
     machine["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size)
     say(f"plain matmul: {machine['plain_matmul_gflops_per_s']:.0f} GFLOP/s")
@@ -536,9 +547,10 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         if ref is not None:
             ref = ref.to(device).train()
             pairs = 2 * repeats + 1  # the targets read these medians: more pairs than rows
-            fwd = time_pairs(_fwd(layer, x), _fwd(ref, x), device=device, repeats=pairs,
-                             warmup=warmup)
-            bwd = time_pairs(_fwd_bwd(layer, xg, grad), _fwd_bwd(ref, xg, grad), device=device,
+            fwd = time_pairs(_fwd(layer, x, precision), _fwd(ref, x, precision), device=device,
+                             repeats=pairs, warmup=warmup)
+            bwd = time_pairs(_fwd_bwd(layer, xg, grad, precision),
+                             _fwd_bwd(ref, xg, grad, precision), device=device,
                              repeats=pairs, warmup=warmup)
             for name, res in (("fwd", fwd), ("fwd_bwd", bwd)):
                 row[f"{name}_ms"] = res["ours"]["median_ms"]
@@ -553,14 +565,15 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
                 row[f"others_cpu_{name}"] = res["others_cpu_median"]
             del ref
         else:
-            for name, fn in (("fwd", _fwd(layer, x)), ("fwd_bwd", _fwd_bwd(layer, xg, grad))):
+            for name, fn in (("fwd", _fwd(layer, x, precision)),
+                             ("fwd_bwd", _fwd_bwd(layer, xg, grad, precision))):
                 res = time_call(fn, device=device, repeats=repeats, warmup=warmup)
                 row[f"{name}_ms"] = res["median_ms"]
                 row[f"{name}_ms_p10"], row[f"{name}_ms_p90"] = res["p10_ms"], res["p90_ms"]
         # the machine's rate now (the load of a shared machine drifts during a run)
         row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size,
                                                                repeats=3)
-        if kind != "dense":
+        if kind != "dense" and precision == "fp32":
             _expert_columns(row, layer, batch, tokens, dim, hidden, device, repeats, warmup,
                             row["plain_matmul_gflops_per_s"])
         rows.append(row)
@@ -666,7 +679,9 @@ def print_layers(result: dict[str, Any]) -> None:
     console.print(table)
     r0 = rows[0] if rows else {}
     console.print(
-        f"dim {r0.get('dim')}, {r0.get('tokens')} tokens, batch {r0.get('batch')}; "
+        f"dim {r0.get('dim')}, {r0.get('tokens')} tokens, batch {r0.get('batch')}, "
+        f"{machine.get('precision', 'fp32')}"
+        f"{' autocast, ours and the reference' if machine.get('precision') == 'bf16' else ''}; "
         f"{machine['device']}, torch {machine['torch_version']}; plain matmul "
         f"{machine['plain_matmul_gflops_per_s_median']:.0f} GFLOP/s (median; measured beside "
         f"every row, '% of plain' uses the row's own); load average "

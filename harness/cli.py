@@ -121,6 +121,9 @@ def bench_layers(
     quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only")] = False,
     reference: Annotated[bool, typer.Option(
         help="Compare with soft-moe-pytorch when installed")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N")] = "cpu",
+    precision: Annotated[str, typer.Option(
+        help="fp32, or bf16 (every layer under bf16 autocast)")] = "fp32",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
 ) -> None:
     """Forward and forward+backward time of each MLP kind at matched shapes; our Soft MoE
@@ -133,10 +136,24 @@ def bench_layers(
         dim=dim, tokens=tokens, batch=batch, experts=tuple(experts or (8, 32, 128)),
         slots=tuple(slots or ((1,) if quick else (1, 2))),
         repeats=repeats or (3 if quick else 5), warmup=1,
-        compare_reference=reference, progress=lambda line: print(line, flush=True))
+        compare_reference=reference, device=_bench_device(device),
+        precision=_choice(precision, ("fp32", "bf16"), "--precision"),
+        progress=lambda line: print(line, flush=True))
     bench.print_layers(result)
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r}; allowed: {', '.join(allowed)}", param_hint=option)
+    return value
+
+
+def _bench_device(name: str) -> str:
+    from harness.bench_train import resolve_device
+
+    return str(resolve_device(name))
 
 
 @bench_app.command("train")
@@ -171,9 +188,7 @@ def bench_train(
     from harness.bench_train import bench_train as run_bench
     from harness.bench_train import print_train
 
-    if counter not in ("analytic", "fvcore", "torch"):
-        raise typer.BadParameter(f"{counter!r}; allowed: analytic, fvcore, torch",
-                                 param_hint="--counter")
+    _choice(counter, ("analytic", "fvcore", "torch"), "--counter")
     result = run_bench(specs, batch_size=batch_size, precision=precision, device=device,
                        repeats=repeats, warmup=warmup, rounds=rounds, threads=threads,
                        counter=counter,

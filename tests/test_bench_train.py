@@ -136,3 +136,35 @@ def test_cli_prints_rates_and_writes_json(tmp_path):
         assert text in proc.stdout, text
     saved = json.loads(out.read_text())
     assert saved["rows"][0]["spec"] == TINY and saved["machine"]["threads"] == 1
+
+
+def test_gpu_targets_read_from_the_saved_benchmarks(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "gpu" / "targets.py"
+    spec = importlib.util.spec_from_file_location("gpu_targets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "train.json").write_text(json.dumps({
+        "machine": {"device": "NVIDIA H200"},
+        "rows": [{"spec": "vit-s/16", "mfu": 0.45, "step_ms": 100.0, "batch_size": 256},
+                 {"spec": "vit-s/16:soft:e128:s1", "mfu": 0.3, "step_ms": 140.0}]}))
+    (tmp_path / "layers.json").write_text(json.dumps({"rows": [
+        {"kind": "soft", "experts": 128, "slots_per_expert": 1, "speedup_fwd_bwd_median": 2.5}]}))
+    lines = module.targets(tmp_path)
+    assert lines[0].startswith("Soft MoE layer") and "x2.50 (goal >= x3): NOT met" in lines[0]
+    assert "45.0% (goal >= 40%): met" in lines[1] and "NVIDIA H200" in lines[1]
+    assert "x1.40 (goal <= x1.3): NOT met" in lines[2]
+
+
+def test_bench_layers_in_bf16_times_every_kind_under_autocast():
+    from harness.bench import bench_layers
+
+    out = bench_layers(dim=16, tokens=4, batch=2, experts=(2,), slots=(1,), repeats=1,
+                       warmup=1, precision="bf16", compare_reference=False,
+                       plain_matmul_size=(64, 64, 64))
+    assert out["machine"]["precision"] == "bf16" and not out["machine"]["onednn_inference"]
+    assert [r["kind"] for r in out["rows"]] == ["soft", "dense", "tokens_choice",
+                                                "experts_choice"]
+    assert all(r["fwd_bwd_ms"] > 0 and "experts_fwd_ms" not in r for r in out["rows"])
