@@ -153,7 +153,9 @@ def _bench_one(spec: str, device: torch.device, precision: str, batch_size: int,
     }
     if device.type == "cuda":
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    del model
+    del model, images, labels
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the next model starts from an empty cache
     return row
 
 
