@@ -423,15 +423,14 @@ def reference_soft_moe(dim: int, num_experts: int, slots: int, hidden: int):
 
 def _expert_rows(layer: nn.Module, batch: int, tokens: int) -> int:
     """Rows each expert processes in one call of ``layer`` on (batch, tokens, dim)."""
-    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice, compute_capacity
+    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice
 
     if isinstance(layer, SoftMoE):
         return batch * layer.slots_per_expert
     group = layer.group_size or tokens
     groups = batch * tokens // group
-    factor = layer.capacity_factor * (layer.k if isinstance(layer, TokensChoice) else 1)
     assert isinstance(layer, (TokensChoice, ExpertsChoice))
-    return groups * compute_capacity(group, layer.num_experts, factor)
+    return groups * layer.capacity(group, getattr(layer, "k", 1))
 
 
 def _fwd(layer, x, precision: str = "fp32"):

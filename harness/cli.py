@@ -3,6 +3,7 @@ commands, so ``moe-harness --help`` stays instant."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,8 +19,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"moe-harness {version('moe-harness')}")
+        except PackageNotFoundError:
+            print("moe-harness (not installed as a package)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit")] = False,
+) -> None:
     """Benchmark Soft MoE against sparse MoEs and dense ViTs: studies, costs, reports."""
 
 
@@ -54,6 +70,7 @@ def inspect(
     from harness import cost
     from harness.models import parse_model_spec
 
+    output_file(json_out, "--json")
     if paper:
         rows = cost.paper_table("meta" if counter == "auto" else counter)
         cost.print_paper_table(rows)
@@ -132,6 +149,7 @@ def bench_layers(
 
     from harness import bench
 
+    output_file(out, "--out")
     result = bench.bench_layers(
         dim=dim, tokens=tokens, batch=batch, experts=tuple(experts or (8, 32, 128)),
         slots=tuple(slots or ((1,) if quick else (1, 2))),
@@ -227,9 +245,42 @@ def wide_console():
 
 
 def _load(study: Path, set_: list[str] | None, profile: str | None):
+    """The study, validated whole: its ``tune`` section too, whatever the command."""
     from harness.study import load
 
-    return load(study, set_ or [], profile)
+    spec = load(study, set_ or [], profile)
+    if spec.tune is not None:
+        from runners.tune import parse
+
+        parse(spec)
+    return spec
+
+
+def output_file(path: Path | None, option: str) -> Path | None:
+    """``path`` if a file can be written there: its folder exists and it is not a folder."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise HarnessError(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise HarnessError(f"{option} {path}: no such folder {path.parent}; create it first")
+    return path
+
+
+def writable_store(results: Path | None, study_name: str):
+    """The study's store, its folder created and writable, or one line saying why not."""
+    from harness.store import Store, results_root
+
+    store = Store(results_root(results), study_name)
+    try:
+        store.dir.mkdir(parents=True, exist_ok=True)
+        probe = store.dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise HarnessError(f"--results {store.root}: cannot write results there "
+                           f"({err.strerror or err})") from None
+    return store
 
 
 @app.command()
@@ -239,7 +290,8 @@ def run(
     profile: ProfileOpt = None,
     results: ResultsOpt = None,
     executor: Annotated[str | None, typer.Option(help="local (default), debug, slurm")] = None,
-    max_parallel: Annotated[int | None, typer.Option(help="Local runs at the same time")] = None,
+    max_parallel: Annotated[int | None, typer.Option(
+        help="Local runs at the same time", min=1)] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the expanded runs and exit")] = False,
     rerun: Annotated[bool, typer.Option(help="Redo every run, done or not")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Redo only the failed runs")] = False,
@@ -255,11 +307,13 @@ def run(
     with --set executor.slurm.KEY=VALUE, e.g. --set executor.slurm.partition=gpu.
     """
     from harness.store import Store, results_root
-    from runners import dispatch, plan
+    from runners import check_executor, dispatch, plan
 
     console = wide_console()
     spec = _load(study, set_, profile)
-    store = Store(results_root(results), spec.name)
+    check_executor(executor or spec.executor.name, "--executor")
+    store = (Store(results_root(results), spec.name) if dry_run
+             else writable_store(results, spec.name))
     the_plan = plan(spec, store, rerun=rerun, retry_failed=retry_failed)
     if dry_run:
         from runners.views import plan_table
@@ -320,7 +374,9 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     from reports.build import build_report
 
     spec = _load(study, set_, profile)
-    path = build_report(spec, Store(results_root(results), spec.name), out)
+    store = (Store(results_root(results), spec.name) if output_file(out, "--out")
+             else writable_store(results, spec.name))
+    path = build_report(spec, store, out)
     print(f"report: {path}")
 
 
@@ -347,11 +403,17 @@ def tune(
 ) -> None:
     """Tune a study's `tune:` space with Optuna; running it again continues the same study."""
     from harness.store import results_root
+    from runners import check_executor
     from runners.tune import show as show_tuning
     from runners.tune import tune as run_tuning
 
     spec = _load(study, set_, profile)
-    root = results_root(results)
+    if executor is not None:
+        check_executor(executor, "--executor")
+    for prefix in ("sqlite:///", "journal:"):  # a file storage goes into an existing folder
+        if storage and storage.startswith(prefix):
+            output_file(Path(storage.removeprefix(prefix)), "--storage")
+    root = results_root(results) if show else writable_store(results, spec.name).root
     if show:
         show_tuning(spec, root, storage)
         return
@@ -370,30 +432,70 @@ def schema(out: Annotated[Path | None, typer.Option(help="File to write")] = Non
     from harness.study import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
-    if out:
+    if output_file(out, "--out"):
         out.write_text(text)
     else:
         print(text, end="")
 
 
-def main() -> None:
-    try:
-        code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as err:  # click usage errors
-        import click
+def _click_class(name: str) -> type[Exception]:
+    """click's exception class ``name``, wherever typer takes click from (typer >= 0.29 bundles
+    its own copy, older versions use the click package)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
+
+def _say(text: str) -> None:
+    """One line on stderr, however long or multi-line the message (e.g. an echoed value)."""
+    line = " ".join(str(text).split())
+    print(line if len(line) <= 500 else line[:499] + "…", file=sys.stderr)
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """The command's exit status; every failure a user can cause is one line on stderr:
+    usage errors exit 2 with the usage line, HarnessError exits 2 (or its own code), file
+    system errors exit 2, an interrupt exits 130, an internal error exits 1 (its traceback
+    with MOE_HARNESS_DEBUG=1)."""
+    usage_error, click_error = _click_class("UsageError"), _click_class("ClickException")
+    try:
+        code = app(args=argv, prog_name="moe-harness", standalone_mode=False)
+    except HarnessError as err:
+        _say(f"error: {err}")
+        return err.exit_code
+    except typer.Exit as exit_:
+        return exit_.exit_code
+    except usage_error as err:
+        ctx = err.ctx
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            text = ctx.get_help()  # typer's rich help prints itself and returns ""
+            if text.strip():
+                print(text)
+            return 2
+        command = ctx.command_path if ctx is not None else "moe-harness"
+        if ctx is not None:
+            print(ctx.get_usage(), file=sys.stderr)
+        _say(f"error: {err.format_message()} (see '{command} --help')")
+        return 2
+    except click_error as err:
+        _say(f"error: {err.format_message()}")
+        return err.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        _say("interrupted")
+        return 130
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _say(f"error: {where}{err.strerror or err}")
+        return 2
+    except Exception as err:  # noqa: BLE001 - a bug of ours: one line, traceback on request
+        if os.environ.get("MOE_HARNESS_DEBUG"):
+            raise
+        _say(f"internal error: {type(err).__name__}: {err} (set MOE_HARNESS_DEBUG=1 for the "
+             f"traceback)")
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":

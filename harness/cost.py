@@ -29,7 +29,7 @@ def _numel(module: nn.Module) -> int:
 
 def experts_per_token(layer: nn.Module, num_tokens: int) -> float:
     """How many experts' parameters one token uses on average in ``layer``."""
-    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice, compute_capacity
+    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice
 
     if isinstance(layer, SoftMoE):
         return layer.num_slots / num_tokens
@@ -37,8 +37,7 @@ def experts_per_token(layer: nn.Module, num_tokens: int) -> float:
         return float(layer.k)
     if isinstance(layer, ExpertsChoice):
         group = layer.group_size or num_tokens
-        capacity = compute_capacity(group, layer.num_experts, layer.capacity_factor)
-        return layer.num_experts * capacity / group
+        return layer.num_experts * layer.capacity(group) / group
     raise TypeError(f"not an MoE layer: {type(layer).__name__}")
 
 
@@ -55,7 +54,7 @@ def parameter_counts(model: nn.Module, num_tokens: int) -> dict[str, int]:
 def closed_form_params(cfg) -> dict[str, int]:
     """``params_total`` and ``params_active`` (per token) of the model ``cfg`` builds, from
     its shapes alone (the same definitions as :func:`parameter_counts`)."""
-    from harness.moe import SOFT_VARIANTS, compute_capacity
+    from harness.moe import SOFT_VARIANTS
 
     s = cfg.shape
     w, h, c = s.width, s.mlp_dim, cfg.num_classes
@@ -79,7 +78,7 @@ def closed_form_params(cfg) -> dict[str, int]:
             if cfg.router == "tokens_choice":
                 per_token = float(cfg.k)
             else:
-                per_token = e * compute_capacity(group, e, cfg.capacity_factor) / group
+                per_token = e * cfg.expert_capacity / group
         total += (e - 1) * mlp + router
         active += router + (per_token - 1) * mlp
     return {"params_total": total, "params_active": round(active)}

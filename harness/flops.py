@@ -335,7 +335,7 @@ def analytic_flops(cfg) -> FlopCount:
     Written from the shapes, independently of the module code; ``routing_parts`` splits the
     routing into router logits, dispatch and combine.
     """
-    from harness.moe import SOFT_VARIANTS, compute_capacity
+    from harness.moe import SOFT_VARIANTS
 
     s = cfg.shape
     d, h, m = s.width, s.mlp_dim, cfg.num_tokens
@@ -360,8 +360,7 @@ def analytic_flops(cfg) -> FlopCount:
                 parts["combine"] = moe * m * n * d
         else:
             group = cfg.group_size or m
-            factor = cfg.capacity_factor * (cfg.k if cfg.router == "tokens_choice" else 1)
-            rows = e * compute_capacity(group, e, factor) * m / group  # buffer rows per image
+            rows = e * cfg.expert_capacity * m / group  # buffer rows per image
             parts["router_logits"] = moe * m * d * e
         macs["experts"] = moe * rows * 2 * d * h
         macs["routing"] = sum(parts.values())

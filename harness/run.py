@@ -17,13 +17,14 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from harness import distributed
-from harness.store import Store, atomic_write_json
+from harness.store import Busy, Store, atomic_write_json
 from harness.study import RunSpec
 
 
@@ -130,9 +131,21 @@ def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
 
     In a multi-process run only rank 0 calls ``on_progress`` (so a pruner cannot stop one rank
     alone: runs that may be pruned are single-process) and writes the record; other ranks
-    return None.
+    return None. Rank 0 holds the run's lock while it runs: when another process holds it (a
+    second sweep of the same study), this returns None at once and writes nothing.
     """
     store = Store(results_root, spec.study)
+    if not distributed.env_context().is_main:
+        return _execute(spec, store, on_progress, tags)
+    try:
+        with store.lock_run(spec.run_id):
+            return _execute(spec, store, on_progress, tags)
+    except Busy as busy:
+        print(f"skipped: {busy}", file=sys.stderr, flush=True)
+        return None
+
+
+def _execute(spec: RunSpec, store: Store, on_progress, tags) -> dict[str, Any] | None:
     record: dict[str, Any] = {**spec.flat(), **(tags or {}), "status": "failed", "error": None,
                               "started_at": now(), "spec_json": spec.canonical_json(),
                               "slurm_job_id": slurm_job_id()}  # also when failing early

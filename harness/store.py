@@ -2,18 +2,25 @@
 
 Records are written atomically (a temporary file in the same folder, fsync, ``os.replace``),
 so concurrent writers never corrupt or lose a record, and a reader never sees half a file.
-A record is replaced only by a newer record of the same run (``--rerun``, a retry).
+A finished record (``ok``, ``diverged``, ``pruned``) is replaced only by a finished record of a
+newer attempt (``--rerun``); a failed attempt over it, and any file that is not a valid record,
+goes to ``ROOT/STUDY/history/RUN_ID/`` instead of being lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, shorten
 
 ENV_ROOT = "MOE_HARNESS_RESULTS"
 # finished: a result, not retried unless --rerun. "pruned": a tuning trial stopped early by its
@@ -26,7 +33,8 @@ STATUSES = ("ok", "failed", "diverged", "pruned")
 SCHEMA = {
     "study": "str", "run_id": "str", "status": "str", "error": "str", "spec": "str",
     "model": "str", "router": "str", "num_experts": "int", "slots_per_expert": "int", "k": "int",
-    "capacity_factor": "float", "moe_layers": "str", "pool": "str", "seed": "int", "lr": "float",
+    "capacity_factor": "float", "moe_layers": "str", "pool": "str", "gelu": "str",
+    "capacity_rounding": "str", "router_noise": "float", "seed": "int", "lr": "float",
     "steps": "int", "batch_size": "int", "data": "str", "image_size": "int",
     "params_total": "int", "params_active": "int", "gflops_per_image": "float",
     "train_exaflops": "float", "train_exaflops_paper": "float", "train_step_ms": "float",
@@ -57,9 +65,46 @@ class Store:
         return self.runs_dir / f"{run_id}.json"
 
     def write(self, record: dict[str, Any]) -> Path:
+        """Write ``record`` as its run's current record; a failed attempt never replaces a
+        finished one (it goes to the run's history), and an invalid file is kept there too."""
         if record.get("status") not in STATUSES:
             raise ValueError(f"record status must be one of {STATUSES}, got {record.get('status')}")
-        return atomic_write_json(self.path(record["run_id"]), record)
+        path = self.path(record["run_id"])
+        try:
+            current = read_record(path)
+        except FileNotFoundError:
+            current = None
+        except BadRecord:
+            self._archive(path)
+            current = None
+        if current is not None and current["status"] in DONE and (
+                record["status"] not in DONE
+                or (record.get("started_at") or "") < (current.get("started_at") or "")):
+            return atomic_write_json(self._history_path(record["run_id"], record), record)
+        return atomic_write_json(path, record)
+
+    def _history_path(self, run_id: str, record: dict | None = None) -> Path:
+        stamp = (record or {}).get("finished_at") or dt.datetime.now(dt.timezone.utc).isoformat()
+        stamp = re.sub(r"[^0-9A-Za-z]", "", str(stamp))[:20]
+        return self.dir / "history" / run_id / f"{stamp}-{os.getpid()}-{time.monotonic_ns()}.json"
+
+    def _archive(self, path: Path) -> None:
+        target = self._history_path(path.stem)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target.with_suffix(".invalid"))
+
+    def history(self, run_id: str) -> list[Path]:
+        """Earlier or refused attempts of a run, oldest first."""
+        folder = self.dir / "history" / run_id
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
+    def lock_run(self, run_id: str):
+        """Held while a process executes the run: two sweeps never train one run at once."""
+        return hold_lock(self.dir / "work" / run_id / "run.lock", f"run {run_id}")
+
+    def lock_sweep(self):
+        """Held by a local sweep of the study for its whole duration."""
+        return hold_lock(self.dir / "sweep.lock", f"study {self.dir.name}")
 
     def workdir(self, run_id: str) -> Path:
         """Per-run scratch: checkpoints, progress. Kept after the run for inspection."""
@@ -69,21 +114,31 @@ class Store:
 
     # --- reading ---------------------------------------------------------------------------
     def read(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record; None when it has none or its file is not a valid record."""
         try:
-            return json.loads(self.path(run_id).read_text())
-        except FileNotFoundError:
+            return read_record(self.path(run_id))
+        except (FileNotFoundError, BadRecord):
             return None
 
-    def records(self) -> list[dict[str, Any]]:
+    def scan(self) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+        """The valid records, and (file, what is wrong) for every other ``runs/*.json``."""
+        records, problems = [], []
         if not self.runs_dir.is_dir():
-            return []
-        out = []
+            return records, problems
         for path in sorted(self.runs_dir.glob("*.json")):
             try:
-                out.append(json.loads(path.read_text()))
-            except (json.JSONDecodeError, OSError):  # never written by us half-way; skip noise
+                records.append(read_record(path))
+            except FileNotFoundError:  # replaced or archived while we listed the folder
                 continue
-        return out
+            except BadRecord as err:
+                problems.append((path, str(err)))
+        return records, problems
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.scan()[0]
+
+    def problems(self) -> list[tuple[Path, str]]:
+        return self.scan()[1]
 
     def statuses(self) -> dict[str, str]:
         return {r["run_id"]: r.get("status", "failed") for r in self.records()}
@@ -97,6 +152,74 @@ class Store:
     def load(self):
         """All records as a polars DataFrame with a stable schema (missing keys are null)."""
         return records_frame(self.records())
+
+
+class Busy(HarnessError):
+    """Another process holds the lock (its message names the holder)."""
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, what: str):
+    """An exclusive, non-blocking lock on ``path`` for the ``with`` block (flock: the kernel
+    frees it when the holder dies, SIGKILL included); Busy if another process holds it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise Busy(f"{what} is in use by {holder} (lock {path}); wait for it to end or "
+                       f"stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class BadRecord(ValueError):
+    """A file of the runs folder that is not a valid record (its message says why)."""
+
+
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float)}
+
+
+def check_record(record: Any, name: str | None = None) -> dict[str, Any]:
+    """``record`` itself if it is a valid record (a JSON object with a run_id, a known status
+    and the known columns of their types), else BadRecord naming the first problem."""
+    if not isinstance(record, dict):
+        raise BadRecord(f"expected a JSON object, found a JSON {type(record).__name__}")
+    if not isinstance(record.get("run_id"), str):
+        raise BadRecord("run_id: missing or not a string")
+    if name is not None and record["run_id"] != name:
+        raise BadRecord(f"run_id {record['run_id']!r} is not the file's name {name!r}")
+    if record.get("status") not in STATUSES:
+        raise BadRecord(f"status: {shorten(record.get('status'))}; allowed: {', '.join(STATUSES)}")
+    for key, kind in SCHEMA.items():
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _KINDS[kind])):
+            raise BadRecord(f"{key}: expected {'a number' if kind != 'str' else 'a string'}, "
+                            f"got {shorten(value)}")
+    return record
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The valid record in ``path``; FileNotFoundError, or BadRecord saying what is wrong."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        record = json.loads(text)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError included
+        raise BadRecord(f"not a JSON record ({type(err).__name__}: {err})") from None
+    return check_record(record, path.stem)
 
 
 def atomic_write_json(path: Path, payload: Any) -> Path:

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -27,19 +28,30 @@ from pydantic import (
 )
 
 from harness.config import DataConfig, ExecutorConfig, MeasureConfig, Section, TrainConfig
-from harness.errors import ConfigError, HarnessError
-from harness.models import MODEL_NAME, ModelConfig
+from harness.errors import ConfigError, HarnessError, shorten
+from harness.models import MODEL_NAME, PLACEMENT_HELP, ModelConfig
 
 # Axes of the model; their defaults apply when neither grid nor fixed names them.
 AXES: dict[str, Any] = {
     "model": None, "router": "dense", "num_experts": None, "slots_per_expert": None, "k": None,
     "capacity_factor": None, "moe_layers": "last_half", "pool": "gap", "attention": "auto",
-    "group_size": None, "seed": 0,
+    "group_size": None, "gelu": "erf", "capacity_rounding": None, "router_noise": None,
+    "seed": 0,
 }
 # Training knobs that may also be grid axes; they override the study's ``train`` section.
 TRAIN_AXES = ("lr", "steps", "batch_size", "weight_decay", "aux_loss_weight", "warmup_steps")
 ALL_AXES = (*AXES, *TRAIN_AXES)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The type of each model axis's values (training axes are typed by TrainConfig).
+INT_AXES = ("num_experts", "slots_per_expert", "k", "group_size", "seed")
+STR_AXES = ("model", "router", "pool", "attention", "gelu", "capacity_rounding")
+NUMBER_AXES = ("capacity_factor", "router_noise")
+
+# Bounds on what a study file may ask of the loader (see ``read_yaml``) and of ``expand``.
+MAX_STUDY_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 100_000
+MAX_GRID_POINTS = 10_000
 
 
 class RunSpec(Section):
@@ -56,6 +68,9 @@ class RunSpec(Section):
     pool: str = "gap"
     attention: str = "auto"
     group_size: int | None = None
+    gelu: str = "erf"
+    capacity_rounding: str | None = None  # sparse routers; resolved by ModelConfig
+    router_noise: float | None = None  # sparse routers, in units of 1/E; resolved likewise
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -79,7 +94,8 @@ class RunSpec(Section):
             attention=self.attention, router=self.router, num_experts=self.num_experts,
             slots_per_expert=self.slots_per_expert, k=self.k,
             capacity_factor=self.capacity_factor, moe_layers=self.moe_layers,
-            group_size=self.group_size,
+            group_size=self.group_size, gelu=self.gelu,
+            capacity_rounding=self.capacity_rounding, router_noise=self.router_noise,
         )
 
     @property
@@ -150,20 +166,38 @@ class Study(Section):
                              "or digit (it names the results folder)")
         return value
 
-    @field_validator("grid", "fixed")
+    @field_validator("fixed")
     @classmethod
-    def _known_axes(cls, value: dict) -> dict:
-        unknown = sorted(set(value) - set(ALL_AXES))
-        if unknown:
-            raise ValueError(f"unknown axis {unknown[0]!r}; allowed: {', '.join(ALL_AXES)}")
+    def _check_fixed(cls, value: dict) -> dict:
+        for axis, item in _known_axes(value).items():
+            _check_axis_value(axis, item)
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, value: dict) -> dict:
+        for axis, items in _known_axes(value).items():
+            if not items:
+                raise ValueError(f"{axis}: an empty list; give at least one value")
+            for item in items:
+                _check_axis_value(axis, item)
         return value
 
     @field_validator("exclude")
     @classmethod
-    def _known_exclude_axes(cls, value: list[dict]) -> list[dict]:
+    def _check_exclude(cls, value: list[dict]) -> list[dict]:
         for rule in value:
-            cls._known_axes(rule)
+            for axis, item in _known_axes(rule).items():
+                if axis == "moe_layers" and isinstance(item, list) and all(
+                        isinstance(i, int) for i in item):
+                    continue  # one placement given as block indices
+                for one in item if isinstance(item, list) else [item]:  # a list: any of these
+                    _check_axis_value(axis, one)
         return value
+
+    def grid_points(self) -> int:
+        """How many points the grid spans before exclusions and collapsing."""
+        return math.prod(len(values) for values in self.grid.values())
 
     def expand(self) -> list[RunSpec]:
         """Every distinct run of the grid, in grid order, excluded points left out."""
@@ -191,9 +225,9 @@ class Study(Section):
         if m.group(3) and int(m.group(3)) != self.data.image_size:
             raise HarnessError(f"{where}: model {model!r} names {m.group(3)} px but "
                                f"data.image_size is {self.data.image_size}")
-        train = self.train.model_copy(update={k: point[k] for k in TRAIN_AXES if k in point})
         try:
-            TrainConfig.model_validate(train.model_dump())
+            train = TrainConfig.model_validate(
+                {**self.train.model_dump(), **{k: point[k] for k in TRAIN_AXES if k in point}})
             cfg = ModelConfig(
                 size=m.group(1), patch_size=int(m.group(2)), image_size=self.data.image_size,
                 num_classes=self.data.num_classes or 1000, pool=point["pool"],
@@ -201,22 +235,55 @@ class Study(Section):
                 num_experts=point["num_experts"], slots_per_expert=point["slots_per_expert"],
                 k=point["k"], capacity_factor=point["capacity_factor"],
                 moe_layers=point["moe_layers"], group_size=point["group_size"],
+                gelu=point["gelu"], capacity_rounding=point["capacity_rounding"],
+                router_noise=point["router_noise"],
             )
+            from harness.attention import check_backend
+
+            check_backend(cfg.attention)
         except ConfigError as err:
             raise HarnessError(f"{where}: {err}") from None
         except (ValidationError, TypeError, ValueError) as err:
             raise HarnessError(f"{where}: {_first_error(err)}") from None
-        from harness.attention import check_backend
-
-        check_backend(cfg.attention)
         return RunSpec(
             study=self.name, model=f"vit-{cfg.size}/{cfg.patch_size}", router=cfg.router,
             num_experts=cfg.num_experts, slots_per_expert=cfg.slots_per_expert, k=cfg.k,
             capacity_factor=cfg.capacity_factor,
             moe_layers=cfg.moe_layers if cfg.router != "dense" else "none",
-            pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size,
-            seed=int(point["seed"]), data=self.data, train=train, measure=self.measure,
+            pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size, gelu=cfg.gelu,
+            capacity_rounding=cfg.capacity_rounding, router_noise=cfg.router_noise,
+            seed=point["seed"], data=self.data, train=train, measure=self.measure,
         )
+
+
+def _known_axes(value: dict) -> dict:
+    unknown = sorted(set(value) - set(ALL_AXES), key=str)
+    if unknown:
+        raise ValueError(f"unknown axis {shorten(unknown[0])}; allowed: {', '.join(ALL_AXES)}")
+    return value
+
+
+def _check_axis_value(axis: str, value: Any) -> None:
+    """Model axes hold values of one type: no silent ``int(1.5)`` or ``true`` for 1."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if axis in INT_AXES:
+        ok = is_int(value) or (value is None and axis != "seed")
+        kind = "an integer"
+    elif axis in NUMBER_AXES:
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value))
+        kind = "a finite number"
+    elif axis in STR_AXES:
+        ok, kind = isinstance(value, str), "a string"
+    elif axis == "moe_layers":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(map(is_int, value)))
+        kind = f"one of {PLACEMENT_HELP}"
+    else:  # training knobs: TrainConfig validates them with the rest of the section
+        return
+    if not ok:
+        raise ValueError(f"{axis}: expected {kind}, got {shorten(value)}")
 
 
 def _matches(rule: dict[str, Any], point: dict[str, Any]) -> bool:
@@ -230,9 +297,7 @@ def _matches(rule: dict[str, Any], point: dict[str, Any]) -> bool:
 
 def _first_error(err: Exception) -> str:
     if isinstance(err, ValidationError):
-        e = err.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"])
-        return f"{loc}: {e['msg']}" if loc else e["msg"]
+        return describe(err)
     return str(err)
 
 
@@ -240,15 +305,7 @@ def _first_error(err: Exception) -> str:
 def load(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Study:
     """Read, merge the profile and ``--set key.path=value`` overrides, validate."""
     path = Path(path)
-    if not path.is_file():
-        raise HarnessError(f"{path}: no such study file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise HarnessError(f"{path}:{where}: malformed YAML: {problem}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise HarnessError(f"{path}: a study file must be a mapping of keys "
                            f"(name, data, train, grid, ...), got {type(raw).__name__}")
@@ -260,8 +317,72 @@ def load(path: str | Path, overrides: list[str] = (), profile: str | None = None
         study = Study.model_validate(raw)
     except ValidationError as err:
         raise HarnessError(f"{path}: {describe(err)}") from None
+    if study.grid_points() > MAX_GRID_POINTS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in study.grid.items())
+        raise HarnessError(f"{path}: grid: {study.grid_points():,} points ({sizes}); at most "
+                           f"{MAX_GRID_POINTS:,} in one study: split it into several files")
     study.expand()  # surfaces impossible grid values now, as one clear error
     return study
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data, within bounds: at most ``MAX_STUDY_BYTES``, UTF-8, nesting at most
+    ``MAX_YAML_DEPTH`` deep and ``MAX_YAML_NODES`` values once aliases are expanded (an alias
+    bomb of a few lines would otherwise stall validation or fill memory)."""
+    if path.is_dir():
+        raise HarnessError(f"{path}: is a folder; give a study file (YAML), e.g. "
+                           f"studies/quickstart.yaml")
+    if not path.is_file():
+        raise HarnessError(f"{path}: no such study file")
+    data = path.read_bytes()
+    if len(data) > MAX_STUDY_BYTES:
+        raise HarnessError(f"{path}: {len(data):,} bytes; a study file is at most "
+                           f"{MAX_STUDY_BYTES:,}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HarnessError(f"{path}: not UTF-8 text (byte {err.start}: "
+                           f"{data[err.start:err.start + 1]!r})") from None
+    try:
+        node = _bounded_compose(path, text)
+        return yaml.safe_load(text) if node is not None else None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise HarnessError(f"{path}:{where}: malformed YAML: {problem}") from None
+
+
+def _bounded_compose(path: Path, text: str):
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # iterative: no recursion
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                line = event.start_mark.line + 1
+                raise HarnessError(f"{path}: line {line}: nested more than {MAX_YAML_DEPTH} "
+                                   f"levels deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def size(n) -> int:  # values once aliases are expanded; each node visited once
+        if id(n) not in sizes:
+            children = (n.value if isinstance(n, yaml.SequenceNode) else
+                        [c for pair in n.value for c in pair]
+                        if isinstance(n, yaml.MappingNode) else [])
+            sizes[id(n)] = min(1 + sum(size(c) for c in children), MAX_YAML_NODES + 1)
+        return sizes[id(n)]
+
+    try:
+        too_big = node is not None and size(node) > MAX_YAML_NODES
+    except RecursionError:
+        too_big = True
+    if too_big:
+        raise HarnessError(f"{path}: more than {MAX_YAML_NODES:,} values once its aliases "
+                           f"(*name) are expanded; write the values out or use fewer aliases")
+    return node
 
 
 def apply_profile(path: Path, raw: dict, profile: str | None) -> dict:
@@ -317,8 +438,9 @@ def describe(err: ValidationError) -> str:
         return f"{where}: unknown key {loc[-1]!r}; allowed: {', '.join(allowed)}"
     if e["type"] == "missing":
         return f"{where}: missing (required)"
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg} (got {e.get('input')!r})"
+    if e["type"] == "value_error":  # our own validators' messages say what they got
+        return f"{where}: {e['msg'].removeprefix('Value error, ')}"
+    return f"{where}: {e['msg']} (got {shorten(e.get('input'))})"
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

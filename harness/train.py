@@ -26,9 +26,12 @@ metrics are read from ``model.module``.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -281,22 +284,56 @@ def fewshot_probe(train_x, train_y, test_x, test_y, num_classes: int,
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+def previous_checkpoint(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, os.replace)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, os.replace); the checkpoint
+    it replaces is kept as ``previous_checkpoint(path)``. A failed write (a full disk) leaves no
+    temporary file behind and the earlier checkpoints as they were."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, previous_checkpoint(path))
+        os.replace(tmp, path)
+    except BaseException as err:
+        full = shutil.disk_usage(path.parent).free < 1 << 20  # before the space is freed
+        tmp.unlink(missing_ok=True)
+        if full and isinstance(err, Exception):
+            # torch's writer reports a full disk as "unexpected pos": say what happened
+            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from err
+        raise
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    # Our own file (it holds numpy and python RNG states, which weights_only refuses).
-    return torch.load(path, map_location=device, weights_only=False)
+def load_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest readable checkpoint (``path``, else the previous one), and a note saying
+    what was wrong with any that could not be read (None when all was well). Neither
+    readable: (None, note), and the run starts afresh."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    problems = []
+    for candidate in (path, previous_checkpoint(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            # Our own file (it holds numpy and python RNG states, which weights_only refuses).
+            saved = torch.load(candidate, map_location=device, weights_only=False)
+            if not isinstance(saved, dict) or "state" not in saved:
+                raise ValueError("not a training checkpoint")
+        except Exception as err:  # noqa: BLE001 - truncated or corrupt: fall back
+            problems.append(f"{candidate} unreadable ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})")
+            continue
+        if problems:
+            return saved, f"{'; '.join(problems)}: resumed from {candidate.name}"
+        return saved, None
+    return None, f"{'; '.join(problems)}: started afresh" if problems else None
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
@@ -441,7 +478,9 @@ def fit(
     state: dict[str, Any] = {"step": 0, "history": [], "loss_sum": 0.0, "loss_count": 0,
                              "train_time_s": 0.0, "status": "ok", "diverged_step": None}
     resumed_from = None
-    saved = load_checkpoint(ckpt_path, device)
+    saved, checkpoint_note = load_checkpoint(ckpt_path, device)
+    if checkpoint_note:
+        print(f"checkpoint: {checkpoint_note}", file=sys.stderr, flush=True)
     if saved is not None:
         if saved.get("run_id") != _run_id(spec):
             raise HarnessError(f"{ckpt_path}: belongs to run {saved.get('run_id')}, not "
@@ -475,6 +514,7 @@ def fit(
         result = {
             "status": state["status"], "diverged_step": state["diverged_step"],
             "steps_done": state["step"], "resumed_from_step": resumed_from,
+            "checkpoint_note": checkpoint_note,
             "train_loss": (state["loss_sum"] / state["loss_count"] if state["loss_count"]
                            else state["history"][-1]["train_loss"] if state["history"] else None),
             "test_accuracy": None, "test_loss": None, "fewshot_accuracy": None,

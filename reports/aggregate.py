@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from harness.store import BadRecord, read_record
 from reports.metrics import (
     ENVIRONMENT_KEYS,
     IDENTITY_KEYS,
@@ -92,16 +93,11 @@ def load_records(runs_dir: str | Path) -> pl.DataFrame:
     ) else []
     for path in files:
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, found {type(record).__name__}")
-        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
-            record = {
-                "run_id": path.stem,
-                "status": UNREADABLE,
-                "error": f"{path.name}: {exc}",
-            }
-        record.setdefault("run_id", path.stem)
+            record = read_record(path)
+        except FileNotFoundError:  # replaced or archived while we listed the folder
+            continue
+        except BadRecord as exc:  # not JSON, not an object, a field of the wrong type, ...
+            record = {"run_id": path.stem, "status": UNREADABLE, "error": f"{path.name}: {exc}"}
         records.append(record)
     return records_frame(records)
 

@@ -52,6 +52,8 @@ class Summary:
     ok: int = 0
     failed: int = 0
     diverged: int = 0
+    pruned: int = 0
+    skipped: int = 0  # held by another process (a second sweep of the study)
     job_ids: list[str] = field(default_factory=list)
     waited: bool = True
 
@@ -60,7 +62,14 @@ class Summary:
         setattr(self, status, getattr(self, status) + 1)
 
 
+def check_executor(name: str, where: str = "--executor") -> str:
+    if name not in EXECUTORS:
+        raise HarnessError(f"{where} {name!r}: allowed: {', '.join(EXECUTORS)}")
+    return name
+
+
 def make_runner(name: str, study: Study, store: Store, **options):
+    check_executor(name)
     if name in ("local", "debug"):
         from runners.local import LocalRunner
 
@@ -69,7 +78,6 @@ def make_runner(name: str, study: Study, store: Store, **options):
         from runners.slurm import SlurmRunner
 
         return SlurmRunner(study, store, **options)
-    raise HarnessError(f"--executor {name!r}: allowed: {', '.join(EXECUTORS)}")
 
 
 def dispatch(study: Study, specs: list[RunSpec], *, results_root: Path, executor: str | None = None,

@@ -1,14 +1,23 @@
 """Run specs on this machine through submitit: subprocesses (``local``) or in-process
-(``debug``), at most ``max_parallel`` at a time, retrying failed runs ``max_retries`` times."""
+(``debug``), at most ``max_parallel`` at a time, retrying failed runs ``max_retries`` times.
+
+One local sweep of a study at a time (``Store.lock_sweep``); each job dies with the sweep
+(``harness.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
+disk stops the sweep with one line, the runs already recorded untouched.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import time
 from contextlib import contextmanager
 
 import submitit
 
+from harness.errors import HarnessError, Interrupted
+from harness.lifeline import Tethered, kill_tree
 from harness.run import execute, now
 from harness.store import Store
 from harness.study import RunSpec, Study
@@ -53,19 +62,25 @@ class LocalRunner:
         queue = [(spec, 0) for spec in specs]
         running: dict = {}
         threads = max(1, (os.cpu_count() or 1) // self.max_parallel)
-        with SweepProgress(self.store, len(specs), enabled=self.show_progress) as progress:
+        task = execute if self.debug else Tethered(execute)
+        with self.store.lock_sweep(), stop_on_sigterm(), SweepProgress(
+                self.store, len(specs), enabled=self.show_progress) as progress:
             try:
                 while queue or running:
                     while queue and len(running) < self.max_parallel:
                         spec, tries = queue.pop(0)
-                        with thread_env(threads):
-                            job = self.executor.submit(execute, spec, str(self.store.root))
+                        with thread_env(threads), sigint_ignored():
+                            job = self.executor.submit(task, spec, str(self.store.root))
                         summary.job_ids.append(str(job.job_id))
                         running[job] = (spec, tries, now())
                         progress.started(spec)
                     for job in [j for j in running if self.debug or j.done()]:
                         spec, tries, submitted = running.pop(job)
                         record = self._result(job, spec, submitted)
+                        if record is None:  # another process holds this run
+                            summary.skipped += 1
+                            progress.skipped(spec)
+                            continue
                         if record["status"] == "failed" and tries < self.max_retries:
                             queue.append((spec, tries + 1))
                             progress.retrying(spec, record)
@@ -76,13 +91,28 @@ class LocalRunner:
                     if running:
                         time.sleep(0.5)
             except KeyboardInterrupt:
-                for job in running:
-                    job.cancel(check=False)
-                raise
+                self._cancel(running)
+                raise Interrupted(
+                    f"interrupted: stopped {len(running)} running run(s) of {self.study.name}; "
+                    f"{summary.ok + summary.failed + summary.diverged} finished in this sweep "
+                    f"are recorded. Run the same command again to resume") from None
+            except OSError as err:
+                self._cancel(running)
+                if err.errno != errno.ENOSPC:
+                    raise
+                raise HarnessError(
+                    f"{self.store.dir}: no space left on device; the sweep stopped with "
+                    f"{len(queue) + len(running)} run(s) not done (the recorded ones are "
+                    f"kept); free space and run the same command again") from None
         return summary
 
-    def _result(self, job, spec: RunSpec, submitted: str) -> dict:
-        """The run's record; if the job died before writing one, record that as failed."""
+    def _cancel(self, running: dict) -> None:
+        if not self.debug:
+            stop_local_jobs(list(running))
+
+    def _result(self, job, spec: RunSpec, submitted: str) -> dict | None:
+        """The run's record (None if another process holds the run); if the job died before
+        writing one, record that as failed (a finished record of the run stays current)."""
         try:
             return job.result()
         except Exception as err:  # noqa: BLE001 - the process died (killed, OOM, timeout)
@@ -96,3 +126,43 @@ class LocalRunner:
                       "log_path": str(job.paths.stderr)}
             self.store.write(record)
             return record
+
+
+def stop_local_jobs(jobs) -> None:
+    """End submitit local jobs now: each job's process tree (its controller, whose PID is the
+    job id, and the job under it) gets SIGKILL. A job is stopped between checkpoints anyway;
+    SIGINT would make the controller print a traceback on our terminal."""
+    for job in jobs:
+        kill_tree(int(job.job_id))
+
+
+@contextmanager
+def sigint_ignored():
+    """Processes started in this block ignore SIGINT (inherited through exec): a Ctrl-C on the
+    terminal reaches the sweep alone, which stops its jobs itself (``stop_local_jobs``)."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (e.g. ``kill``, a job's end) stops the sweep as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -76,8 +76,8 @@ from harness.study import AXES, TRAIN_AXES, RunSpec, Study
 # --- the tune section ------------------------------------------------------------------------
 INT_AXES = ("num_experts", "slots_per_expert", "k", "group_size", "seed", "steps", "batch_size",
             "warmup_steps")
-FLOAT_AXES = ("capacity_factor", "lr", "weight_decay", "aux_loss_weight")
-STR_AXES = ("model", "router", "moe_layers", "pool", "attention")
+FLOAT_AXES = ("capacity_factor", "router_noise", "lr", "weight_decay", "aux_loss_weight")
+STR_AXES = ("model", "router", "moe_layers", "pool", "attention", "gelu", "capacity_rounding")
 SPACE_AXES = (*AXES, *TRAIN_AXES)
 BLOCK_PARAM = "moe_block_{}"  # Optuna parameter names of a per-block placement
 
@@ -969,8 +969,9 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     import optuna
     from rich.console import Console
 
+    from harness.lifeline import Tethered
     from harness.store import Store
-    from runners.local import thread_env
+    from runners.local import sigint_ignored, stop_local_jobs, thread_env
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = console or Console(stderr=True)
@@ -1015,7 +1016,9 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     worker_fn = functools.partial(run_worker, study, cfg, url, trials,
                                   results_root=str(store.root),
                                   resumed_at=len(ostudy.get_trials(deepcopy=False)))
-    with thread_env(threads):
+    if executor == "local":  # workers die with this process; Ctrl-C reaches this one alone
+        worker_fn = Tethered(worker_fn)
+    with thread_env(threads), sigint_ignored():
         jobs = ex.map_array(worker_fn, list(range(workers)))
     summary["job_ids"] = [str(j.job_id) for j in jobs]
     if executor == "slurm" and not wait:
@@ -1027,6 +1030,8 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     try:
         _follow(ostudy, jobs, trials, before, console, show_progress, executor == "debug")
     except KeyboardInterrupt:
+        if executor == "local":
+            stop_local_jobs(jobs)
         for job in jobs:
             job.cancel(check=False)
         console.print("interrupted: workers cancelled; their running trials end FAILED; "

@@ -97,8 +97,10 @@ def _num(value: float) -> str:
 
 
 def status_table(study: Study, store: Store, live: dict[str, dict] | None = None) -> Table:
-    """Every run of the study: the store's state, else the scheduler's (``live``), else pending."""
-    records = {r["run_id"]: r for r in store.records()}
+    """Every run of the study: the store's state, else the scheduler's (``live``), else pending;
+    then every file of the runs folder that is not a valid record, as a ``problem`` row."""
+    valid, problems = store.scan()
+    records = {r["run_id"]: r for r in valid}
     live = live or {}
     specs = study.expand()
     counts: dict[str, int] = {}
@@ -111,7 +113,7 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
         # A live job of a run that already has a record is a retry in flight: show the job.
         state = job.get("state") if job else (record or {}).get("status", "pending")
         counts[state] = counts.get(state, 0) + 1
-        rec = record if not job else {}
+        rec = (record or {}) if not job else {}
         note = first_line(rec.get("error"))
         if state == "failed" and rec.get("log_path"):
             note = f"{note} (log: {rec['log_path']})"
@@ -125,5 +127,9 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
             _fmt(rec.get("train_images_per_s"), ".0f"),
             note,
         )
+    for path, why in problems:
+        counts["problem"] = counts.get("problem", 0) + 1
+        table.add_row(path.stem, "", "", "[red]problem", "", "", "", "", "",
+                      first_line(f"{path.name}: {why}"))
     table.title = f"{study.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return table

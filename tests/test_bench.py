@@ -73,8 +73,8 @@ def plain_soft_moe(layer: SoftMoE, x):
     d, n = x.shape[2], layer.num_slots
     phi = layer.phi.reshape(d, n)
     if layer.normalize:
-        xn = x / (x.pow(2).sum(-1, keepdim=True) + 1e-30).sqrt().add(1e-6)
-        phin = phi / (phi.pow(2).sum(0, keepdim=True)).sqrt().add(1e-6) * layer.scale
+        xn = x * (x.pow(2).sum(-1, keepdim=True) + 1e-6).rsqrt()  # the paper's code's form
+        phin = phi * (phi.pow(2).sum(0, keepdim=True) + 1e-6).rsqrt() * layer.scale
         logits = xn @ phin
     else:
         logits = x @ phi

@@ -54,8 +54,9 @@ def soft_moe_ref(layer: SoftMoE, x):
     for b in range(batch):
         xs = x[b]
         if layer.normalize:
-            xn = torch.stack([v / (math.sqrt(sum(float(c) ** 2 for c in v)) + 1e-6) for v in xs])
-            cols = [phi[:, j] / (math.sqrt(sum(float(c) ** 2 for c in phi[:, j])) + 1e-6)
+            # the paper's code: v / sqrt(|v|² + 1e-6)
+            xn = torch.stack([v / math.sqrt(sum(float(c) ** 2 for c in v) + 1e-6) for v in xs])
+            cols = [phi[:, j] / math.sqrt(sum(float(c) ** 2 for c in phi[:, j]) + 1e-6)
                     for j in range(n)]
             phin = torch.stack(cols, dim=1) * layer.scale.item()
         else:
@@ -213,7 +214,7 @@ def experts_choice_ref(layer: ExpertsChoice, x):
 @pytest.mark.parametrize("experts,capacity_factor", [(4, 1.0), (4, 0.5), (3, 2.0), (8, 1.0)])
 def test_experts_choice_matches_reference(experts, capacity_factor):
     torch.manual_seed(experts)
-    layer = ExpertsChoice(10, experts, 16, capacity_factor=capacity_factor)
+    layer = ExpertsChoice(10, experts, 16, capacity_factor=capacity_factor).eval()  # no noise
     x = torch.randn(2, 9, 10)
     ref, coverage = experts_choice_ref(layer, x)
     assert rel_err(layer(x).detach(), ref) < TOL
@@ -251,8 +252,9 @@ def ablation_ref(layer: SoftMoE, x):
     for b in range(batch):
         xs = x[b]
         if phi is not None:
-            xn = torch.stack([v / (v.norm() + 1e-6) for v in xs])
-            phin = torch.stack([phi[:, j] / (phi[:, j].norm() + 1e-6) for j in range(n)], 1)
+            xn = torch.stack([v / (v.norm() ** 2 + 1e-6).sqrt() for v in xs])
+            phin = torch.stack([phi[:, j] / (phi[:, j].norm() ** 2 + 1e-6).sqrt()
+                                for j in range(n)], 1)
             logits = [[float(xn[i] @ phin[:, j]) * layer.scale.item() for j in range(n)]
                       for i in range(m)]
         slot_out = []

@@ -134,8 +134,9 @@ def test_experts_slots_is_a_full_grid_for_each_router(profile):
     assert cells["tokens_choice"] == full
     # Experts Choice leaves out only cells whose buffers equal a cell it runs (the same model)
     m = cfgs[0].num_tokens
+    (rule,) = {c.capacity_rounding for c in cfgs if c.router == "experts_choice"}
     for e, s in full - cells["experts_choice"]:
-        assert any(compute_capacity(m, e, s) == compute_capacity(m, e2, s2)
+        assert any(compute_capacity(m, e, s, rule) == compute_capacity(m, e2, s2, rule)
                    for e2, s2 in cells["experts_choice"] if e2 == e), (e, s)
     assert cells["soft"] <= full  # Soft MoE: the cells where p = sigma * m / n >= 1
     for e, s in full:
@@ -154,7 +155,7 @@ def test_no_two_runs_are_the_same_model(name, profile):
         cfg = spec.model_config_()
         if cfg.router != "experts_choice":
             continue
-        capacity = compute_capacity(cfg.num_tokens, cfg.num_experts, cfg.capacity_factor)
+        capacity = cfg.expert_capacity  # by the study's capacity rule
         key = (cfg.replace(capacity_factor=1.0), capacity, spec.seed, spec.train)
         assert key not in seen, (cfg.spec, seen.get(key))
         seen[key] = cfg.spec

@@ -75,3 +75,44 @@ def test_status_error_column_takes_the_first_line():
     assert first_line("boom\n  Traceback ...") == "boom"
     assert first_line(None) == first_line("") == first_line(" \n ") == ""  # blank errors too
     assert first_line("x" * 150) == "x" * 99 + "…"
+
+
+def test_a_finished_record_is_replaced_only_by_a_newer_finished_one(tmp_path):
+    store = Store(tmp_path, "s")
+    ok = {"run_id": "r", "status": "ok", "test_accuracy": 0.9, "started_at": "2026-01-01T00:00"}
+    store.write(ok)
+    store.write({"run_id": "r", "status": "failed", "error": "killed", "started_at": None})
+    store.write({"run_id": "r", "status": "failed", "error": "rerun killed",
+                 "started_at": "2026-01-02T00:00"})
+    store.write({**ok, "test_accuracy": 0.1, "started_at": "2025-12-31T00:00"})  # older attempt
+    assert store.read("r") == ok  # still the result
+    kept = [json.loads(p.read_text()) for p in store.history("r")]
+    assert sorted(r.get("error") or "older" for r in kept) == ["killed", "older", "rerun killed"]
+    newer = {**ok, "test_accuracy": 0.95, "started_at": "2026-01-03T00:00"}
+    store.write(newer)
+    assert store.read("r") == newer
+    store.write({"run_id": "f", "status": "failed", "error": "a"})
+    store.write({"run_id": "f", "status": "failed", "error": "b"})  # failed over failed: replaced
+    assert store.read("f")["error"] == "b"
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"\xff\xfe not utf-8", "not a JSON record (UnicodeDecodeError"),
+    (b"[1, 2]", "expected a JSON object, found a JSON list"),
+    (b'{"run_id": "bad", "status": "ok", "test_accuracy": "high"}',
+     "test_accuracy: expected a number, got 'high'"),
+    (b'{"run_id": "bad", "status": "maybe"}', "status: 'maybe'; allowed"),
+    (b'{"run_id": "other", "status": "ok"}', "is not the file's name 'bad'"),
+    (b'{"run_id": "bad", "status": "ok", "seed": true}', "seed: expected a number, got True"),
+])
+def test_invalid_records_are_problems_not_crashes(tmp_path, content, says):
+    store = Store(tmp_path, "s")
+    store.write({"run_id": "good", "status": "ok"})
+    (store.runs_dir / "bad.json").write_bytes(content)
+    records, problems = store.scan()
+    assert [r["run_id"] for r in records] == ["good"]
+    assert [(p.name, says in why) for p, why in problems] == [("bad.json", True)], problems
+    assert store.read("bad") is None and store.statuses() == {"good": "ok"}
+    store.write({"run_id": "bad", "status": "ok"})  # a new record: the invalid file is kept aside
+    assert store.read("bad")["status"] == "ok"
+    assert [p.read_bytes() for p in store.history("bad")] == [content]

@@ -20,7 +20,17 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import ConfigError
-from harness.moe import ROUTERS, make_mlp, uses_capacity, uses_experts, uses_k, uses_slots
+from harness.moe import (
+    GELUS,
+    ROUTERS,
+    check_capacity_rule,
+    compute_capacity,
+    make_mlp,
+    uses_capacity,
+    uses_experts,
+    uses_k,
+    uses_slots,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,11 @@ def lookup_size(name: str) -> ViTSize:
         return SIZES[name]
     custom = CUSTOM_SIZE.fullmatch(name)
     if custom:
-        return ViTSize(*map(int, custom.groups()))
+        size = ViTSize(*map(int, custom.groups()))
+        zero = [f for f in ("width", "depth", "heads", "mlp_dim") if getattr(size, f) <= 0]
+        if zero:
+            raise ConfigError(f"model size {name!r}: {zero[0]} must be > 0")
+        return size
     raise ConfigError(
         f"unknown model size {name!r}; allowed: {', '.join(SIZES)} or a custom "
         f"'wWIDTHdDEPTHhHEADSmMLP' such as 'w64d4h4m256'"
@@ -106,7 +120,12 @@ def canonical_placement(placement: str | list[int] | tuple[int, ...]) -> str:
 # --- configuration -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything ``build`` needs. Fields a router does not use are normalised to None."""
+    """Everything ``build`` needs. Fields a router does not use are normalised to None.
+
+    ``gelu`` is the GELU of every MLP ("erf" exact, "tanh" approximation: the paper's).
+    ``capacity_rounding`` and ``router_noise`` (the sparse routers' training noise std in
+    units of 1/E) apply to Tokens and Experts Choice; their defaults: "ceil" and 1.0.
+    """
 
     size: str = "s"
     patch_size: int = 16
@@ -122,6 +141,9 @@ class ModelConfig:
     capacity_factor: float | None = None
     moe_layers: str = "last_half"
     group_size: int | None = None
+    gelu: str = "erf"
+    capacity_rounding: str | None = None
+    router_noise: float | None = None
 
     def __post_init__(self):
         shape = lookup_size(self.size)
@@ -129,9 +151,11 @@ class ModelConfig:
             raise ConfigError(f"unknown router {self.router!r}; allowed: {', '.join(ROUTERS)}")
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.gelu not in GELUS:
+            raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
         if shape.width % shape.heads:
             raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
-        if self.patch_size <= 0 or self.image_size % self.patch_size:
+        if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
             raise ConfigError(
                 f"image_size {self.image_size} must be a positive multiple of patch_size "
                 f"{self.patch_size}"
@@ -144,6 +168,9 @@ class ModelConfig:
             k=_default(self.k, 1) if uses_k(r) else None,
             capacity_factor=float(_default(self.capacity_factor, 1.0)) if uses_capacity(r)
             else None,
+            capacity_rounding=check_capacity_rule(_default(self.capacity_rounding, "ceil"))
+            if uses_capacity(r) else None,
+            router_noise=float(_default(self.router_noise, 1.0)) if uses_capacity(r) else None,
             moe_layers=canonical_placement(self.moe_layers),
         )
         if self.num_experts is not None and self.num_experts <= 0:
@@ -154,6 +181,11 @@ class ModelConfig:
             raise ConfigError(f"k must lie in 1..num_experts ({self.num_experts}), got {self.k}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.group_size is not None and self.group_size <= 0:
+            raise ConfigError(f"group_size must be > 0 (images per routing group), got "
+                              f"{self.group_size}")
+        if self.router_noise is not None and self.router_noise < 0:
+            raise ConfigError(f"router_noise must be >= 0, got {self.router_noise}")
         _ = self.moe_blocks  # resolving the placement validates it against the depth
 
     @property
@@ -163,6 +195,14 @@ class ModelConfig:
     @property
     def num_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def expert_capacity(self) -> int | None:
+        """Tokens and Experts Choice: buffer rows per expert and routing group."""
+        if not uses_capacity(self.router):
+            return None
+        return compute_capacity(self.group_size or self.num_tokens, self.num_experts,
+                                self.capacity_factor, self.capacity_rounding, self.k or 1)
 
     @property
     def moe_blocks(self) -> tuple[int, ...]:
@@ -224,8 +264,14 @@ def parse_model_spec(spec: str, **overrides) -> ModelConfig:
     fields["size"], fields["patch_size"] = m.group(1), int(m.group(2))
     if m.group(3):
         fields["image_size"] = int(m.group(3))
+    named: set[str] = set()
     for tok in tokens:
-        fields.update(_parse_token(spec, tok))
+        part = _parse_token(spec, tok)
+        twice = named & set(part)
+        if twice:
+            raise ConfigError(f"model spec {spec!r}: {tok!r} sets {twice.pop()} a second time")
+        named.update(part)
+        fields.update(part)
     return ModelConfig(**fields)
 
 
@@ -266,13 +312,16 @@ def build(cfg: ModelConfig | str, **overrides):
     def mlp_factory(dim: int, hidden: int):
         return make_mlp(cfg.router, dim, hidden, num_experts=cfg.num_experts,
                         slots_per_expert=cfg.slots_per_expert, k=cfg.k,
-                        capacity_factor=cfg.capacity_factor, group_size=cfg.group_size)
+                        capacity_factor=cfg.capacity_factor, group_size=cfg.group_size,
+                        gelu=cfg.gelu, capacity_rounding=cfg.capacity_rounding,
+                        router_noise=cfg.router_noise)
 
     return VisionTransformer(
         image_size=cfg.image_size, patch_size=cfg.patch_size, width=shape.width,
         depth=shape.depth, heads=shape.heads, mlp_dim=shape.mlp_dim,
         num_classes=cfg.num_classes, in_chans=cfg.in_chans, pool=cfg.pool,
         attention=cfg.attention, moe_blocks=cfg.moe_blocks, mlp_factory=mlp_factory,
+        gelu=cfg.gelu,
     )
 
 

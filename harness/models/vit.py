@@ -48,7 +48,8 @@ class Block(nn.Module):
 class MAPHead(nn.Module):
     """Multihead attention pooling (big_vision): a learned probe attends over the tokens."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, backend: str = "auto"):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, backend: str = "auto",
+                 gelu: str = "erf"):
         super().__init__()
         self.heads, self.backend = heads, backend
         self.probe = nn.Parameter(torch.zeros(1, 1, dim))
@@ -57,7 +58,7 @@ class MAPHead(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, mlp_dim)
+        self.mlp = Mlp(dim, mlp_dim, gelu=gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -85,6 +86,7 @@ class VisionTransformer(nn.Module):
         attention: str = "auto",
         moe_blocks: Sequence[int] = (),
         mlp_factory: Callable[[int, int], nn.Module] = Mlp,
+        gelu: str = "erf",  # the dense MLPs' GELU ("erf" | "tanh"); the factory sets the MoE's
     ):
         super().__init__()
         self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
@@ -94,12 +96,13 @@ class VisionTransformer(nn.Module):
         self.moe_blocks = tuple(moe_blocks)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_factory(width, mlp_dim) if i in self.moe_blocks
-                  else Mlp(width, mlp_dim), attention)
+                  else Mlp(width, mlp_dim, gelu=gelu), attention)
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.pool_kind = pool
-        self.map_head = MAPHead(width, heads, mlp_dim, attention) if pool == "map" else None
+        self.map_head = (MAPHead(width, heads, mlp_dim, attention, gelu=gelu) if pool == "map"
+                         else None)
         self.head = nn.Linear(width, num_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

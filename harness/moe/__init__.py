@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
-from harness.moe.capacity import compute_capacity
+from harness.moe.rules import GELUS, check_capacity_rule, compute_capacity
 
 if TYPE_CHECKING:
     from torch import nn
@@ -73,15 +73,23 @@ def make_mlp(
     k: int | None = None,
     capacity_factor: float | None = None,
     group_size: int | None = None,
+    gelu: str = "erf",
+    capacity_rounding: str | None = None,
+    router_noise: float | None = None,
 ) -> nn.Module:
-    """Build the MLP block for ``router``; arguments a router does not use are ignored."""
+    """Build the MLP block for ``router``; arguments a router does not use are ignored.
+
+    ``gelu`` applies to every MLP ("erf" | "tanh"); ``capacity_rounding`` (default "ceil")
+    and ``router_noise`` (the sparse routers' training noise in units of 1/E, vmoe's
+    convention; default 1.0) to Tokens and Experts Choice only.
+    """
     from harness.moe.dense import Mlp
     from harness.moe.experts_choice import ExpertsChoice
     from harness.moe.soft import SoftMoE
     from harness.moe.tokens_choice import TokensChoice
 
     if router == "dense":
-        return Mlp(dim, hidden_dim)
+        return Mlp(dim, hidden_dim, gelu=gelu)
     if router not in ROUTERS:
         raise ConfigError(f"unknown router {router!r}; allowed: {', '.join(ROUTERS)}")
     if num_experts is None:
@@ -89,15 +97,19 @@ def make_mlp(
     if router in SOFT_VARIANTS:
         dispatch, combine = SOFT_VARIANTS[router]
         return SoftMoE(dim, num_experts, slots_per_expert or 1, hidden_dim,
-                       dispatch=dispatch, combine=combine)
-    cf = 1.0 if capacity_factor is None else capacity_factor
+                       dispatch=dispatch, combine=combine, gelu=gelu)
+    sparse = dict(
+        capacity_factor=1.0 if capacity_factor is None else capacity_factor,
+        group_size=group_size, gelu=gelu, capacity_rounding=capacity_rounding or "ceil",
+        noise_std=(1.0 if router_noise is None else router_noise) / num_experts,
+    )
     if router == "tokens_choice":
-        return TokensChoice(dim, num_experts, hidden_dim, k=k or 1, capacity_factor=cf,
-                            group_size=group_size)
-    return ExpertsChoice(dim, num_experts, hidden_dim, capacity_factor=cf, group_size=group_size)
+        return TokensChoice(dim, num_experts, hidden_dim, k=k or 1, **sparse)
+    return ExpertsChoice(dim, num_experts, hidden_dim, **sparse)
 
 
 __all__ = [
+    "GELUS",
     "ROUTERS",
     "SOFT_VARIANTS",
     "BatchedExperts",
@@ -105,6 +117,7 @@ __all__ = [
     "Mlp",
     "SoftMoE",
     "TokensChoice",
+    "check_capacity_rule",
     "compute_capacity",
     "make_mlp",
     "uses_capacity",

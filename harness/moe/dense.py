@@ -6,12 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.moe.experts import GELUS, check_gelu
+
 
 class Mlp(nn.Module):
-    """dim -> hidden -> dim with exact GELU; ``aux_loss`` is always zero, ``metrics`` empty."""
+    """dim -> hidden -> dim with GELU (``gelu``: "erf" exact, or "tanh" approximation);
+    ``aux_loss`` is always zero, ``metrics`` empty."""
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, gelu: str = "erf"):
         super().__init__()
+        self.gelu = check_gelu(gelu)
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
         for layer in (self.fc1, self.fc2):
@@ -21,4 +25,4 @@ class Mlp(nn.Module):
         self.metrics: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x), approximate=GELUS[self.gelu]))

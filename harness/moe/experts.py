@@ -9,7 +9,7 @@ expert weights of hundreds of MB, the weight gradients are fresh memory at every
 4 KiB page faults otherwise cost more than the matmuls that fill them.
 
 Without gradients (evaluation, inference) on a float32 CPU, each expert runs as two calls
-of oneDNN's matmul with the bias and exact GELU fused into it (:func:`_experts_onednn`):
+of oneDNN's matmul with the bias and GELU fused into it (:func:`_experts_onednn`):
 one pass over the hidden activations instead of three, and oneDNN's AVX-512 kernels,
 which on the 2-core AMD EPYC of our CI were ~10% faster than MKL's batched path here.
 The weights go in as oneDNN prepacks them (its blocked layout), another ~15%: the packed
@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from harness.moe.rules import GELUS, check_gelu  # noqa: F401 - re-exported here
 
 _HUGE_PAGE = 2 << 20
 _HUGE_PAGE_MIN_BYTES = 4 << 20
@@ -148,9 +150,10 @@ def _experts_onednn(experts: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
     linear = onednn_linear()
     w1, w2 = _packed_weights(experts)
     b1, b2 = experts.b1, experts.b2
+    approximate = GELUS[experts.gelu]
     x = x.contiguous()
     return torch.stack([
-        linear(linear(x[e], w1[e], b1[e], "gelu", [], "none"), w2[e], b2[e], "none", [], "")
+        linear(linear(x[e], w1[e], b1[e], "gelu", [], approximate), w2[e], b2[e], "none", [], "")
         for e in range(x.shape[0])
     ])
 
@@ -160,48 +163,53 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 class _ExpertsFunction(torch.autograd.Function):
-    """out[e] = gelu(x[e] @ w1[e] + b1[e]) @ w2[e] + b2[e] for every expert e."""
+    """out[e] = gelu(x[e] @ w1[e] + b1[e]) @ w2[e] + b2[e] for every expert e; ``approximate``
+    is torch's name of the GELU form ("none" or "tanh")."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, keep: bool):
+    def forward(ctx, x, w1, b1, w2, b2, keep: bool, approximate: str = "none"):
         e, n, dim = x.shape
         hidden = w1.shape[2]
         pre = torch.baddbmm(b1.unsqueeze(1), x, w1, out=new_buffer((e, n, hidden), x))
         if keep:
-            h = torch.ops.aten.gelu.out(pre, out=new_buffer(pre.shape, pre))
+            h = torch.ops.aten.gelu.out(pre, approximate=approximate,
+                                        out=new_buffer(pre.shape, pre))
             ctx.save_for_backward(x, w1, w2, pre, h)
+            ctx.approximate = approximate
         else:
-            h = torch.ops.aten.gelu_(pre)
+            h = torch.ops.aten.gelu_(pre, approximate=approximate)
         return torch.baddbmm(b2.unsqueeze(1), h, w2, out=new_buffer((e, n, dim), x))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, w1, w2, pre, h = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_w2, need_b2, _ = ctx.needs_input_grad
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         bmm = lambda a, b: torch.bmm(a, b, out=new_buffer((*a.shape[:2], b.shape[2]), a))  # noqa: E731
         d_w2 = bmm(h.transpose(1, 2), grad) if need_w2 else None
         d_b2 = grad.sum(1) if need_b2 else None
         d_h = bmm(grad, w2.transpose(1, 2))
         del h
         gelu_backward = torch.ops.aten.gelu_backward.grad_input
-        d_pre = gelu_backward(d_h, pre, approximate="none", grad_input=d_h)  # in place
+        d_pre = gelu_backward(d_h, pre, approximate=ctx.approximate, grad_input=d_h)  # in place
         d_w1 = bmm(x.transpose(1, 2), d_pre) if need_w1 else None
         d_b1 = d_pre.sum(1) if need_b1 else None
         d_x = bmm(d_pre, w1.transpose(1, 2)) if need_x else None
-        return d_x, d_w1, d_b1, d_w2, d_b2, None
+        return d_x, d_w1, d_b1, d_w2, d_b2, None, None
 
 
 class BatchedExperts(nn.Module):
-    """``num_experts`` two-layer MLPs (dim -> hidden -> dim, exact GELU) with stacked weights.
+    """``num_experts`` two-layer MLPs (dim -> hidden -> dim, GELU ``gelu``: "erf" exact or
+    "tanh" approximation) with stacked weights.
 
     ``forward`` takes (E, n, dim), row block e going to expert e, and runs two ``baddbmm``
     calls: no Python loop over experts.
     """
 
-    def __init__(self, num_experts: int, dim: int, hidden_dim: int):
+    def __init__(self, num_experts: int, dim: int, hidden_dim: int, gelu: str = "erf"):
         super().__init__()
         self.num_experts, self.dim, self.hidden_dim = num_experts, dim, hidden_dim
+        self.gelu = check_gelu(gelu)
         self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
         self.b1 = nn.Parameter(torch.zeros(num_experts, hidden_dim))
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
@@ -229,9 +237,10 @@ class BatchedExperts(nn.Module):
                 _PACKED.pop(self, None)  # training: the weights are about to change
             elif onednn_ok(x):
                 return _experts_onednn(self, x)
-            return _ExpertsFunction.apply(x, *params, keep)
-        h = F.gelu(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1))
+            return _ExpertsFunction.apply(x, *params, keep, GELUS[self.gelu])
+        h = F.gelu(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1), approximate=GELUS[self.gelu])
         return torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}"
+        return (f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
+                f"gelu={self.gelu!r}")

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from harness.moe.routing import SparseRouted, compute_capacity, to_groups
+from harness.moe.routing import SparseRouted, to_groups
 
 
 class ExpertsChoice(SparseRouted):
-    """gates = softmax over experts of ``router(x)``; expert e takes the C tokens with the
-    largest gate in column e, C = ceil(capacity_factor · S / E). A token's output is the
-    gate-weighted sum over the experts that took it (zero if none did). No auxiliary loss.
+    """gates = softmax over experts of ``router(x)``, plus Gaussian noise of std ``noise_std``
+    on the logits in training only (None: 1/E, as the paper's Experts Choice config; 0: none,
+    as Zhou et al.); expert e takes the C tokens with the largest gate in column e,
+    C = ``capacity_rounding`` of capacity_factor · S / E (see ``compute_capacity``). A token's
+    output is the gate-weighted sum over the experts that took it (zero if none did). No
+    auxiliary loss.
     """
 
     def __init__(
@@ -23,16 +26,20 @@ class ExpertsChoice(SparseRouted):
         hidden_dim: int,
         capacity_factor: float = 1.0,
         group_size: int | None = None,
+        noise_std: float | None = None,
+        capacity_rounding: str = "ceil",
+        gelu: str = "erf",
     ):
-        super().__init__(dim, num_experts, hidden_dim, capacity_factor, group_size)
+        super().__init__(dim, num_experts, hidden_dim, capacity_factor, group_size,
+                         noise_std=noise_std, capacity_rounding=capacity_rounding, gelu=gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xg = to_groups(x, self.group_size)
         g, s, d = xg.shape
         e = self.num_experts
-        capacity = compute_capacity(s, e, self.capacity_factor)
+        capacity = self.capacity(s)
 
-        gates = torch.softmax(self.router(xg), dim=-1)  # (G, S, E)
+        gates = torch.softmax(self.noisy(self.router(xg)), dim=-1)  # (G, S, E)
         top_gate, top_token = gates.transpose(1, 2).topk(capacity, dim=-1)  # (G, E, C)
 
         token = (top_token + torch.arange(g, device=x.device).view(g, 1, 1) * s).reshape(-1)
@@ -61,5 +68,6 @@ class ExpertsChoice(SparseRouted):
     def extra_repr(self) -> str:
         return (
             f"num_experts={self.num_experts}, capacity_factor={self.capacity_factor}, "
-            f"group_size={self.group_size}"
+            f"group_size={self.group_size}, noise_std={self.noise_std:g}, "
+            f"capacity_rounding={self.capacity_rounding!r}"
         )

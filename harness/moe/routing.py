@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.moe.capacity import compute_capacity  # noqa: F401 - re-exported here
-from harness.moe.experts import BatchedExperts
+from harness.moe.experts import BatchedExperts, check_gelu
+from harness.moe.rules import (  # noqa: F401 - re-exported here
+    CAPACITY_RULE,
+    CAPACITY_RULE_HELP,
+    check_capacity_rule,
+    compute_capacity,
+)
 
 
 def to_groups(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -46,18 +51,38 @@ def check_positive(name: str, value: int) -> None:
 
 class SparseRouted(nn.Module):
     """What Tokens Choice and Experts Choice share: a linear router (dim -> E, no bias,
-    normal init with std dim^-1/2), the experts, the capacity factor and the routing group
-    size, and the aux loss / metrics every MoE layer exposes."""
+    normal init with std dim^-1/2), the experts, the capacity factor and rule, the routing
+    group size, the router noise, and the aux loss / metrics every MoE layer exposes.
+
+    ``noise_std``: std of the Gaussian noise added to the router logits in training only
+    (None: 1/E, vmoe's default for both sparse routers; 0: none).
+    """
 
     def __init__(self, dim: int, num_experts: int, hidden_dim: int, capacity_factor: float,
-                 group_size: int | None):
+                 group_size: int | None, noise_std: float | None = None,
+                 capacity_rounding: str = "ceil", gelu: str = "erf"):
         super().__init__()
         check_positive("num_experts", num_experts)
         self.num_experts, self.capacity_factor = num_experts, capacity_factor
         self.group_size = group_size
+        self.capacity_rounding = check_capacity_rule(capacity_rounding)
+        self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
+        if self.noise_std < 0:
+            raise ConfigError(f"noise_std must be >= 0, got {noise_std}")
         self.router = nn.Linear(dim, num_experts, bias=False)
         nn.init.normal_(self.router.weight, std=dim**-0.5)
-        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu))
         self.aux_loss = torch.zeros(())
         self.metrics: dict[str, float] = {}
         self.track_metrics = True
+
+    def capacity(self, group_tokens: int, k: int = 1) -> int:
+        """Buffer rows per expert for a group of ``group_tokens`` tokens, K choices each."""
+        return compute_capacity(group_tokens, self.num_experts, self.capacity_factor,
+                                self.capacity_rounding, k)
+
+    def noisy(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the routing decision uses: with noise in training, else as they are."""
+        if self.training and self.noise_std > 0:
+            return logits + self.noise_std * torch.randn_like(logits)
+        return logits

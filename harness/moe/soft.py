@@ -9,7 +9,14 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from harness.errors import ConfigError
-from harness.moe.experts import BatchedExperts, fast_path_ok, mm_nt, needs_grad, new_buffer
+from harness.moe.experts import (
+    BatchedExperts,
+    check_gelu,
+    fast_path_ok,
+    mm_nt,
+    needs_grad,
+    new_buffer,
+)
 from harness.moe.routing import check_positive, normalized_entropy
 
 Weights = Literal["soft", "uniform", "identity"]
@@ -19,9 +26,15 @@ WEIGHT_KINDS = ("soft", "uniform", "identity")
 EPS = 1e-6
 
 
+def inv_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """1 / sqrt(||x||² + 1e-6) along ``dim`` (kept): the paper's code normalises with this
+    (its text writes x / (||x|| + 1e-6): the same at ordinary norms, not near zero)."""
+    return torch.linalg.vector_norm(x, dim=dim, keepdim=True).pow(2).add(EPS).rsqrt()
+
+
 def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """x / (||x|| + 1e-6), as the paper writes it."""
-    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + EPS)
+    """x · rsqrt(||x||² + 1e-6), as the paper's code computes it."""
+    return x * inv_norm(x, dim)
 
 
 # --- the soft/soft path as two autograd functions with hand-written backwards -------------
@@ -62,22 +75,22 @@ class _SoftDispatch(torch.autograd.Function):
         n = phi_t.shape[0]
         x2 = x.reshape(batch * m, dim)
         logits = mm_nt(x2, phi_t).view(batch, m, n)
-        norm = None
-        if normalize:  # l2_normalize(x) @ phi == (x @ phi) / (||x|| + eps), row by row
-            norm = torch.linalg.vector_norm(x, dim=2, keepdim=True)
-            logits.div_(norm + EPS)
+        inv = None
+        if normalize:  # l2_normalize(x) @ phi == (x @ phi) * inv_norm(x), row by row
+            inv = inv_norm(x, 2)
+            logits.mul_(inv)
         dispatch = torch.softmax(logits, dim=1)  # over tokens, per slot
         combine = torch.softmax(logits, dim=2)  # over all slots, per token
         slots = torch.bmm(dispatch.transpose(1, 2), x, out=new_buffer((batch, n, dim), x))
         if keep:
-            ctx.save_for_backward(x, phi_t, logits, dispatch, combine, norm)
+            ctx.save_for_backward(x, phi_t, logits, dispatch, combine, inv)
             ctx.normalize, ctx.num_experts = normalize, num_experts
         return _expert_major(slots, num_experts), combine
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_expert_in, d_combine):
-        x, phi_t, logits, dispatch, combine, norm = ctx.saved_tensors
+        x, phi_t, logits, dispatch, combine, inv = ctx.saved_tensors
         batch, m, dim = x.shape
         n = phi_t.shape[0]
         d_slots = _batch_major(d_expert_in, batch)  # (B, n, D) view
@@ -93,13 +106,11 @@ class _SoftDispatch(torch.autograd.Function):
             del d_comb
         x2, d_x2 = x.reshape(batch * m, dim), d_x.view(batch * m, dim)
         if ctx.normalize:
-            # logits = raw / (|x| + eps) with raw = x @ phi: d raw = d_logits / (|x| + eps),
-            # d|x| = -sum_n(d_logits * logits) / (|x| + eps), d x += d|x| * x / |x|.
-            inv = (norm + EPS).reciprocal_()
-            d_norm = (d_logits * logits).sum(dim=2, keepdim=True).mul_(inv).neg_()
-            d_norm.div_(norm).masked_fill_(norm == 0, 0.0)  # |x|'s gradient is 0 at x = 0
+            # logits = raw * r with raw = x @ phi, r = (|x|² + eps)^(-1/2): d raw = d_logits * r,
+            # and through r (dr/dx = -r³ x): d x -= sum_n(d_logits * logits) * r² * x.
+            coef = (d_logits * logits).sum(dim=2, keepdim=True).mul_(inv.square()).neg_()
             d_logits.mul_(inv)
-            d_x.addcmul_(x, d_norm)
+            d_x.addcmul_(x, coef)
         d_l2 = d_logits.view(batch * m, n)
         d_x2.addmm_(d_l2, phi_t)
         d_phi_t = torch.mm(d_l2.t(), x2) if ctx.needs_input_grad[1] else None
@@ -150,6 +161,7 @@ class SoftMoE(nn.Module):
         normalize: bool = True,
         dispatch: Weights = "soft",
         combine: Weights = "soft",
+        gelu: str = "erf",
     ):
         super().__init__()
         check_positive("num_experts", num_experts)
@@ -166,7 +178,7 @@ class SoftMoE(nn.Module):
         else:
             self.register_parameter("phi", None)
             self.register_parameter("scale", None)
-        self.experts = BatchedExperts(num_experts, dim, hidden_dim)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu))
         self.aux_loss = torch.zeros(())
         self.metrics: dict[str, float] = {}
         self.track_metrics = True
@@ -189,7 +201,7 @@ class SoftMoE(nn.Module):
         """(batch, m, n·p) token-slot logits."""
         logits = x @ self.slot_params().t()
         if self.normalize:  # = l2_normalize(x) @ phi, without writing a normalised copy of x
-            logits = logits / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + EPS)
+            logits = logits * inv_norm(x, -1)
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ from harness.moe.routing import (
     SparseRouted,
     check_positive,
     coefficient_of_variation_sq,
-    compute_capacity,
     to_groups,
 )
 
@@ -36,7 +35,9 @@ class TokensChoice(SparseRouted):
     training only). A kept token's output is the sum over its kept choices of gate × expert
     output; a dropped choice adds zero (the token still passes through the block's residual).
     ``aux_loss`` = (importance loss + load loss) / 2, both the squared coefficient of variation
-    over experts (the load loss needs the noise, so it is zero when no noise is applied).
+    over experts. As in V-MoE, importance sums the noise-free gates (the routing uses the
+    noisy ones); the load loss needs the noise, so it is zero when no noise is applied.
+    Capacity: ``capacity_rounding`` of k·C·S/E (see ``compute_capacity``).
     """
 
     def __init__(
@@ -49,24 +50,24 @@ class TokensChoice(SparseRouted):
         bpr: bool = True,
         noise_std: float | None = None,
         group_size: int | None = None,
+        capacity_rounding: str = "ceil",
+        gelu: str = "erf",
     ):
-        super().__init__(dim, num_experts, hidden_dim, capacity_factor, group_size)
+        super().__init__(dim, num_experts, hidden_dim, capacity_factor, group_size,
+                         noise_std=noise_std, capacity_rounding=capacity_rounding, gelu=gelu)
         check_positive("k", k)
         if k > num_experts:
             raise ConfigError(f"k must be <= num_experts, got k={k}, num_experts={num_experts}")
         self.k, self.bpr = k, bpr
-        self.noise_std = 1.0 / num_experts if noise_std is None else noise_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xg = to_groups(x, self.group_size)
         g, s, d = xg.shape
         e, k = self.num_experts, self.k
-        capacity = compute_capacity(s, e, k * self.capacity_factor)
+        capacity = self.capacity(s, k)
 
         logits = self.router(xg)  # (G, S, E)
-        noisy = logits
-        if self.training and self.noise_std > 0:
-            noisy = logits + self.noise_std * torch.randn_like(logits)
+        noisy = self.noisy(logits)
         gates = torch.softmax(noisy, dim=-1)
         top_gate, top_expert = gates.topk(k, dim=-1)  # (G, S, K)
 
@@ -99,7 +100,9 @@ class TokensChoice(SparseRouted):
         return y.reshape(x.shape)
 
     def _aux_loss(self, logits, noisy, gates) -> torch.Tensor:
-        importance = coefficient_of_variation_sq(gates.sum(dim=1))
+        # Importance on the noise-free gates, as V-MoE defines it (the routing used the noisy).
+        clean = gates if noisy is logits else torch.softmax(logits, dim=-1)
+        importance = coefficient_of_variation_sq(clean.sum(dim=1))
         if not (self.training and self.noise_std > 0):
             return importance / 2
         # Load: probability that expert e is among a token's top-k under fresh noise.
@@ -123,5 +126,6 @@ class TokensChoice(SparseRouted):
     def extra_repr(self) -> str:
         return (
             f"num_experts={self.num_experts}, k={self.k}, capacity_factor={self.capacity_factor}, "
-            f"bpr={self.bpr}, noise_std={self.noise_std:g}, group_size={self.group_size}"
+            f"bpr={self.bpr}, noise_std={self.noise_std:g}, group_size={self.group_size}, "
+            f"capacity_rounding={self.capacity_rounding!r}"
         )

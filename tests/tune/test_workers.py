@@ -58,6 +58,7 @@ def write(tmp_path: Path, text: str = STUDY, **tune) -> Path:
 @pytest.fixture(params=["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def storage(request, tmp_path) -> str:
     if request.param == "journal":
+        (tmp_path / "shared").mkdir()  # a storage given by the user goes into an existing folder
         return f"journal:{tmp_path / 'shared' / 'optuna.journal'}"
     return request.getfixturevalue("pg_url")
 
