@@ -8,7 +8,9 @@ STUDY ?= studies/quickstart.yaml
 PYTEST_ARGS ?=
 EXTRAS := dev,bench
 
-.PHONY: setup demo test lint lock
+GPU_OUT ?= results/gpu
+
+.PHONY: setup demo test lint lock test-gpu
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -42,3 +44,8 @@ lock:
 	  .lock-venv/bin/python -m pip freeze --exclude-editable \
 	    | grep -viE '^(torch|moe-harness|moe_harness)( |=|@)'; } > requirements.lock
 	rm -rf .lock-venv build
+
+# On a GPU machine: doctor, tests/gpu, the GPU benchmarks; results in $(GPU_OUT). Needs a
+# Python with a CUDA build of torch and the project's dependencies (PY=... to pick another).
+test-gpu:
+	PY=$(PY) GPU_OUT=$(GPU_OUT) tests/gpu/run.sh

@@ -49,12 +49,14 @@ def inspect(
     k: Annotated[int | None, typer.Option(help="Experts per token (Tokens Choice)")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes of the head")] = 1000,
     counter: Annotated[str, typer.Option(
-        help="FLOP counter: auto (fvcore; meta device above 2B params), fvcore, torch, "
-             "meta, analytic")] = "auto",
+        help="FLOP counter: auto (= analytic: closed forms, nothing built, instant), fvcore "
+             "(a traced forward), torch, meta")] = "auto",
     time_: Annotated[bool, typer.Option(
         "--time", help="Also measure inference/training throughput and peak memory")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch size for --time")] = 32,
     repeats: Annotated[int, typer.Option(help="Timed repeats for --time (median)")] = 5,
+    threads: Annotated[int | None, typer.Option(
+        help="torch CPU threads for --time (default: torch's count), recorded", min=1)] = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the table as JSON to this file")] = None,
     paper: Annotated[bool, typer.Option(
@@ -80,15 +82,44 @@ def inspect(
             if value is not None}
         rows = [cost.inspect_model(
             parse_model_spec(spec, num_classes=num_classes).replace(**overrides),
-            counter=counter, timing=time_, batch_size=batch_size, repeats=repeats)
+            counter=counter, timing=time_, batch_size=batch_size, repeats=repeats,
+            threads=threads)
             for spec in specs]
         cost.print_inspect(rows)
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+@app.command()
+def doctor(
+    results: Annotated[Path | None, typer.Option(
+        help="Results root to check (default: $MOE_HARNESS_RESULTS or ./results)")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Also check that this Optuna storage URL is reachable")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="A CUDA device is required")] = False,
+    slurm: Annotated[bool, typer.Option("--slurm", help="SLURM is required")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the checks as JSON")] = False,
+) -> None:
+    """Is this environment ready? Python, torch (CUDA, cuDNN, NCCL), GPUs, xformers, fvcore,
+    the results root, SLURM, an Optuna storage: one line each. Exit 1 if a check fails (a
+    missing GPU only warns, unless --gpu; SLURM likewise with --slurm), else 0."""
+    import json
+
+    from harness.doctor import as_json, print_checks, run_checks
+    from harness.store import results_root
+
+    checks = run_checks(results_root(results), storage, gpu=gpu, slurm=slurm)
+    if json_:
+        print(json.dumps(as_json(checks), indent=1))
+    else:
+        print_checks(checks)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
 # --- micro-benchmarks ----------------------------------------------------------------------
-bench_app = typer.Typer(no_args_is_help=True, help="Micro-benchmarks (layers, report, tracking).")
+bench_app = typer.Typer(no_args_is_help=True,
+                        help="Benchmarks (layers, train, data, report, tracking).")
 app.add_typer(bench_app, name="bench")
 
 
@@ -107,6 +138,9 @@ def bench_layers(
     quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only")] = False,
     reference: Annotated[bool, typer.Option(
         help="Compare with soft-moe-pytorch when installed")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N")] = "cpu",
+    precision: Annotated[str, typer.Option(
+        help="fp32, or bf16 (every layer under bf16 autocast)")] = "fp32",
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
 ) -> None:
     """Forward and forward+backward time of each MLP kind at matched shapes; our Soft MoE
@@ -120,8 +154,65 @@ def bench_layers(
         dim=dim, tokens=tokens, batch=batch, experts=tuple(experts or (8, 32, 128)),
         slots=tuple(slots or ((1,) if quick else (1, 2))),
         repeats=repeats or (3 if quick else 5), warmup=1,
-        compare_reference=reference, progress=lambda line: print(line, flush=True))
+        compare_reference=reference, device=_bench_device(device),
+        precision=_choice(precision, ("fp32", "bf16"), "--precision"),
+        progress=lambda line: print(line, flush=True))
     bench.print_layers(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r}; allowed: {', '.join(allowed)}", param_hint=option)
+    return value
+
+
+def _bench_device(name: str) -> str:
+    from harness.bench_train import resolve_device
+
+    return str(resolve_device(name))
+
+
+@bench_app.command("train")
+def bench_train(
+    specs: Annotated[list[str], typer.Argument(
+        help="Model specs, e.g. vit-s/16 vit-s/16:soft:e128:s1 (the first is the 'x first' "
+             "baseline)")],
+    batch_size: Annotated[int, typer.Option(help="Images per training step", min=1)] = 32,
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 autocast on GPU, fp32 on CPU), bf16, fp32")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed steps (median)", min=1)] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first", min=0)] = 3,
+    rounds: Annotated[int, typer.Option(
+        help="Time again, up to this many rounds, while the spread or other processes' CPU "
+             "use is high; then flag", min=1)] = 3,
+    threads: Annotated[int | None, typer.Option(
+        help="torch CPU threads (default: torch's count), recorded", min=1)] = None,
+    counter: Annotated[str, typer.Option(
+        help="FLOP counter: analytic (closed form), fvcore, torch")] = "analytic",
+    num_classes: Annotated[int, typer.Option(help="Classes of the head", min=1)] = 1000,
+    peak_tflops: Annotated[float | None, typer.Option(
+        help="The device's dense peak TFLOP/s at this precision (a GPU the table lacks, or "
+             "a CPU): MFU is measured against it")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write the results as JSON (a study's estimate.from_bench reads it)")] = None,
+) -> None:
+    """Training steps/s, images/s, achieved TFLOP/s and its share of the device's peak (MFU;
+    on a CPU, of the measured large-matmul rate)."""
+    import json
+
+    from harness.bench_train import bench_train as run_bench
+    from harness.bench_train import print_train
+
+    _choice(counter, ("analytic", "fvcore", "torch"), "--counter")
+    result = run_bench(specs, batch_size=batch_size, precision=precision, device=device,
+                       repeats=repeats, warmup=warmup, rounds=rounds, threads=threads,
+                       counter=counter,
+                       num_classes=num_classes, peak_tflops=peak_tflops,
+                       progress=lambda line: print(line, flush=True))
+    print_train(result)
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
 

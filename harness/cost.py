@@ -17,8 +17,10 @@ follow the protocol in ``harness.bench``. :func:`measure` is the one entry point
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch loads only where a model is built: closed forms stay instant
+    from torch import nn
 
 
 def _numel(module: nn.Module) -> int:
@@ -85,7 +87,8 @@ def closed_form_params(cfg) -> dict[str, int]:
 def measure(model, cfg, *, batch_size: int = 32, device=None, repeats: int = 10,
             warmup: int = 3, flops_counter: str = "fvcore", timing: bool = True,
             memory: bool = True, latency_batch_size: int | None = 1,
-            images_seen: float | None = None) -> dict:
+            images_seen: float | None = None, threads: int | None = None, rounds: int = 3,
+            precision: str = "fp32") -> dict:
     """Cost of ``model`` (built from ``cfg``), as flat keys for the run's record.
 
     Always: ``params_total``, ``params_active``, ``gflops_per_image`` and
@@ -99,6 +102,14 @@ def measure(model, cfg, *, batch_size: int = 32, device=None, repeats: int = 10,
     ``*_p90``). With ``memory``: ``peak_memory_mb`` and ``peak_memory_method``.
     ``device`` defaults to the model's; MoE metric tracking is off while timing; the weights,
     the RNG state and the train/eval mode are as before on return.
+
+    Timing you can trust on a shared machine: every timing runs with ``threads`` torch
+    threads (None: the process's count), recorded as ``timing_threads``; each is retimed up
+    to ``rounds`` times while its spread is wide or other processes load the CPUs, and
+    ``timing_flagged`` says if one still was (``harness.bench.time_stable``);
+    ``timing_others_cpu`` is the largest share of the CPUs other processes used during a
+    timing, ``timing_spread`` the widest (p90 - p10) / median, ``timing_method`` the clock.
+    ``precision`` bf16 times the training step under bf16 autocast (``timing_precision``).
     """
     import torch
 
@@ -108,6 +119,7 @@ def measure(model, cfg, *, batch_size: int = 32, device=None, repeats: int = 10,
         time_inference,
         time_train_step,
         timing_state,
+        torch_threads,
     )
     from harness.flops import CONVENTION, KINDS, count_flops, train_exaflops
 
@@ -125,28 +137,47 @@ def measure(model, cfg, *, batch_size: int = 32, device=None, repeats: int = 10,
     if images_seen is not None:
         out.update(train_exaflops(flops.gflops, images_seen))
     if timing or memory:
-        with timing_state(model, device):
+        with timing_state(model, device), torch_threads(threads) as used_threads:
             images, labels = random_batch(cfg, batch_size, device)
             if timing:
-                infer = time_inference(model, images, repeats=repeats, warmup=warmup)
+                kw = dict(repeats=repeats, warmup=warmup, rounds=rounds)
+                infer = time_inference(model, images, **kw)
                 out["infer_latency_ms"] = infer["median_ms"]
                 out["infer_latency_ms_p10"] = infer["p10_ms"]
                 out["infer_latency_ms_p90"] = infer["p90_ms"]
                 out["infer_images_per_s"] = batch_size / (infer["median_ms"] / 1e3)
+                timings = [infer]
                 if latency_batch_size:
-                    one = time_inference(model, images[:latency_batch_size], repeats=repeats,
-                                         warmup=warmup)
+                    one = time_inference(model, images[:latency_batch_size], **kw)
                     out["infer_latency_ms_b1"] = one["median_ms"]
-                train = time_train_step(model, images, labels, repeats=repeats, warmup=warmup)
+                    timings.append(one)
+                train = time_train_step(model, images, labels, precision=precision, **kw)
+                timings.append(train)
                 out["train_step_ms"] = train["median_ms"]
                 out["train_step_ms_p10"] = train["p10_ms"]
                 out["train_step_ms_p90"] = train["p90_ms"]
                 out["train_images_per_s"] = batch_size / (train["median_ms"] / 1e3)
                 out["timing_batch_size"] = batch_size
                 out["timing_repeats"] = repeats
+                out.update(timing_quality(timings, used_threads, precision))
             if memory:
                 out.update(peak_memory_mb(model, images, labels))
     return out
+
+
+def timing_quality(timings: list[dict], threads: int, precision: str = "fp32") -> dict:
+    """The record's ``timing_*`` columns from several :func:`harness.bench.time_stable`
+    results (see :func:`measure`)."""
+    others = [t["others_cpu"] for t in timings if t.get("others_cpu") is not None]
+    return {
+        "timing_method": timings[0]["method"],
+        "timing_threads": threads,
+        "timing_precision": precision,
+        "timing_others_cpu": max(others) if others else None,
+        "timing_spread": max(t["spread"] for t in timings),
+        "timing_rounds": max(t["rounds"] for t in timings),
+        "timing_flagged": any(t["flagged"] for t in timings),
+    }
 
 
 # --- the paper's model table (its Tables 1 and 8) -------------------------------------------------
@@ -262,58 +293,74 @@ def _count_paper_model(cfg, counter: str, max_build_params: float, analytic):
 
 # --- `moe-harness inspect` ---------------------------------------------------------------------
 BUILD_LIMIT_PARAMS = 2e9
-"""Models above this many parameters are counted on the ``meta`` device, not built."""
+"""``inspect --time`` does not build models above this many parameters."""
 
 
 def inspect_model(cfg, *, counter: str = "auto", timing: bool = False, batch_size: int = 32,
-                  repeats: int = 5, warmup: int = 2) -> dict:
+                  repeats: int = 5, warmup: int = 2, threads: int | None = None) -> dict:
     """Parameters, FLOPs per image by layer kind (and, with ``timing``, the measured
     throughput, latency and peak memory) of the model ``cfg``: one flat dict.
 
-    ``counter``: ``fvcore`` / ``torch`` (build on the CPU), ``meta`` (build on the meta
-    device, count with FlopCounterMode), ``analytic``, or ``auto`` (fvcore up to
-    :data:`BUILD_LIMIT_PARAMS` parameters, meta beyond).
+    ``counter``: ``auto`` or ``analytic`` (the closed forms: nothing is built, torch is not
+    even imported, so a cold ``inspect`` takes about a second), ``fvcore`` / ``torch``
+    (build on the CPU and trace a forward), ``meta`` (build on the meta device, count with
+    FlopCounterMode). ``threads``: torch threads while timing (see :func:`measure`).
     """
-    import torch
-
     from harness.errors import HarnessError
-    from harness.flops import KINDS, analytic_flops, build_for_counting, count_flops, torch_flops
-    from harness.models import build
+    from harness.flops import KINDS, analytic_flops
 
     closed = closed_form_params(cfg)
     if counter == "auto":
-        counter = "fvcore" if closed["params_total"] <= BUILD_LIMIT_PARAMS else "meta"
-    if timing and counter in ("meta", "analytic"):
+        counter = "analytic"
+    if timing and counter == "meta":
         raise HarnessError(
-            f"inspect --time: {cfg.spec} is counted with {counter!r} (not built on this "
-            f"machine, {closed['params_total']:,} parameters); time it where it fits"
+            f"inspect --time: {cfg.spec} is counted with 'meta' (not built on this machine, "
+            f"{closed['params_total']:,} parameters); time it where it fits"
+        )
+    if timing and closed["params_total"] > BUILD_LIMIT_PARAMS:
+        raise HarnessError(
+            f"inspect --time: {cfg.spec} has {closed['params_total']:,} parameters (more than "
+            f"{BUILD_LIMIT_PARAMS:,.0f}); time it where it fits"
         )
     row: dict = {"model": cfg.spec}
+    model = None
     if counter == "analytic":
         row.update(closed)
         flops, counted_by = analytic_flops(cfg), "analytic"
     else:
-        if counter == "meta":
-            with torch.device("meta"):
-                model = build(cfg)
-        else:  # counting needs shapes only; timing needs the real initialisation
-            model = build(cfg) if timing else build_for_counting(cfg)
+        model, flops, counted_by = _count_built(cfg, counter, timing)
         row.update(parameter_counts(model, cfg.num_tokens))
-        if counter == "meta":
-            images = torch.randn(1, cfg.in_chans, cfg.image_size, cfg.image_size, device="meta")
-            flops, counted_by = torch_flops(model, images), "FlopCounterMode on meta"
-        else:
-            flops = count_flops(model, cfg, counter)
-            counted_by = flops.counter
     row["gflops_per_image"] = flops.gflops
     row.update({f"gflops_{kind}": flops.by_kind.get(kind, 0.0) / 1e9 for kind in KINDS})
     row["counted_by"] = counted_by
     if timing:
+        if model is None:
+            from harness.models import build
+
+            model = build(cfg)
         measured = measure(model, cfg, batch_size=batch_size, repeats=repeats, warmup=warmup,
-                           flops_counter="analytic")
+                           flops_counter="analytic", threads=threads)
         row.update({key: value for key, value in measured.items() if key.startswith(
             ("infer_", "train_step", "train_images", "peak_memory", "timing_", "device"))})
     return row
+
+
+def _count_built(cfg, counter: str, timing: bool):
+    """(model, FlopCount, how) for the counters that build the model."""
+    import torch
+
+    from harness.flops import build_for_counting, count_flops, torch_flops
+    from harness.models import build
+
+    if counter == "meta":
+        with torch.device("meta"):
+            model = build(cfg)
+        images = torch.randn(1, cfg.in_chans, cfg.image_size, cfg.image_size, device="meta")
+        return model, torch_flops(model, images), "FlopCounterMode on meta"
+    # counting needs shapes only; timing needs the real initialisation
+    model = build(cfg) if timing else build_for_counting(cfg)
+    flops = count_flops(model, cfg, counter)
+    return model, flops, flops.counter
 
 
 def _console():
@@ -348,8 +395,9 @@ def print_inspect(rows: list[dict]) -> None:
                  f"{row['gflops_routing']:.3f}",
                  f"{row['gflops_patch_embed'] + row['gflops_head']:.3f}", row["counted_by"]]
         if timed:
-            cells += [f"{row['infer_images_per_s']:.1f}", f"{row['infer_latency_ms']:.1f}",
-                      f"{row['train_images_per_s']:.1f}", f"{row['train_step_ms']:.1f}",
+            flag = " !" if row.get("timing_flagged") else ""
+            cells += [f"{row['infer_images_per_s']:.1f}{flag}", f"{row['infer_latency_ms']:.1f}",
+                      f"{row['train_images_per_s']:.1f}{flag}", f"{row['train_step_ms']:.1f}",
                       f"{row['peak_memory_mb']:.0f}"]
         table.add_row(*cells)
     console = _console()
@@ -357,8 +405,15 @@ def print_inspect(rows: list[dict]) -> None:
     if timed:
         batch = rows[0].get("timing_batch_size")
         console.print(f"Timings: median of {rows[0].get('timing_repeats')} after warm-up, batch "
-                      f"{batch}, on {rows[0].get('device')}; train step = forward, loss, "
+                      f"{batch}, on {rows[0].get('device')} with {rows[0].get('timing_threads')} "
+                      f"threads ({rows[0].get('timing_method')}); train step = forward, loss, "
                       f"backward, AdamW; peak MB: {rows[0].get('peak_memory_method')}.")
+        for row in rows:
+            if row.get("timing_flagged"):
+                console.print(f"! {row['model']}: timing flagged after {row['timing_rounds']} "
+                              f"rounds: spread (p90-p10)/median {row['timing_spread']:.0%}, "
+                              f"other processes used {_share(row.get('timing_others_cpu'))} of "
+                              f"the CPUs; rerun when the machine is quieter.")
 
 
 def print_paper_table(rows: list[dict]) -> None:
@@ -396,6 +451,10 @@ def print_paper_table(rows: list[dict]) -> None:
 def _agrees(row: dict) -> bool:
     return row["params"] == row["params_analytic"] and \
         abs(row["gflops_per_image"] / row["gflops_analytic"] - 1) < 1e-6
+
+
+def _share(value: float | None) -> str:
+    return "an unknown share" if value is None else f"{value:.0%}"
 
 
 def _si(n: float) -> str:

@@ -176,9 +176,12 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
     from harness.cost import measure
 
     m = spec.measure
+    bf16 = spec.train.precision == "bf16" or (spec.train.precision == "auto"
+                                              and device.type == "cuda")  # as training runs
     out = measure(model, cfg, batch_size=m.batch_size, device=device, repeats=m.repeats,
                   warmup=m.warmup, flops_counter="fvcore" if m.flops else "analytic",
-                  timing=m.time, memory=m.memory, latency_batch_size=m.latency_batch_size)
+                  timing=m.time, memory=m.memory, latency_batch_size=m.latency_batch_size,
+                  threads=spec.train.threads, precision="bf16" if bf16 else "fp32")
     out.pop("device", None)  # the environment names the device in words
     return out
 

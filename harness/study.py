@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.config import (
     DataConfig,
@@ -128,6 +135,24 @@ class EstimateConfig(Section):
     # images one CPU core decodes and augments per second for this study's data (measure it on
     # the nodes with `moe-harness bench data`); unset: harness.estimate.IMAGES_PER_CPU_S
     images_per_cpu_s: PositiveFloat | None = None
+    # a `moe-harness bench train --out FILE` result: its peak and median measured MFU replace
+    # the three fields above
+    from_bench: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measured(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("from_bench"):
+            from harness.peaks import estimate_from_bench
+
+            given = sorted({"peak_tflops", "utilization", "device"} & set(data))
+            if given:
+                raise ValueError(f"from_bench sets {', '.join(given)}: give one or the other")
+            try:
+                data = {**data, **estimate_from_bench(data["from_bench"], "from_bench")}
+            except HarnessError as err:
+                raise ValueError(str(err)) from None
+        return data
 
 
 class Study(Section):

@@ -245,6 +245,24 @@ def _base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 # --------------------------------------------------------------------------- figures
 
 
+#: Costs measured by timing: a configuration's point is marked when one of its runs' timings
+#: was flagged (taken while other processes loaded the machine, or too widely spread; see
+#: ``harness.bench.time_stable``), since its position then says more about the machine.
+TIMED_COSTS = ("train_step_ms", "train_images_per_s", "infer_latency_ms", "infer_images_per_s",
+               "infer_latency_ms_b1")
+FLAGGED_SYMBOL = "circle-x"
+FLAGGED_LABEL = "timing flagged (busy machine or wide spread)"
+
+
+def flagged_timing(rows: pl.DataFrame, cost: str) -> np.ndarray:
+    """Per row, whether any of its runs' timings was flagged (``timing_flagged``, carried by
+    the aggregation as the distinct values joined: 'false, true')."""
+    if cost not in TIMED_COSTS or "timing_flagged" not in rows.columns:
+        return np.zeros(rows.height, dtype=bool)
+    text = rows["timing_flagged"].cast(pl.String).fill_null("").str.to_lowercase()
+    return text.str.contains("true").to_numpy()
+
+
 def fig_pareto(
     agg: pl.DataFrame,
     cost: str,
@@ -296,6 +314,7 @@ def fig_pareto(
                 x=_floats(sub[cost_col]), y=_floats(sub[qcol]), mode="markers", name=name,
                 legendgroup=str(router), visible=i == 0,
                 marker={"color": color, "size": 8, "opacity": 0.8,
+                        "symbol": np.where(flagged_timing(sub, cost), FLAGGED_SYMBOL, "circle"),
                         "line": {"color": "black",
                                  "width": np.where(sub["_rf"].to_numpy(), 2.0, 0.0)}},
                 error_y={"type": "data", "array": qstd if qstd is not None else [],
@@ -316,6 +335,13 @@ def fig_pareto(
             line={"color": "black", "width": 1.5, "dash": "dash"},
         ))
         visible_sets.append(list(range(first_trace, len(fig.data))))
+
+    if cost in TIMED_COSTS and flagged_timing(data, cost).any():
+        fig.add_trace(go.Scatter(  # a legend entry only: the flagged points are above
+            x=[None], y=[None], mode="markers", name=ptext(FLAGGED_LABEL),
+            marker={"color": "grey", "size": 8, "symbol": FLAGGED_SYMBOL}, hoverinfo="skip"))
+        for visible in visible_sets:
+            visible.append(len(fig.data) - 1)
 
     def title(q: str) -> str:
         return ptext(f"{label(q)} against {label(cost)}")

@@ -34,11 +34,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
 from reports.figures import (
+    FLAGGED_LABEL,
+    FLAGGED_SYMBOL,
     ROW,
     SHARED,
     Hover,
@@ -49,6 +52,7 @@ from reports.figures import (
     _power_ticks,
     _std,
     config_label,
+    flagged_timing,
     fmt,
     hover_texts,
     primary_quality,
@@ -280,6 +284,11 @@ def fig_experts_slots_heatmap(
 # --------------------------------------------------------------------------- Pareto fronts
 
 
+def _symbols(rows: pl.DataFrame, cost: str) -> np.ndarray:
+    """Marker symbols: flagged timings marked on the time-based axes (reports.figures)."""
+    return np.where(flagged_timing(rows, cost), FLAGGED_SYMBOL, "circle")
+
+
 def fig_fronts(
     agg: pl.DataFrame, costs: Sequence[str], quality: str | None = None, *,
     title: str | None = None, hover: Hover = None,
@@ -319,13 +328,15 @@ def fig_fronts(
                 fig.add_trace(go.Scatter(
                     x=_floats(rest[col]), y=_floats(rest[qcol]), mode="markers",
                     name=ptext(router_name(router)), legendgroup=str(router), showlegend=False,
-                    marker={"color": color, "size": 6, "opacity": 0.35}, **_hover(rest, hover),
+                    marker={"color": color, "size": 6, "opacity": 0.35,
+                            "symbol": _symbols(rest, cost)}, **_hover(rest, hover),
                 ), row=1, col=i)
             std = _std(front, quality)
             fig.add_trace(go.Scatter(
                 x=_floats(front[col]), y=_floats(front[qcol]), mode="lines+markers",
                 name=ptext(router_name(router)), legendgroup=str(router), showlegend=i == 1,
-                marker={"color": color, "size": 9, "line": {"color": "black", "width": 1}},
+                marker={"color": color, "size": 9, "line": {"color": "black", "width": 1},
+                        "symbol": _symbols(front, cost)},
                 line={"color": color, "width": 2},
                 error_y={"type": "data", "array": std if std is not None else [],
                          "visible": std is not None, "thickness": 1},
@@ -338,6 +349,10 @@ def fig_fronts(
             hoverinfo="skip", line={"color": "black", "width": 1.2, "dash": "dash"},
         ), row=1, col=i)
         fig.update_xaxes(type="log", title_text=ptext(label(cost)), row=1, col=i)
+    if any(flagged_timing(data, cost).any() for cost, data in present):
+        fig.add_trace(go.Scatter(  # a legend entry only
+            x=[None], y=[None], mode="markers", name=ptext(FLAGGED_LABEL), hoverinfo="skip",
+            marker={"color": "grey", "size": 8, "symbol": FLAGGED_SYMBOL}), row=1, col=1)
     _base_layout(fig, title or f"{label(quality)}: Pareto fronts", height=460,
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"})
     fig.update_yaxes(title_text=ptext(label(quality)), col=1)

@@ -115,4 +115,4 @@ def test_inspect_model_counters_agree():
     for row in rows.values():
         assert row["params_total"] == rows["analytic"]["params_total"]
         assert row["gflops_per_image"] == pytest.approx(rows["analytic"]["gflops_per_image"])
-    assert inspect_model(cfg)["counted_by"] == "fvcore"
+    assert inspect_model(cfg)["counted_by"] == "analytic"  # the default: nothing is built

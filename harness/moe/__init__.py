@@ -9,15 +9,32 @@ H expert hidden dim, m tokens per image, n·p slots (n experts × p slots each).
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
-from harness.moe.dense import Mlp
-from harness.moe.experts import GELUS, BatchedExperts
-from harness.moe.experts_choice import ExpertsChoice
-from harness.moe.routing import check_capacity_rule, compute_capacity
-from harness.moe.soft import SoftMoE
-from harness.moe.tokens_choice import TokensChoice
+from harness.moe.rules import GELUS, check_capacity_rule, compute_capacity
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from harness.moe.dense import Mlp
+    from harness.moe.experts import BatchedExperts
+    from harness.moe.experts_choice import ExpertsChoice
+    from harness.moe.soft import SoftMoE
+    from harness.moe.tokens_choice import TokensChoice
+
+# The layers load torch; the names and rules below do not, so that the closed-form counts
+# (``inspect``, ``run --dry-run``) never wait for torch. ``harness.moe.SoftMoE`` etc. import
+# their module on first use.
+_LAYERS = {"Mlp": "dense", "BatchedExperts": "experts", "ExpertsChoice": "experts_choice",
+           "SoftMoE": "soft", "TokensChoice": "tokens_choice"}
+
+
+def __getattr__(name: str):
+    if name in _LAYERS:
+        return getattr(importlib.import_module(f"harness.moe.{_LAYERS[name]}"), name)
+    raise AttributeError(f"module 'harness.moe' has no attribute {name!r}")
 
 # Soft MoE's fixed-routing ablations: router name -> (dispatch, combine).
 SOFT_VARIANTS = {
@@ -66,6 +83,11 @@ def make_mlp(
     and ``router_noise`` (the sparse routers' training noise in units of 1/E, vmoe's
     convention; default 1.0) to Tokens and Experts Choice only.
     """
+    from harness.moe.dense import Mlp
+    from harness.moe.experts_choice import ExpertsChoice
+    from harness.moe.soft import SoftMoE
+    from harness.moe.tokens_choice import TokensChoice
+
     if router == "dense":
         return Mlp(dim, hidden_dim, gelu=gelu)
     if router not in ROUTERS:

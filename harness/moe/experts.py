@@ -34,18 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from harness.errors import ConfigError
-
-#: GELU forms: ``erf`` (exact; PyTorch's default) or ``tanh`` (the tanh approximation,
-#: flax's default and so what the paper's models use), as torch's ``approximate`` argument.
-GELUS = {"erf": "none", "tanh": "tanh"}
-
-
-def check_gelu(gelu: str) -> str:
-    if gelu not in GELUS:
-        raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {gelu!r}")
-    return gelu
-
+from harness.moe.rules import GELUS, check_gelu  # noqa: F401 - re-exported here
 
 _HUGE_PAGE = 2 << 20
 _HUGE_PAGE_MIN_BYTES = 4 << 20

@@ -47,7 +47,8 @@ class ExpertsChoice(SparseRouted):
         expert_in = expert_in.transpose(0, 1).reshape(e, g * capacity, d)
         out = self.experts(expert_in).view(e, g, capacity, d).transpose(0, 1)  # (G, E, C, D)
         weighted = (out * top_gate.unsqueeze(-1)).reshape(-1, d)
-        y = xg.new_zeros(g * s, d).index_add(0, token, weighted)
+        # in the experts' dtype: under autocast that is bfloat16, not x's float32
+        y = xg.new_zeros(g * s, d, dtype=weighted.dtype).index_add(0, token, weighted)
 
         self.aux_loss = x.new_zeros(())
         if self.track_metrics:
