@@ -3,6 +3,7 @@ commands, so ``moe-harness --help`` stays instant."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -65,7 +66,6 @@ def inspect(
 ) -> None:
     """Parameters (total, active per token) and GFLOP/img by layer kind of one or more
     models (1 multiply-add = 2 FLOPs); --time adds measured throughput and memory."""
-    import json
 
     from harness import cost
     from harness.models import parse_model_spec
@@ -86,8 +86,7 @@ def inspect(
             threads=threads)
             for spec in specs]
         cost.print_inspect(rows)
-    if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=1) + "\n")
+    save_json(json_out, rows)
 
 
 @app.command()
@@ -103,8 +102,6 @@ def doctor(
     """Is this environment ready? Python, torch (CUDA, cuDNN, NCCL), GPUs, xformers, fvcore,
     the results root, SLURM, an Optuna storage: one line each. Exit 1 if a check fails (a
     missing GPU only warns, unless --gpu; SLURM likewise with --slurm), else 0."""
-    import json
-
     from harness.doctor import as_json, print_checks, run_checks
     from harness.store import results_root
 
@@ -145,7 +142,6 @@ def bench_layers(
 ) -> None:
     """Forward and forward+backward time of each MLP kind at matched shapes; our Soft MoE
     against soft-moe-pytorch (interleaved, median of per-pair ratios); expert matmul rates."""
-    import json
 
     from harness import bench
 
@@ -158,8 +154,7 @@ def bench_layers(
         precision=_choice(precision, ("fp32", "bf16"), "--precision"),
         progress=lambda line: print(line, flush=True))
     bench.print_layers(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(out, result)
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -201,20 +196,19 @@ def bench_train(
 ) -> None:
     """Training steps/s, images/s, achieved TFLOP/s and its share of the device's peak (MFU;
     on a CPU, of the measured large-matmul rate)."""
-    import json
 
     from harness.bench_train import bench_train as run_bench
     from harness.bench_train import print_train
 
     _choice(counter, ("analytic", "fvcore", "torch"), "--counter")
+    output_file(out, "--out")
     result = run_bench(specs, batch_size=batch_size, precision=precision, device=device,
                        repeats=repeats, warmup=warmup, rounds=rounds, threads=threads,
                        counter=counter,
                        num_classes=num_classes, peak_tflops=peak_tflops,
                        progress=lambda line: print(line, flush=True))
     print_train(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(out, result)
 
 
 @bench_app.command("report")
@@ -245,7 +239,6 @@ def bench_data(
 ) -> None:
     """Images/s of each input source (JPEG imagefolder, prepared shards, in-memory tensors)
     through N DataLoader worker processes; with 1 worker, one CPU core's rate."""
-    import json
 
     from harness.bench_data import bench_data as run_bench
     from harness.bench_data import print_data
@@ -256,8 +249,7 @@ def bench_data(
                        repeats=repeats, augment=augment,
                        progress=lambda line: print(line, flush=True))
     print_data(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(out, result)
 
 
 @bench_app.command("tracking")
@@ -272,7 +264,6 @@ def bench_tracking(
 ) -> None:
     """The training loop's speed with TensorBoard event files on against off (the target:
     within 2%)."""
-    import json
 
     from harness.tracking import bench_tracking as run_bench
 
@@ -286,8 +277,7 @@ def bench_tracking(
           f"on/off {result['ratio_on_off']:.4f} (median of pairs; "
           f"{', '.join(f'{r:.3f}' for r in result['ratios'])}); time inside the tracker's "
           f"calls: {100 * result['log_share']:.3f}% of the loop")
-    if out is not None:
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(out, result)
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -354,6 +344,12 @@ def _load(study: Path, set_: list[str] | None, profile: str | None):
 
         parse(spec)
     return spec
+
+
+def save_json(path: Path | None, payload) -> None:
+    """Write ``payload`` as JSON to ``path`` (checked earlier with ``output_file``), if given."""
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def output_file(path: Path | None, option: str) -> Path | None:
@@ -487,11 +483,10 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     path = build_report(spec, store, out)
     print(f"report: {path}")
     if json_out is not None:
-        import json
 
         from reports.build import report_json
 
-        json_out.write_text(json.dumps(report_json(store), indent=1) + "\n")
+        save_json(json_out, report_json(store))
         print(f"json: {json_out}")
 
 
@@ -515,7 +510,6 @@ def plan_command(
     run --dry-run (GFLOP/img, training exaFLOPs, GPU-hours). A prediction, with its
     95% interval; memory is not estimated.
     """
-    import json
 
     from harness.store import Store, results_root
     from reports.aggregate import load_records
@@ -527,8 +521,7 @@ def plan_command(
     rows = plan_rows(spec, load_records(store.runs_dir), target_quality, quality,
                      source=str(store.runs_dir))
     print_plan(rows, spec, wide_console())
-    if json_out is not None:
-        json_out.write_text(json.dumps(plan_json(rows), indent=1) + "\n")
+    save_json(json_out, plan_json(rows))
 
 
 @app.command()
@@ -611,8 +604,6 @@ def tune(
 @app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="File to write")] = None) -> None:
     """Print (or write) the JSON schema of study files, for editors."""
-    import json
-
     from harness.study import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
