@@ -211,8 +211,8 @@ PAPER_MODELS = (
     PaperModel("Soft MoE H/14 128E", "vit-h/14:soft:e128:s1", 27.3e9, 284.6, 2e6),
     PaperModel("Soft MoE H/14 256E", "vit-h/14:soft:e256:s1", 54.1e9, 342.4, 2e6),
 )
-"""From PAPER.md (the paper's Tables 1 and 8). Only ViT S/16's training exaFLOP (227) is
-restated there; for the other rows the table shows the figure the paper's own convention
+"""The paper's Tables 1 and 8. Only ViT S/16's training exaFLOP (227) is taken from the
+paper; for the other rows the table shows the figure the paper's own convention
 gives from its printed GFLOP column, labelled as such."""
 
 
@@ -442,7 +442,7 @@ def print_paper_table(rows: list[dict]) -> None:
         "FLOPs: 2 per multiply-add (matrix products; elementwise ops not counted). Train EF: "
         "exaFLOP over the paper's schedule (batch 4096; 4M steps, H/14 2M), in the paper's "
         "convention (3 x forward multiply-adds x images) and in ours (3 x forward FLOPs x "
-        "images = 2x). * = not printed in PAPER.md: the paper's convention applied to its "
+        "images = 2x). * = not taken from the paper: its convention applied to its "
         "GFLOP column. Models: GAP head, 29,593 JFT classes, MoE in the last half, 1 slot "
         "per expert. Gaps explained in docs/paper-costs.md."
     )

@@ -3,7 +3,7 @@
 For every run: forward GFLOP per image (closed form, :func:`harness.flops.analytic_flops`:
 no model is built, nothing is allocated, the dataset is not opened), training exaFLOPs in
 both conventions (ours, 3 x forward FLOPs x images, and the paper's, 3 x forward
-multiply-adds x images, i.e. half of ours; see PAPER.md's "convention trap") and an
+multiply-adds x images, i.e. half of ours; see docs/paper-costs.md) and an
 **estimate** of GPU-hours::
 
     GPU-hours = 3 x forward FLOPs x steps x batch / (peak_tflops x 1e12 x utilization) / 3600

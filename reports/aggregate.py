@@ -1,7 +1,7 @@
 """Load the results store and aggregate runs over seeds, with polars.
 
 The store holds one JSON file per run (``RESULTS_ROOT/STUDY/runs/RUN_ID.json``), each a flat
-record (see DESIGN.md, "Record"). Three public functions:
+record (spec fields, cost, quality, router metrics, environment). Three public functions:
 
 * :func:`load_records` reads a runs folder into one frame; missing keys become nulls, unknown
   keys are carried along, an unreadable file becomes a row with ``status="unreadable"``;

@@ -1,6 +1,6 @@
 """Benchmark of report generation: 10,000 synthetic records to one HTML page.
 
-The target (issue 6) is under 5 seconds on 2 CPU cores. Building the synthetic records and
+The target is under 5 seconds on 2 CPU cores. Building the synthetic records and
 writing them as a store is set-up and not timed; what is timed is what ``moe-harness report``
 does: read the store (``load_records``), aggregate, compute the fronts, build the figures
 (the paper's figures and the claims check included) and write the page.

@@ -2,7 +2,7 @@
 
 Every study loads in both profiles (laptop the default), keeps the structure of the paper's
 experiment it reproduces, and its dry run works without the dataset. The closed-form cost
-matches the paper's published eval GFLOP/img and training exaFLOPs (PAPER.md, Tables 1, 8).
+matches the paper's published eval GFLOP/img and training exaFLOPs (the paper's Tables 1, 8).
 """
 
 from __future__ import annotations
