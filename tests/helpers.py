@@ -1,7 +1,9 @@
 """Helpers shared by the test modules (importable everywhere: pytest's pythonpath has tests/)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def cli(*args, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -12,3 +14,17 @@ def cli(*args, check: bool = True, timeout: float = 900) -> subprocess.Completed
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def processes_with(*needles: str) -> list[int]:
+    """PIDs of the processes (this one aside) whose command line contains every needle."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if all(needle in cmd for needle in needles):
+                pids.append(int(proc.name))
+    return pids

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli
+from helpers import cli, processes_with
 
 from harness.store import Store
 from harness.study import load
@@ -38,16 +38,7 @@ def study_file(tmp_path: Path, extra: str = "") -> Path:
 
 def processes_under(folder: Path) -> list[int]:
     """PIDs of submitit controllers and jobs working in ``folder``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "submitit" in cmd and str(folder) in cmd:
-                pids.append(int(proc.name))
-    return pids
+    return processes_with("submitit", str(folder))
 
 
 def start_sweep(study: Path, root: Path, *args: str) -> subprocess.Popen:

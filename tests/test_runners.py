@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli
+from helpers import cli, processes_with
 
 pytestmark = pytest.mark.slow
 
@@ -97,16 +97,7 @@ def test_failed_and_diverged_runs_do_not_stop_the_sweep(tmp_path):
 
 
 def _job_pids(folder: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "submitit.core._submit" in cmd and str(folder) in cmd:
-                pids.append(int(proc.name))
-    return pids
+    return processes_with("submitit.core._submit", str(folder))
 
 
 def test_killed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
