@@ -70,13 +70,6 @@ def test_active_parameters_scale_with_slots_and_k():
     assert k2 - k1 == moe_layers * per_expert
 
 
-@pytest.fixture(scope="module")
-def small():
-    cfg = parse_model_spec("vit-w32d2h2m64/8@16:soft:e4", num_classes=5)
-    torch.manual_seed(0)
-    return cfg, build(cfg)
-
-
 def test_measure_gives_every_key_and_leaves_the_model_as_it_was(small):
     cfg, model = small
     model.train()

@@ -10,7 +10,7 @@ import torch
 
 from harness import bench
 from harness.cost import inspect_model, measure
-from harness.models import build, parse_model_spec
+from harness.models import parse_model_spec
 
 
 def fake_round(median, spread, others=0.0):
@@ -51,13 +51,6 @@ def test_time_call_measures_contention_and_spread():
     assert out["method"] == "time.perf_counter"
     assert 0.0 <= out["others_cpu"] <= 1.0
     assert out["spread"] == pytest.approx((out["p90_ms"] - out["p10_ms"]) / out["median_ms"])
-
-
-@pytest.fixture(scope="module")
-def small():
-    cfg = parse_model_spec("vit-w32d2h2m64/8@16:soft:e4", num_classes=5)
-    torch.manual_seed(0)
-    return cfg, build(cfg)
 
 
 def test_measure_fixes_and_records_the_thread_count(small):
