@@ -95,7 +95,19 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU
     threads: PositiveInt | None = None  # torch CPU threads for this run
-    gpus: PositiveInt = 1  # > 1: DistributedDataParallel across the run's GPUs
+    gpus: PositiveInt = 1  # > 1: one run across this many GPUs (processes, ranks)
+    # How the run is spread over its ranks; none of these change what is computed, so they
+    # stay out of the run id (``RunSpec.canonical_json``). ddp: everything replicated;
+    # fsdp: parameters, gradients and optimizer states sharded (FSDP2); experts: each MoE
+    # layer's experts sharded over the ranks (all-to-all), the rest data-parallel;
+    # experts+fsdp: both; auto: the cheapest layout whose memory estimate fits.
+    layout: Literal["auto", "ddp", "fsdp", "experts", "experts+fsdp"] = "auto"
+    micro_batch_size: PositiveInt | None = None  # per rank; unset: batch_size / gpus
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+
+
+# TrainConfig fields that say how a run is laid out, not what it computes.
+LAYOUT_FIELDS = frozenset({"layout", "micro_batch_size", "activation_checkpointing"})
 
 
 class MeasureConfig(Section):
@@ -114,7 +126,8 @@ class SlurmConfig(Section):
     account: str | None = None
     qos: str | None = None
     time_min: PositiveInt = 60  # per job; a longer run goes on after a requeue (checkpoints)
-    gpus_per_run: int = Field(0, ge=0)  # N > 0: N tasks (one per GPU), one DDP run across them
+    gpus_per_run: int = Field(0, ge=0)  # N > 0: N tasks (one per GPU), one run across them
+    nodes: PositiveInt = 1  # a run's GPUs spread evenly over this many nodes
     cpus_per_run: PositiveInt = 1  # per run: split over its tasks when gpus_per_run > 1
     mem_gb: PositiveFloat | None = None  # per run (sbatch --mem; a run is on one node)
     constraint: str | None = None

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from harness.config import (
+    LAYOUT_FIELDS,
     DataConfig,
     ExecutorConfig,
     MeasureConfig,
@@ -85,9 +86,10 @@ class RunSpec(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # not part of the id
 
     def canonical_json(self) -> str:
-        """Sorted-key JSON of everything but the study name and the trackers (renaming a
-        study or switching TensorBoard off keeps ids)."""
-        return json.dumps(self.model_dump(mode="json", exclude={"study", "tracking"}),
+        """Sorted-key JSON of everything but the study name, the trackers and the layout
+        (renaming a study, switching TensorBoard off or sharding the experts keeps ids)."""
+        exclude = {"study": True, "tracking": True, "train": set(LAYOUT_FIELDS)}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude),
                           sort_keys=True, separators=(",", ":"))
 
     @property
@@ -138,6 +140,7 @@ class EstimateConfig(Section):
     # a `moe-harness bench train --out FILE` result: its peak and median measured MFU replace
     # the three fields above
     from_bench: str | None = None
+    gpu_memory_gb: PositiveFloat = 80.0  # per GPU: the memory plan's limit ("fits")
 
     @model_validator(mode="before")
     @classmethod
