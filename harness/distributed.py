@@ -178,5 +178,11 @@ def mean(values: torch.Tensor) -> torch.Tensor:
     return values / ctx.world_size
 
 
-__all__ = ["Context", "check_batch", "current", "device_for", "env_context", "is_main", "mean",
-           "session", "setup", "shard", "teardown", "unwrap", "wrap"]
+def barrier() -> None:
+    """Wait for every rank (nothing when alone)."""
+    if current().enabled:
+        dist.barrier()
+
+
+__all__ = ["Context", "barrier", "check_batch", "current", "device_for", "env_context",
+           "is_main", "mean", "session", "setup", "shard", "teardown", "unwrap", "wrap"]
