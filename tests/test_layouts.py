@@ -136,3 +136,76 @@ def test_layouts_equal_one_process(world, reference, tmp_path):
     # negative control: without the 1/R on expert gradients the same comparison fails
     with pytest.raises(AssertionError):
         assert_equal_runs(results[("unscaled", *UNSCALED)], reference[UNSCALED], "unscaled")
+
+
+# --- sharded checkpoints -------------------------------------------------------------------
+RESUME = ("soft", "experts+fsdp", None, False)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_step(step: int):
+    def on_progress(info: dict) -> None:
+        if info["step"] == step:
+            raise _Stop
+
+    return on_progress
+
+
+def train_resumable(workdir: Path, stop_at: int | None = None) -> dict | None:
+    """``RESUME`` checkpointed every 2 steps; stopped at ``stop_at`` (None: to the end)."""
+    spec = spec_of(*RESUME)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(
+        update={"checkpoint_every": 2})})
+    data = load_data(spec.data)
+    seed_everything(spec.seed + 7)  # the resumed state must all come from the checkpoint
+    model = build(spec.model_config_(data.num_classes))
+    try:
+        result = fit(model, spec, data, workdir=workdir, device="cpu",
+                     on_progress=None if stop_at is None else _stop_after_step(stop_at))
+    except _Stop:
+        return None
+    return {"result": result, "params": full_model_state(model)}
+
+
+def _resume_worker(rank: int, world: int, port: int, out: str, task: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    out_dir = Path(out)
+    with distributed.session("cpu"):
+        if task == "stop":  # steps 1-3, checkpoint at 2, killed during 3
+            train_resumable(out_dir / "run", stop_at=3)
+            return
+        done = train_resumable(out_dir / "run")
+    if rank == 0:
+        torch.save(done, out_dir / f"{task}.pt")
+
+
+def spawn_resume(world: int, out: Path, task: str) -> dict | None:
+    mp.spawn(_resume_worker, args=(world, free_ports(1)[0], str(out), task), nprocs=world)
+    return torch.load(out / f"{task}.pt", weights_only=False) if task != "stop" else None
+
+
+def test_sharded_checkpoint_resumes_exactly_and_on_fewer_ranks(tmp_path):
+    unbroken = spawn_resume(2, tmp_path / "unbroken", "unbroken")
+    # 2 ranks: stopped after the step-2 checkpoint, resumed: bit-identical to unbroken
+    spawn_resume(2, tmp_path / "two", "stop")
+    shards = sorted((tmp_path / "two" / "run" / "checkpoint-shards").iterdir())
+    assert [p.name for p in shards] == ["step-000000002"]
+    assert len(list(shards[0].glob("*.distcp"))) == 2  # one file per rank
+    resumed = spawn_resume(2, tmp_path / "two", "resumed")
+    assert resumed["result"]["resumed_from_step"] == 2
+    for key, value in unbroken["params"].items():
+        assert torch.equal(resumed["params"][key], value), key
+    assert resumed["result"]["history"] == unbroken["result"]["history"]
+    # 4 ranks checkpointed, 2 resume: the shards are re-cut, the run ends as the unbroken one
+    spawn_resume(4, tmp_path / "four", "stop")
+    assert len(list((tmp_path / "four" / "run" / "checkpoint-shards" / "step-000000002")
+                    .glob("*.distcp"))) == 4
+    moved = spawn_resume(2, tmp_path / "four", "resumed")
+    assert moved["result"]["resumed_from_step"] == 2
+    assert_equal_runs({"losses": [0.0] * STEPS, "params": moved["params"]},
+                      {"losses": [0.0] * STEPS, "params": unbroken["params"]}, "4 -> 2 ranks")

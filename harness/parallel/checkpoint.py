@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from harness.parallel.experts import ShardedExperts
+from harness.parallel.layout import world_mesh
 
 
 def _expert_shards(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -28,23 +28,22 @@ def _expert_shards(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def _as_sharded(local: torch.Tensor):
     """This rank's rows of a tensor split evenly along dim 0 over all ranks."""
-    from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor import DTensor, Shard
 
-    mesh = DeviceMesh(local.device.type, list(range(dist.get_world_size())))
-    return DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+    return DTensor.from_local(local, world_mesh(local.device.type), [Shard(0)], run_check=False)
 
 
 def _states(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """{"model", "optimizer"} state dicts of this rank, expert shards as sharded tensors."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    shards = _expert_shards(inner)
-    for fqn, param in shards.items():
+    # the optimizer's entries may be its live dicts: replaced, never changed in place
+    optim_sd = {**optim_sd, "state": dict(optim_sd["state"])}
+    for fqn, param in _expert_shards(inner).items():
         model_sd[fqn] = _as_sharded(model_sd[fqn])
-        for key, value in optim_sd["state"].get(fqn, {}).items():
-            if torch.is_tensor(value) and value.shape == param.shape:
-                optim_sd["state"][fqn][key] = _as_sharded(value)
+        optim_sd["state"][fqn] = {
+            key: _as_sharded(value) if torch.is_tensor(value) and value.shape == param.shape
+            else value for key, value in optim_sd["state"].get(fqn, {}).items()}
     return {"model": model_sd, "optimizer": optim_sd}
 
 
@@ -63,9 +62,9 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> No
     shards = _expert_shards(inner)
     for fqn in shards:
         states["model"][fqn] = states["model"][fqn].to_local()
-        for key, value in states["optimizer"]["state"].get(fqn, {}).items():
-            if hasattr(value, "to_local"):
-                states["optimizer"]["state"][fqn][key] = value.to_local()
+        states["optimizer"]["state"][fqn] = {
+            key: value.to_local() if hasattr(value, "to_local") else value
+            for key, value in states["optimizer"]["state"].get(fqn, {}).items()}
     set_state_dict(model, optimizer, model_state_dict=states["model"],
                    optim_state_dict=states["optimizer"])
 

@@ -67,6 +67,21 @@ def resolve_layout(cfg: TrainConfig, ranks: int, name: str | None = None) -> Lay
     return Layout(name, ranks, micro, per_rank // micro, cfg.activation_checkpointing)
 
 
+def world_mesh(device_type: str):
+    """The one-dimensional mesh of all ranks: one per process group and device type, so that
+    DTensor's caches (keyed by mesh) serve every model of the process."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    key = (id(dist.group.WORLD), device_type)
+    if key not in _MESHES:
+        _MESHES.clear()  # a new process group: the old meshes are dead
+        _MESHES[key] = DeviceMesh(device_type, list(range(dist.get_world_size())))
+    return _MESHES[key]
+
+
+_MESHES: dict = {}
+
+
 def checkpoint_blocks(model: nn.Module) -> None:
     """Recompute each block's activations in the backward instead of keeping them."""
     for block in getattr(model, "blocks", ()):
@@ -87,11 +102,9 @@ def prepare(model: nn.Module, layout: Layout) -> nn.Module:
         return model
     experts = shard_experts(model) if layout.experts_sharded else []
     if layout.fsdp:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-        device = next(model.parameters()).device
-        mesh = init_device_mesh(device.type, (layout.ranks,))
+        mesh = world_mesh(next(model.parameters()).device.type)
         # FSDP2 shards no scalar (e.g. Soft MoE's scale): those stay replicated, averaged here
         scalars = {p for p in model.parameters() if p.dim() == 0}
         for p in scalars:
