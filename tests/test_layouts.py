@@ -170,42 +170,41 @@ def train_resumable(workdir: Path, stop_at: int | None = None) -> dict | None:
     return {"result": result, "params": full_model_state(model)}
 
 
-def _resume_worker(rank: int, world: int, port: int, out: str, task: str) -> None:
+def _resume_worker(rank: int, world: int, port: int, out: str, tasks: list) -> None:
+    """``tasks``: (name, run folder); "stop" trains steps 1-3 (checkpoint at 2, killed in
+    3), any other name trains to the end (resuming where a checkpoint is) and is saved."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     out_dir = Path(out)
     with distributed.session("cpu"):
-        if task == "stop":  # steps 1-3, checkpoint at 2, killed during 3
-            train_resumable(out_dir / "run", stop_at=3)
-            return
-        done = train_resumable(out_dir / "run")
-    if rank == 0:
-        torch.save(done, out_dir / f"{task}.pt")
+        for name, folder in tasks:
+            done = train_resumable(out_dir / folder, stop_at=3 if name == "stop" else None)
+            if rank == 0 and name != "stop":
+                torch.save(done, out_dir / f"{name}.pt")
 
 
-def spawn_resume(world: int, out: Path, task: str) -> dict | None:
-    mp.spawn(_resume_worker, args=(world, free_ports(1)[0], str(out), task), nprocs=world)
-    return torch.load(out / f"{task}.pt", weights_only=False) if task != "stop" else None
+def spawn_resume(world: int, out: Path, tasks: list) -> None:
+    mp.spawn(_resume_worker, args=(world, free_ports(1)[0], str(out), tasks), nprocs=world)
 
 
 def test_sharded_checkpoint_resumes_exactly_and_on_fewer_ranks(tmp_path):
-    unbroken = spawn_resume(2, tmp_path / "unbroken", "unbroken")
-    # 2 ranks: stopped after the step-2 checkpoint, resumed: bit-identical to unbroken
-    spawn_resume(2, tmp_path / "two", "stop")
-    shards = sorted((tmp_path / "two" / "run" / "checkpoint-shards").iterdir())
+    spawn_resume(2, tmp_path, [("unbroken", "unbroken"), ("stop", "two")])
+    spawn_resume(4, tmp_path, [("stop", "four")])
+    shards = sorted((tmp_path / "two" / "checkpoint-shards").iterdir())
     assert [p.name for p in shards] == ["step-000000002"]
     assert len(list(shards[0].glob("*.distcp"))) == 2  # one file per rank
-    resumed = spawn_resume(2, tmp_path / "two", "resumed")
+    assert len(list((tmp_path / "four" / "checkpoint-shards" / "step-000000002")
+                    .glob("*.distcp"))) == 4
+    spawn_resume(2, tmp_path, [("resumed", "two"), ("moved", "four")])
+    unbroken, resumed, moved = (torch.load(tmp_path / f"{name}.pt", weights_only=False)
+                                for name in ("unbroken", "resumed", "moved"))
+    # 2 ranks, stopped after the step-2 checkpoint and resumed: bit-identical to unbroken
     assert resumed["result"]["resumed_from_step"] == 2
     for key, value in unbroken["params"].items():
         assert torch.equal(resumed["params"][key], value), key
     assert resumed["result"]["history"] == unbroken["result"]["history"]
-    # 4 ranks checkpointed, 2 resume: the shards are re-cut, the run ends as the unbroken one
-    spawn_resume(4, tmp_path / "four", "stop")
-    assert len(list((tmp_path / "four" / "run" / "checkpoint-shards" / "step-000000002")
-                    .glob("*.distcp"))) == 4
-    moved = spawn_resume(2, tmp_path / "four", "resumed")
+    # checkpointed on 4 ranks, resumed on 2: the shards re-cut, it ends as the unbroken run
     assert moved["result"]["resumed_from_step"] == 2
     assert_equal_runs({"losses": [0.0] * STEPS, "params": moved["params"]},
                       {"losses": [0.0] * STEPS, "params": unbroken["params"]}, "4 -> 2 ranks")
