@@ -116,7 +116,7 @@ def doctor(
 
 # --- micro-benchmarks ----------------------------------------------------------------------
 bench_app = typer.Typer(no_args_is_help=True,
-                        help="Benchmarks (layers, train, data, report, tracking).")
+                        help="Benchmarks (layers, train, data, report, tracking, all-to-all).")
 app.add_typer(bench_app, name="bench")
 
 
@@ -249,6 +249,34 @@ def bench_data(
                        repeats=repeats, augment=augment,
                        progress=lambda line: print(line, flush=True))
     print_data(result)
+    save_json(out, result)
+
+
+@bench_app.command("all-to-all")
+def bench_all_to_all(
+    ranks: Annotated[int, typer.Option(help="Processes (ranks) on this machine")] = 2,
+    dim: Annotated[int, typer.Option(help="Model width")] = 384,
+    tokens: Annotated[int, typer.Option(help="Tokens per image")] = 196,
+    batch: Annotated[int, typer.Option(help="Images per rank")] = 8,
+    experts: Annotated[int, typer.Option(help="Experts (divisible by --ranks)")] = 32,
+    slots: Annotated[int, typer.Option(help="Slots per expert")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed repeats")] = 10,
+    threads: Annotated[int, typer.Option(help="torch CPU threads per rank")] = 1,
+    device: Annotated[str, typer.Option(help="cpu (gloo) or cuda (NCCL, one GPU a rank)")] =
+        "cpu",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
+) -> None:
+    """The all-to-all overhead of a Soft MoE layer with its experts sharded over --ranks
+    processes: its share of the layer's forward+backward time."""
+
+    from harness.parallel.bench import bench_all_to_all as run_bench
+    from harness.parallel.bench import print_all_to_all
+
+    output_file(out, "--out")
+    result = run_bench(ranks=ranks, dim=dim, tokens=tokens, batch=batch, experts=experts,
+                       slots=slots, repeats=repeats, threads=threads,
+                       device=_choice(device, ("cpu", "cuda"), "--device"))
+    print_all_to_all(result)
     save_json(out, result)
 
 

@@ -227,6 +227,7 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     out.update(quality)
     if ctx.enabled:
         out["world_size"] = ctx.world_size
+        out["nodes"] = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)
     out["attention_backend"] = getattr(model, "attention_backend", None)
     if out.get("gflops_per_image") is not None:
         images = spec.train.batch_size * out.get("steps_done", spec.train.steps)
