@@ -15,7 +15,7 @@ from tests.helpers import cli
 
 def test_layout_resolution_and_micro_batches():
     cfg = TrainConfig(batch_size=32, layout="experts+fsdp", micro_batch_size=4)
-    layout = resolve_layout(cfg, 4)
+    layout = resolve_layout(cfg, 4, grouped=True)
     assert (layout.name, layout.micro_batch_size, layout.accumulation) == ("experts+fsdp", 4, 2)
     assert layout.experts_sharded and layout.fsdp and layout.collective
     alone = resolve_layout(TrainConfig(batch_size=32), 1)

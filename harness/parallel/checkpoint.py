@@ -47,17 +47,21 @@ def _states(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return {"model": model_sd, "optimizer": optim_sd}
 
 
+def _alone() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
 def save(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Write this rank's part of the model and optimizer states into ``folder`` (every rank
     calls it; the folder is complete when all have returned)."""
-    dcp.save(_states(model, optimizer), checkpoint_id=str(folder))
+    dcp.save(_states(model, optimizer), checkpoint_id=str(folder), no_dist=_alone())
 
 
 def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read the model and optimizer states from ``folder`` into this rank's shards (every rank
     calls it), whatever number of ranks and layout wrote it."""
     states = _states(model, optimizer)
-    dcp.load(states, checkpoint_id=str(folder))
+    dcp.load(states, checkpoint_id=str(folder), no_dist=_alone())
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     shards = _expert_shards(inner)
     for fqn in shards:

@@ -29,14 +29,15 @@ class Layout:
     micro_batch_size: int  # images per forward and backward on one rank
     accumulation: int  # micro-batches per optimizer step
     activation_checkpointing: bool
+    grouped: bool = False  # a process group is up (of one rank or more): shards apply
 
     @property
     def experts_sharded(self) -> bool:
-        return "experts" in self.name and self.ranks > 1
+        return "experts" in self.name and self.grouped
 
     @property
     def fsdp(self) -> bool:
-        return "fsdp" in self.name and self.ranks > 1
+        return "fsdp" in self.name and self.grouped
 
     @property
     def collective(self) -> bool:
@@ -50,9 +51,10 @@ class Layout:
                 "activation_checkpointing": self.activation_checkpointing}
 
 
-def resolve_layout(cfg: TrainConfig, ranks: int, name: str | None = None) -> Layout:
-    """The layout of a run with ``ranks`` processes. ``auto`` (unresolved by the memory plan)
-    is ``ddp``."""
+def resolve_layout(cfg: TrainConfig, ranks: int, name: str | None = None,
+                   grouped: bool | None = None) -> Layout:
+    """The layout of a run with ``ranks`` processes (``grouped``: in a process group; default:
+    whether one is up). ``auto`` (unresolved by the memory plan) is ``ddp``."""
     name = name or cfg.layout
     if name == "auto":
         name = "ddp"
@@ -64,7 +66,9 @@ def resolve_layout(cfg: TrainConfig, ranks: int, name: str | None = None) -> Lay
         raise HarnessError(f"train.micro_batch_size: {micro} does not divide the "
                            f"{per_rank} images per rank (batch_size {cfg.batch_size} over "
                            f"{ranks} ranks)")
-    return Layout(name, ranks, micro, per_rank // micro, cfg.activation_checkpointing)
+    if grouped is None:
+        grouped = dist.is_available() and dist.is_initialized()
+    return Layout(name, ranks, micro, per_rank // micro, cfg.activation_checkpointing, grouped)
 
 
 def world_mesh(device_type: str):
@@ -98,7 +102,7 @@ def prepare(model: nn.Module, layout: Layout) -> nn.Module:
     training loop calls (a DDP wrapper for ``ddp``/``experts``, else ``model`` itself)."""
     if layout.activation_checkpointing:
         checkpoint_blocks(model)
-    if layout.ranks == 1:
+    if not layout.grouped:
         return model
     experts = shard_experts(model) if layout.experts_sharded else []
     if layout.fsdp:
