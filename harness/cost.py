@@ -27,27 +27,13 @@ def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def experts_per_token(layer: nn.Module, num_tokens: int) -> float:
-    """How many experts' parameters one token uses on average in ``layer``."""
-    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice
-
-    if isinstance(layer, SoftMoE):
-        return layer.num_slots / num_tokens
-    if isinstance(layer, TokensChoice):
-        return float(layer.k)
-    if isinstance(layer, ExpertsChoice):
-        group = layer.group_size or num_tokens
-        return layer.num_experts * layer.capacity(group) / group
-    raise TypeError(f"not an MoE layer: {type(layer).__name__}")
-
-
 def parameter_counts(model: nn.Module, num_tokens: int) -> dict[str, int]:
     """``params_total`` and ``params_active`` (per token, defined in the module doc)."""
     total = _numel(model)
     active = float(total)
     for layer in model.moe_layers():
-        per_expert = _numel(layer.experts) / layer.experts.num_experts
-        active -= _numel(layer.experts) - experts_per_token(layer, num_tokens) * per_expert
+        per_expert = _numel(layer.experts) / layer.num_experts
+        active -= _numel(layer.experts) - layer.experts_per_token(num_tokens) * per_expert
     return {"params_total": total, "params_active": round(active)}
 
 
