@@ -23,6 +23,7 @@ tag. The helpers here are shared with ``moe-harness export --to mlflow``
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -71,6 +72,9 @@ def _is_number(value: Any) -> bool:
             and math.isfinite(value))
 
 
+_EVENT_FILES = itertools.count()
+
+
 class TensorBoardLog:
     """Scalars into a TensorBoard event file in ``logdir``, opened at the first point.
 
@@ -101,7 +105,9 @@ class TensorBoardLog:
         from torch.utils.tensorboard.summary import text
 
         self.logdir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}"
+        # time, host, process and a per-process count: a later writer never overwrites a file
+        name = (f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_EVENT_FILES)}")
         self.records = RecordWriter(open(self.logdir / name, "wb"))  # noqa: SIM115 - kept open
         self._event(Event(file_version="brain.Event:2"))
         # the first point is the step training starts from: a resumed run drops what an
