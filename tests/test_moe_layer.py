@@ -5,16 +5,14 @@ import pytest
 import torch
 from torch import nn
 
+from harness import routers
 from harness.config import DataConfig, TrainConfig
 from harness.data import InMemoryImages, load_data
 from harness.models import build
 from harness.moe import (
-    ROUTERS,
-    ExpertsChoice,
     MetricMeans,
     MoELayer,
     SoftMoE,
-    TokensChoice,
     make_mlp,
     moe_layers,
     tracking_metrics,
@@ -23,14 +21,14 @@ from harness.pipeline import Loader
 from harness.study import RunSpec
 from harness.train import evaluate, features, fit
 
-MOE_ROUTERS = [r for r in ROUTERS if r != "dense"]
+MOE_ROUTERS = [r for r in routers.names() if routers.get(r).is_moe]
 DIM, HIDDEN, EXPERTS, TOKENS = 12, 20, 8, 16  # 8 experts x 2 slots = 16 tokens (identity)
+FIELDS = dict(num_experts=EXPERTS, slots_per_expert=2, k=2, capacity_factor=1.5)
 
 
 def layer_for(router: str, **kw) -> MoELayer:
     torch.manual_seed(0)
-    return make_mlp(router, DIM, HIDDEN, num_experts=EXPERTS, slots_per_expert=2, k=2,
-                    capacity_factor=1.5, **kw)
+    return make_mlp(router, DIM, HIDDEN, **FIELDS, **kw)
 
 
 class Recorder(nn.Module):
@@ -46,15 +44,17 @@ class Recorder(nn.Module):
 
 
 @pytest.mark.parametrize("router", MOE_ROUTERS)
-@pytest.mark.parametrize("grad", [False, True])
-def test_experts_are_one_call_on_the_whole_buffer_and_can_be_replaced(router, grad):
-    layer = layer_for(router).eval()
+@pytest.mark.parametrize(("grad", "group_size"), [(False, None), (True, None), (True, 24)])
+def test_experts_are_one_call_on_the_whole_buffer_and_can_be_replaced(router, grad,
+                                                                       group_size):
+    layer = layer_for(router, group_size=group_size).eval()
     x = torch.randn(3, TOKENS, DIM, requires_grad=grad)
     with torch.set_grad_enabled(grad):
         expected = layer(x)
         layer.experts = Recorder(layer.experts)
         out = layer(x)
-    rows = layer.expert_rows(3, TOKENS)
+    entry = routers.get(router)  # the buffer is what the registry's closed form says
+    rows = 3 * entry.expert_rows(entry.settings(group_size=group_size, **FIELDS), TOKENS)
     assert layer.experts.shapes == [(EXPERTS, rows, DIM)]
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     if grad:  # gradients reach the replaced module's weights and the input
@@ -62,25 +62,17 @@ def test_experts_are_one_call_on_the_whole_buffer_and_can_be_replaced(router, gr
         assert layer.experts.inner.w1.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
 
 
-def test_expert_rows_and_experts_per_token_by_hand():
-    soft = SoftMoE(DIM, 4, 3, HIDDEN)
-    assert (soft.expert_rows(5, 10), soft.experts_per_token(10)) == (15, 1.2)  # 5·3; 12/10
-    tokens = TokensChoice(DIM, 4, HIDDEN, k=2, capacity_factor=1.0)
-    assert (tokens.expert_rows(5, 10), tokens.experts_per_token(10)) == (25, 2.0)  # ceil(5)
-    grouped = ExpertsChoice(DIM, 4, HIDDEN, capacity_factor=0.5, group_size=20)
-    # groups of 20 tokens (2 images): capacity ceil(0.5·20/4) = 3, 5 groups in 10 images
-    assert (grouped.expert_rows(10, 10), grouped.experts_per_token(10)) == (15, 4 * 3 / 20)
-
-
 @pytest.mark.parametrize("router", MOE_ROUTERS)
 def test_router_and_expert_parameters_are_all_the_parameters(router):
     layer = layer_for(router)
-    router_names = set(layer.router_parameters())
+    router_params = layer.router_parameters()
     expert_names = {f"experts.{n}" for n, _ in layer.experts.named_parameters()}
-    assert router_names | expert_names == {n for n, _ in layer.named_parameters()}
-    assert not router_names & expert_names
-    fixed = router in ("uniform", "identity")  # fixed routing on both sides: no router
-    assert (router_names == set()) == fixed
+    assert set(router_params) | expert_names == {n for n, _ in layer.named_parameters()}
+    assert not set(router_params) & expert_names
+    # as many as the registry counts (none for fixed routing on both sides)
+    entry = routers.get(router)
+    assert sum(p.numel() for p in router_params.values()) == entry.router_params(
+        entry.settings(**FIELDS), DIM)
     assert layer.num_experts == EXPERTS == layer.experts.num_experts
 
 

@@ -29,8 +29,9 @@ class MoELayer(nn.Module):
       switch it on, training and timing off, always through :func:`tracking_metrics`.
     * ``router_parameter_names``: the layer's parameters outside ``experts`` (its router);
       a name may be None-valued where a variant has no router (Soft MoE's fixed routing).
-    * ``expert_rows(batch, tokens)`` and ``experts_per_token(tokens)``: the experts' work
-      for one call, what cost counts and benchmarks read from a built layer.
+
+    How many rows the buffer has, and how many experts a token uses, are the router's closed
+    forms in :mod:`harness.routers` (a test checks every layer's buffer against them).
     """
 
     router_parameter_names: ClassVar[tuple[str, ...]] = ()
@@ -52,14 +53,6 @@ class MoELayer(nn.Module):
         """The router's parameters by name (those this variant has)."""
         named = dict(self.named_parameters())
         return {name: named[name] for name in self.router_parameter_names if name in named}
-
-    def expert_rows(self, batch: int, tokens: int) -> int:
-        """Rows each expert processes in one call on (batch, tokens, dim)."""
-        raise NotImplementedError
-
-    def experts_per_token(self, tokens: int) -> float:
-        """How many experts' parameters one token uses on average (images of ``tokens``)."""
-        raise NotImplementedError
 
 
 def moe_layers(module: nn.Module) -> list[MoELayer]:

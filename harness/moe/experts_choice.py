@@ -55,14 +55,6 @@ class ExpertsChoice(SparseRouted):
             self.metric_tensors = self._metrics(token, g * s)
         return y.reshape(x.shape)
 
-    def expert_rows(self, batch: int, tokens: int) -> int:
-        group = self.group_tokens(tokens)
-        return batch * tokens // group * self.capacity(group)
-
-    def experts_per_token(self, tokens: int) -> float:
-        group = self.group_tokens(tokens)
-        return self.num_experts * self.capacity(group) / group
-
     @torch.no_grad()
     def _metrics(self, token: torch.Tensor, num_tokens: int) -> dict[str, torch.Tensor]:
         taken = torch.bincount(token, minlength=num_tokens)

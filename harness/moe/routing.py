@@ -81,10 +81,6 @@ class SparseRouted(MoELayer):
         return compute_capacity(group_tokens, self.num_experts, self.capacity_factor,
                                 self.capacity_rounding, k)
 
-    def group_tokens(self, tokens: int) -> int:
-        """Tokens per routing group for images of ``tokens`` tokens."""
-        return self.group_size or tokens
-
     def noisy(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits the routing decision uses: with noise in training, else as they are."""
         if self.training and self.noise_std > 0:

@@ -194,7 +194,7 @@ class SoftMoE(MoELayer):
         if self.normalize:
             phi_t = l2_normalize(phi_t, 1) * self.scale
         # (n, D) row-major: the (out, in) layout oneDNN's linear takes, and for MKL the "NT"
-        # kernel, 2.5x faster than "NN" for few slots (n = 8) on CPU
+        # kernel, faster than "NN" for few slots on CPU
         return phi_t.contiguous()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,12 +270,6 @@ class SoftMoE(MoELayer):
             "slot_entropy": normalized_entropy(dispatch, dim=1),
             "combine_entropy": normalized_entropy(combine, dim=2),
         }
-
-    def expert_rows(self, batch: int, tokens: int) -> int:
-        return batch * self.slots_per_expert
-
-    def experts_per_token(self, tokens: int) -> float:
-        return self.num_slots / tokens
 
     def extra_repr(self) -> str:
         return (

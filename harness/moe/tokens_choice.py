@@ -99,13 +99,6 @@ class TokensChoice(SparseRouted):
             self.metric_tensors = self._metrics(gates, kept, top_expert)
         return y.reshape(x.shape)
 
-    def expert_rows(self, batch: int, tokens: int) -> int:
-        group = self.group_tokens(tokens)
-        return batch * tokens // group * self.capacity(group, self.k)
-
-    def experts_per_token(self, tokens: int) -> float:
-        return float(self.k)
-
     def _aux_loss(self, logits, noisy, gates) -> torch.Tensor:
         # Importance on the noise-free gates, as V-MoE defines it (the routing used the noisy).
         clean = gates if noisy is logits else torch.softmax(logits, dim=-1)
