@@ -214,3 +214,20 @@ def test_training_computes_no_metrics_and_fit_leaves_tracking_on(tmp_path, monke
     assert computed == [16, 16]
     assert "router_slot_entropy" in out
     assert all(layer.track_metrics for layer in model.moe_layers())
+
+
+@pytest.mark.parametrize("router", ["soft", "tokens_choice", "experts_choice"])
+def test_a_seed_draws_the_router_before_the_experts(router):
+    # the order every kind has drawn its weights in: seeded runs keep their models
+    torch.manual_seed(0)
+    layer = make_mlp(router, DIM, HIDDEN, num_experts=4)
+    torch.manual_seed(0)
+    if router == "soft":
+        first = torch.empty(DIM, 4, 1).normal_(std=DIM**-0.5)
+        torch.testing.assert_close(layer.phi.detach(), first, rtol=0, atol=0)
+    else:  # nn.Linear draws its own init first
+        first = nn.init.normal_(nn.Linear(DIM, 4, bias=False).weight.detach(), std=DIM**-0.5)
+        torch.testing.assert_close(layer.router.weight.detach(), first, rtol=0, atol=0)
+    bound = (6.0 / (DIM + HIDDEN)) ** 0.5
+    experts = torch.empty(4, DIM, HIDDEN).uniform_(-bound, bound)
+    torch.testing.assert_close(layer.experts.w1.detach(), experts, rtol=0, atol=0)

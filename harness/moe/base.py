@@ -36,10 +36,11 @@ class MoELayer(nn.Module):
 
     router_parameter_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, num_experts: int, experts: nn.Module):
+    experts: nn.Module  # set by each kind after its router (the order its weights are drawn in)
+
+    def __init__(self, num_experts: int):
         super().__init__()
         self.num_experts = num_experts
-        self.experts = experts
         self.aux_loss = torch.zeros(())
         self.metric_tensors: dict[str, torch.Tensor] = {}
         self.track_metrics = True

@@ -65,8 +65,7 @@ class SparseRouted(MoELayer):
                  group_size: int | None, noise_std: float | None = None,
                  capacity_rounding: str = "ceil", gelu: str = "erf"):
         check_positive("num_experts", num_experts)
-        super().__init__(num_experts,
-                         BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu)))
+        super().__init__(num_experts)
         self.capacity_factor = capacity_factor
         self.group_size = group_size
         self.capacity_rounding = check_capacity_rule(capacity_rounding)
@@ -75,6 +74,7 @@ class SparseRouted(MoELayer):
             raise ConfigError(f"noise_std must be >= 0, got {noise_std}")
         self.router = nn.Linear(dim, num_experts, bias=False)
         nn.init.normal_(self.router.weight, std=dim**-0.5)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu))
 
     def capacity(self, group_tokens: int, k: int = 1) -> int:
         """Buffer rows per expert for a group of ``group_tokens`` tokens, K choices each."""

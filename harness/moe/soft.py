@@ -171,8 +171,7 @@ class SoftMoE(MoELayer):
         for name, value in (("dispatch", dispatch), ("combine", combine)):
             if value not in WEIGHT_KINDS:
                 raise ConfigError(f"SoftMoE {name} must be one of {WEIGHT_KINDS}, got {value!r}")
-        super().__init__(num_experts,
-                         BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu)))
+        super().__init__(num_experts)
         self.slots_per_expert = slots_per_expert
         self.normalize, self.dispatch_kind, self.combine_kind = normalize, dispatch, combine
         if "soft" in (dispatch, combine):  # fixed routing on both sides needs no logits
@@ -182,6 +181,7 @@ class SoftMoE(MoELayer):
         else:
             self.register_parameter("phi", None)
             self.register_parameter("scale", None)
+        self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu))
 
     @property
     def num_slots(self) -> int:
