@@ -9,6 +9,8 @@ now. The files of one checkpoint sit in one folder, written by every rank at onc
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,6 +49,14 @@ def _states(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return {"model": model_sd, "optimizer": optim_sd}
 
 
+@contextmanager
+def _single_process_quiet():
+    """Without a process group, DCP warns that it assumes one process: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _alone() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized())
 
@@ -54,14 +64,16 @@ def _alone() -> bool:
 def save(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Write this rank's part of the model and optimizer states into ``folder`` (every rank
     calls it; the folder is complete when all have returned)."""
-    dcp.save(_states(model, optimizer), checkpoint_id=str(folder), no_dist=_alone())
+    with _single_process_quiet():
+        dcp.save(_states(model, optimizer), checkpoint_id=str(folder), no_dist=_alone())
 
 
 def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read the model and optimizer states from ``folder`` into this rank's shards (every rank
     calls it), whatever number of ranks and layout wrote it."""
     states = _states(model, optimizer)
-    dcp.load(states, checkpoint_id=str(folder), no_dist=_alone())
+    with _single_process_quiet():
+        dcp.load(states, checkpoint_id=str(folder), no_dist=_alone())
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     shards = _expert_shards(inner)
     for fqn in shards:
