@@ -247,15 +247,24 @@ def nodes_of(study) -> int:
 
 
 def run_plan(study, spec, layout: str | None = None, **changes) -> MemoryPlan:
-    """The memory plan of one run of ``study`` in ``layout`` (default: the run's own, with
-    ``auto`` resolved); ``changes`` override ``ranks``, ``micro_batch``, ``checkpointing``."""
+    """The memory plan of one run of ``study`` (its GPUs, nodes and ``estimate.gpu_memory_gb``)
+    in ``layout`` (default: the run's own, ``auto`` resolved); ``changes`` override
+    ``ranks``, ``nodes``, ``micro_batch`` or ``checkpointing``."""
     gpu = on_gpu(study, spec)
+    options = dict(ranks=spec.train.gpus, nodes=nodes_of(study),
+                   limit_gb=study.estimate.gpu_memory_gb if gpu else None)
+    return plan_for(spec, gpu=gpu, layout=layout, **{**options, **changes})
+
+
+def plan_for(spec, *, gpu: bool, ranks: int, nodes: int = 1, limit_gb: float | None,
+             layout: str | None = None, **changes) -> MemoryPlan:
+    """The memory plan of ``spec`` on ``ranks`` GPUs (or CPU processes: ``gpu`` False) of
+    ``limit_gb`` each; ``layout`` default: the run's own, ``auto`` resolved."""
     t = spec.train
     bf16 = t.precision == "bf16" or (t.precision == "auto" and gpu)
-    options = dict(ranks=t.gpus, nodes=nodes_of(study), batch_size=t.batch_size,
+    options = dict(ranks=ranks, nodes=nodes, batch_size=t.batch_size,
                    micro_batch=t.micro_batch_size, checkpointing=t.activation_checkpointing,
-                   precision="bf16" if bf16 else "fp32", gpu=gpu,
-                   limit_gb=study.estimate.gpu_memory_gb if gpu else None)
+                   precision="bf16" if bf16 else "fp32", gpu=gpu, limit_gb=limit_gb)
     options.update(changes)
     cfg = spec.model_config_(_classes(spec))
     layout = layout or t.layout
