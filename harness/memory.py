@@ -214,9 +214,11 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
         if layout in SHARDS_EXPERTS and moe:  # tokens out and back, both directions
             comm += 2 * act * micro * sh.rows * sh.width
 
-    # backward: gradients of the blocks already done (all of them when accumulating) while
-    # the earlier blocks' activations are still saved
-    grads_done = grads if math.ceil(per_rank / micro) > 1 else grads / sh.depth
+    # backward: gradients of the blocks already done (all of them when accumulating, with
+    # each parameter's incoming gradient before it is added) while the earlier blocks'
+    # activations are still saved
+    accumulating = math.ceil(per_rank / micro) > 1
+    grads_done = grads + FP32 * sh.largest_param if accumulating else grads / sh.depth
     backward = weights + copies + moments + saved + grads_done + working + comm
     # the update's temporaries: foreach (GPU) one per held parameter; the per-tensor loop
     # (CPU) two of the largest tensor (AdamW's denominator: a square root, then a division)
