@@ -293,3 +293,26 @@ def test_dry_run_of_a_laptop_study_has_no_gpu_hours(tmp_path, capsys):
     assert "e-0" not in "".join(line.split("│")[-2] for line in out.splitlines()
                                 if line.count("│") > 8 and "pending" in line)
     assert "WARNING" not in out  # synthetic data: no path needed
+
+
+def test_record_carries_the_layout_and_the_estimate(tmp_path):
+    """A run's record names its layout, ranks, nodes and micro-batch, and the estimated peak
+    per rank, here within 25% of the peak the run measured (the same batch, fp32 CPU)."""
+    from harness.run import execute
+
+    path = tmp_path / "rec.yaml"
+    path.write_text("""name: rec
+data: {name: synthetic, image_size: 32, num_classes: 10, train_size: 64, test_size: 32}
+train: {steps: 2, batch_size: 32, eval_every: 0, checkpoint_every: 0, fewshot_shots: 0,
+        threads: 1, device: cpu}
+measure: {flops: false, time: false, memory: true, batch_size: 32}
+grid: {model: [vit-w64d4h4m256/4], router: [soft], num_experts: [16]}
+""")
+    [spec] = load(path).expand()
+    record = execute(spec, tmp_path / "results")
+    assert record["status"] == "ok", record.get("error")
+    assert (record["layout"], record["ranks"], record["nodes"]) == ("ddp", 1, 1)
+    assert (record["micro_batch_size"], record["accumulation_steps"]) == (32, 1)
+    assert record["estimated_memory_limit_gb"] is None  # a CPU run: no GPU to fit
+    measured = record["peak_memory_mb"] * 2**20 / 1e9
+    assert 0.75 <= record["estimated_peak_memory_gb"] / measured <= 1.25
