@@ -35,19 +35,19 @@ query projection once per batch; at batch 1 it is counted once per image.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.routers import ROUTING_PARTS
 
 KINDS = ("patch_embed", "attention", "mlp", "experts", "routing", "head")
 """Layer kinds of a ViT. ``mlp`` = dense MLP blocks, ``experts`` = the MoE layers' expert
 MLPs, ``routing`` = everything else in an MoE layer (router logits, dispatch, combine),
 ``head`` = pooling (MAP head) and classifier."""
-
-ROUTING_PARTS = ("router_logits", "dispatch", "combine")
 
 CONVENTION = "1 multiply-add = 2 FLOPs (fvcore's count of multiply-adds doubled)"
 
@@ -304,38 +304,29 @@ def _split_by_kind(model, by_module: dict[str, float], total: float) -> dict[str
     return kinds
 
 
-class _counting_mode:
+@contextlib.contextmanager
+def _counting_mode(model):
     """Eval mode and no MoE metric tracking while counting; restores both."""
+    from harness.moe.base import tracking_metrics
 
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.training = self.model.training
-        self.tracking = [getattr(m, "track_metrics", None) for m in _moe_layers(self.model)]
-        self.model.eval()
-        for layer in _moe_layers(self.model):
-            layer.track_metrics = False
-        return self
-
-    def __exit__(self, *exc):
-        self.model.train(self.training)
-        for layer, on in zip(_moe_layers(self.model), self.tracking, strict=True):
-            layer.track_metrics = on
-
-
-def _moe_layers(model) -> list:
-    return model.moe_layers() if hasattr(model, "moe_layers") else []
+    training = model.training
+    model.eval()
+    try:
+        with tracking_metrics(model, False):
+            yield
+    finally:
+        model.train(training)
 
 
 # --- closed form ---------------------------------------------------------------------------------
 def analytic_flops(cfg) -> FlopCount:
     """FLOPs per image of the model ``cfg`` (a ModelConfig) in closed form, per layer kind.
 
-    Written from the shapes, independently of the module code; ``routing_parts`` splits the
-    routing into router logits, dispatch and combine.
+    Written from the shapes, independently of the module code (the router's expert rows and
+    routing multiply-adds from its entry in ``harness.routers``); ``routing_parts`` splits
+    the routing into router logits, dispatch and combine.
     """
-    from harness.moe import SOFT_VARIANTS
+    from harness import routers
 
     s = cfg.shape
     d, h, m = s.width, s.mlp_dim, cfg.num_tokens
@@ -347,21 +338,9 @@ def analytic_flops(cfg) -> FlopCount:
     moe = len(cfg.moe_blocks)
     macs["mlp"] = (s.depth - moe) * m * 2 * d * h
     if moe:
-        e = cfg.num_experts
-        if cfg.router in SOFT_VARIANTS:
-            n = e * cfg.slots_per_expert
-            dispatch, combine = SOFT_VARIANTS[cfg.router]
-            rows = n  # slots per image
-            if "soft" in (dispatch, combine):
-                parts["router_logits"] = moe * m * d * n
-            if dispatch == "soft":
-                parts["dispatch"] = moe * n * m * d
-            if combine == "soft":
-                parts["combine"] = moe * m * n * d
-        else:
-            group = cfg.group_size or m
-            rows = e * cfg.expert_capacity * m / group  # buffer rows per image
-            parts["router_logits"] = moe * m * d * e
+        router, settings = routers.get(cfg.router), cfg.router_settings
+        rows = cfg.num_experts * router.expert_rows(settings, m)  # buffer rows per image
+        parts.update({k: moe * v for k, v in router.routing_macs(settings, d, m).items()})
         macs["experts"] = moe * rows * 2 * d * h
         macs["routing"] = sum(parts.values())
     macs["head"] = d * cfg.num_classes

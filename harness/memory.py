@@ -51,9 +51,9 @@ class Shapes:
     tokens: int  # m per image
     image_bytes: int  # one input image as loaded (fp32)
     moe_blocks: tuple[int, ...]
-    router: str
+    family: str  # the router's (harness.routers): soft | sparse | dense
     experts: int  # E per MoE layer (0 for dense)
-    rows: float  # expert buffer rows per image: Soft MoE slots, sparse E x capacity
+    rows: float  # expert buffer rows per image, all experts: Soft MoE's slots, E x capacity
     dense_params: int  # everything but the experts
     expert_params: int  # one expert of one layer
     attention_scores: bool  # the math backend saves (heads, m, m) twice per block
@@ -61,28 +61,24 @@ class Shapes:
 
     @classmethod
     def of(cls, cfg) -> Shapes:
+        from harness import routers
         from harness.cost import closed_form_params
-        from harness.moe import SOFT_VARIANTS
 
         s = cfg.shape
         d, h, m = s.width, s.mlp_dim, cfg.num_tokens
         expert = 2 * d * h + h + d  # fc1 and fc2 with biases
         moe = len(cfg.moe_blocks)
-        rows = 0.0
-        if moe:
-            if cfg.router in SOFT_VARIANTS:
-                rows = float(cfg.num_experts * cfg.slots_per_expert)
-            else:
-                rows = cfg.num_experts * cfg.expert_capacity * m / (cfg.group_size or m)
+        router = routers.get(cfg.router)
+        experts = cfg.num_experts if moe else 0
+        rows = experts * router.expert_rows(cfg.router_settings, m) if moe else 0.0
         total = closed_form_params(cfg)["params_total"]
-        experts = cfg.num_experts or 0
         return cls(depth=s.depth, width=d, mlp=h, heads=s.heads, tokens=m,
                    image_bytes=FP32 * cfg.in_chans * cfg.image_size**2,
-                   moe_blocks=tuple(cfg.moe_blocks), router=cfg.router,
-                   experts=experts if moe else 0, rows=rows,
+                   moe_blocks=tuple(cfg.moe_blocks), family=router.family,
+                   experts=experts, rows=rows,
                    dense_params=total - moe * experts * expert, expert_params=expert,
                    attention_scores=cfg.attention == "math",
-                   largest_param=max(experts * d * h if moe else 0, 3 * d * d, d * h,
+                   largest_param=max(experts * d * h, 3 * d * d, d * h,
                                      cfg.num_classes * d, m * d))
 
     @property
@@ -116,15 +112,13 @@ def block_activations(sh: Shapes, moe: bool, act: int) -> tuple[float, float]:
     if not moe:
         return out + act * 2 * m * h, max(largest, act * m * h)
     rows = sh.rows
-    if sh.router in SPARSE:
+    if sh.family == "sparse":
         routing = FP32 * 3 * m * sh.experts + act * rows * d  # logits, noisy, gates; gather
     else:
         routing = FP32 * 3 * m * rows  # logits, dispatch, combine
     experts = act * (2 * rows * d + 2 * rows * h)
     return out + routing + experts, max(largest, act * rows * h, FP32 * m * max(rows, 1))
 
-
-SPARSE = ("tokens_choice", "experts_choice")
 
 
 @dataclass(frozen=True)
