@@ -57,7 +57,8 @@ class Shapes:
     dense_params: int  # everything but the experts
     expert_params: int  # one expert of one layer
     attention_scores: bool  # the math backend saves (heads, m, m) twice per block
-    largest_param: int  # elements of the largest parameter tensor
+    largest_expert_param: int  # elements of an MoE layer's largest expert tensor (E, D, H)
+    largest_dense_param: int  # elements of the largest other parameter tensor
 
     @classmethod
     def of(cls, cfg) -> Shapes:
@@ -78,8 +79,8 @@ class Shapes:
                    experts=experts, rows=rows,
                    dense_params=total - moe * experts * expert, expert_params=expert,
                    attention_scores=cfg.attention == "math",
-                   largest_param=max(experts * d * h, 3 * d * d, d * h,
-                                     cfg.num_classes * d, m * d))
+                   largest_expert_param=experts * d * h,
+                   largest_dense_param=max(3 * d * d, d * h, cfg.num_classes * d, m * d))
 
     @property
     def all_expert_params(self) -> int:
@@ -184,6 +185,8 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
     if layout in SHARDS_DENSE:
         dense_held /= ranks
     held = dense_held + experts_held
+    largest = max(sh.largest_dense_param * dense_held / max(sh.dense_params, 1),
+                  sh.largest_expert_param * experts_held / max(sh.all_expert_params, 1))
     weights, grads, moments = FP32 * held, FP32 * held, 2 * FP32 * held
     copies = 2 * held if act == 2 else 0  # autocast's bf16 weights, saved for the backward
 
@@ -212,11 +215,11 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
     # each parameter's incoming gradient before it is added) while the earlier blocks'
     # activations are still saved
     accumulating = math.ceil(per_rank / micro) > 1
-    grads_done = grads + FP32 * sh.largest_param if accumulating else grads / sh.depth
+    grads_done = grads + FP32 * largest if accumulating else grads / sh.depth
     backward = weights + copies + moments + saved + grads_done + working + comm
     # the update's temporaries: foreach (GPU) one per held parameter; the per-tensor loop
-    # (CPU) two of the largest tensor (AdamW's denominator: a square root, then a division)
-    temporaries = FP32 * held if gpu else 2 * FP32 * sh.largest_param
+    # (CPU) two of the largest held tensor (AdamW's denominator: a square root, a division)
+    temporaries = FP32 * held if gpu else 2 * FP32 * largest
     step = weights + moments + grads + temporaries
     peak = max(backward, step)
     return MemoryPlan(
