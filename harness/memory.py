@@ -121,7 +121,6 @@ def block_activations(sh: Shapes, moe: bool, act: int) -> tuple[float, float]:
     return out + routing + experts, max(largest, act * rows * h, FP32 * m * max(rows, 1))
 
 
-
 @dataclass(frozen=True)
 class MemoryPlan:
     """Estimated peak memory per GPU (rank) of one run, in GB, by part."""
@@ -185,14 +184,14 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
     if layout in SHARDS_DENSE:
         dense_held /= ranks
     held = dense_held + experts_held
-    largest = max(sh.largest_dense_param * dense_held / max(sh.dense_params, 1),
-                  sh.largest_expert_param * experts_held / max(sh.all_expert_params, 1))
+    largest_held = max(sh.largest_dense_param * dense_held / max(sh.dense_params, 1),
+                       sh.largest_expert_param * experts_held / max(sh.all_expert_params, 1))
     weights, grads, moments = FP32 * held, FP32 * held, 2 * FP32 * held
     copies = 2 * held if act == 2 else 0  # autocast's bf16 weights, saved for the backward
 
     blocks = [block_activations(sh, i in sh.moe_blocks, act) for i in range(sh.depth)]
     block_bytes = [micro * a for a, _ in blocks]
-    working = 2 * micro * max(largest for _, largest in blocks)  # the backward's gradients
+    working = 2 * micro * max(big for _, big in blocks)  # the backward's gradients
     head = micro * (sh.image_bytes + FP32 * sh.tokens * sh.width)  # the batch, final norm
     if checkpointing:  # each block's input kept; one block recomputed at a time
         saved = head + sh.depth * micro * FP32 * sh.tokens * sh.width + max(block_bytes)
@@ -215,11 +214,11 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
     # each parameter's incoming gradient before it is added) while the earlier blocks'
     # activations are still saved
     accumulating = math.ceil(per_rank / micro) > 1
-    grads_done = grads + FP32 * largest if accumulating else grads / sh.depth
+    grads_done = grads + FP32 * largest_held if accumulating else grads / sh.depth
     backward = weights + copies + moments + saved + grads_done + working + comm
     # the update's temporaries: foreach (GPU) one per held parameter; the per-tensor loop
     # (CPU) two of the largest held tensor (AdamW's denominator: a square root, a division)
-    temporaries = FP32 * held if gpu else 2 * FP32 * largest
+    temporaries = FP32 * held if gpu else 2 * FP32 * largest_held
     step = weights + moments + grads + temporaries
     peak = max(backward, step)
     return MemoryPlan(
