@@ -299,7 +299,7 @@ def test_run_refuses_ddp_for_soft_moe_l16_on_8_gpus_before_submitting(tmp_path, 
     [refused] = [line for line in err if "vit-l/16:soft:e128:s1" in line]
     assert "GB per GPU (ddp, 8 GPUs, micro-batch 64) > 80 GB; would fit: train.layout " \
            "experts" in refused
-    assert "16 GPUs on 2 nodes" not in refused or "GPUs" in refused
+    assert ", or 16 GPUs on 2 nodes (experts, " in refused  # 8 GPUs per node, as the run's
     assert err[-1].startswith("error: ") and "1 of 2 runs need more than " \
         "estimate.gpu_memory_gb = 80 GB per GPU" in err[-1] and "--force" in err[-1]
     assert not (tmp_path / "results" / "big" / "slurm").exists()
