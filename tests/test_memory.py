@@ -350,7 +350,7 @@ def test_dry_run_of_a_laptop_study_has_no_gpu_hours(tmp_path, capsys):
     assert run_cli(["run", str(PAPER / "pareto.yaml"), "--dry-run", "--results",
                     str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "GPU-h est. '-': CPU runs" in out and "0 of 0 GPU runs fit" in out
+    assert "GPU-h est. '-': CPU runs" in out and "CPU runs: no GPU memory to fit" in out
     assert "e-0" not in "".join(line.split("│")[-2] for line in out.splitlines()
                                 if line.count("│") > 8 and "pending" in line)
     assert "WARNING" not in out  # synthetic data: no path needed

@@ -16,8 +16,10 @@ def memory_table(study, specs, plans: dict[str, MemoryPlan]) -> Table:
     parts of the estimate and the peak, and ``fits`` against ``estimate.gpu_memory_gb``."""
     limit = study.estimate.gpu_memory_gb
     fitting = [p.fits for p in plans.values() if p.fits is not None]
+    verdict = (f"{sum(fitting)} of {len(fitting)} GPU runs fit {limit:g} GB" if fitting
+               else "CPU runs: no GPU memory to fit")
     title = (f"{study.name}: memory per GPU (ESTIMATE from the shapes, GB = 1e9 bytes); "
-             f"{sum(fitting)} of {len(fitting)} GPU runs fit {limit:g} GB")
+             f"{verdict}")
     table = Table(title=title, title_justify="left", caption_justify="left")
     for col in ("#", "run_id", "model", "layout", "GPUs", "micro"):
         table.add_column(col)
