@@ -54,7 +54,8 @@ class Layout:
 def resolve_layout(cfg: TrainConfig, ranks: int, name: str | None = None,
                    grouped: bool | None = None) -> Layout:
     """The layout of a run with ``ranks`` processes (``grouped``: in a process group; default:
-    whether one is up). ``auto`` (unresolved by the memory plan) is ``ddp``."""
+    whether one is up). ``harness.run`` resolves ``auto`` with the memory plan
+    (``harness.memory``) before training; an ``auto`` left here is ``ddp``."""
     name = name or cfg.layout
     if name == "auto":
         name = "ddp"
