@@ -186,6 +186,21 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
     return out
 
 
+def sharded_cost(cfg) -> dict[str, Any]:
+    """The cost columns of a model whose experts are spread over the ranks: its FLOPs from
+    the closed form; no rank holds the whole model to time alone (the run's all-to-all share
+    and per-rank peak memory measure the sharded training itself)."""
+    from harness.flops import CONVENTION, KINDS, analytic_flops
+
+    flops = analytic_flops(cfg)
+    by_kind = {kind: flops.by_kind.get(kind, 0.0) / 1e9 for kind in KINDS}
+    return {"gflops_per_image": flops.gflops, **{f"gflops_{k}": v for k, v in by_kind.items()},
+            "gflops_by_kind": by_kind, "flops_counter": flops.counter,
+            "flop_convention": CONVENTION,
+            "cost_note": "experts sharded over the ranks: FLOPs counted in closed form, "
+                         "speed and memory not measured on one rank"}
+
+
 def memory_estimate(spec: RunSpec, device, ctx: distributed.Context) -> dict[str, Any]:
     """The record's layout and estimated peak memory per rank (``harness.memory``), against
     this GPU's memory (none on a CPU)."""
@@ -205,7 +220,7 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
          results_root: Path | None = None) -> dict[str, Any]:
     import torch
 
-    from harness import cost
+    from harness import cost, parallel
     from harness.data import load_data
     from harness.flops import train_exaflops
     from harness.models import build
@@ -220,15 +235,18 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     out.update(environment(device))
     data = load_data(spec.data)
     cfg = spec.model_config_(data.num_classes)
-    torch.manual_seed(spec.seed)
-    model = build(cfg).to(device)
-    out.update(cost.parameter_counts(model, cfg))
     out.update(memory_estimate(spec, device, ctx))
     if spec.train.layout == "auto":  # train in the layout the memory plan chose
         spec = spec.model_copy(update={"train": spec.train.model_copy(
             update={"layout": out["layout"]})})
+    # experts sharded over several ranks: each MoE layer is sharded as soon as it is built,
+    # so no rank ever holds the whole model (L/16 with 128 experts is 52 GB in fp32)
+    shard = ctx.enabled and parallel.resolve_layout(spec.train, ctx.world_size).experts_sharded
+    torch.manual_seed(spec.seed)
+    model = build(cfg, on_moe_layer=parallel.shard_layer if shard else None).to(device)
+    out.update(cost.closed_form_params(cfg) if shard else cost.parameter_counts(model, cfg))
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
-        out.update(measure_cost(model, cfg, spec, device))
+        out.update(sharded_cost(cfg) if shard else measure_cost(model, cfg, spec, device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
     progress = progress_writer(workdir / "progress.json", spec) if ctx.is_main else None
     log, close_log = open_log(spec, workdir, results_root or workdir.parents[2]) \

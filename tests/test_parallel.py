@@ -51,3 +51,45 @@ def test_bench_all_to_all_reports_the_share(tmp_path):
     refused = cli("bench", "all-to-all", "--experts", "5", check=False)
     assert refused.returncode == 2
     assert "--experts: 5 does not split over 2 ranks" in refused.stderr + refused.stdout
+
+
+def test_a_rank_builds_only_its_experts_with_the_weights_of_one_process():
+    """Built with each MoE layer sharded as it is made (what ``harness.run`` does when the
+    experts are sharded), a rank holds its block of every layer's experts, equal to the
+    one-process model's rows, the rest equal too; building peaks at its share plus one
+    layer's experts, not at the whole model."""
+    import functools
+
+    import torch
+
+    from harness.bench import _allocator_peak_growth
+    from harness.models import build
+    from harness.parallel import shard_layer
+
+    spec, ranks = "vit-w64d8h4m256/4@16:soft:e64:every1", 4
+    torch.manual_seed(0)
+    full_bytes = _allocator_peak_growth(lambda: build(spec, num_classes=10))
+    torch.manual_seed(0)
+    full = build(spec, num_classes=10).state_dict()
+    layer_bytes = sum(t.nbytes for k, t in full.items() if k.startswith("blocks.0.mlp.experts."))
+    for rank in range(ranks):
+        hook = functools.partial(shard_layer, rank=rank, world_size=ranks)
+        torch.manual_seed(0)
+        peak = _allocator_peak_growth(lambda hook=hook: build(spec, num_classes=10,
+                                                              on_moe_layer=hook))
+        torch.manual_seed(0)
+        model = build(spec, num_classes=10, on_moe_layer=hook)
+        experts = [layer.experts for layer in model.moe_layers()]
+        assert len(experts) == 8 and all(isinstance(e, ShardedExperts) for e in experts)
+        assert all((e.rank, e.num_experts, e.total_experts) == (rank, 16, 64) for e in experts)
+        state = model.state_dict()
+        assert state.keys() == full.keys()
+        rows = slice(16 * rank, 16 * (rank + 1))
+        for key, value in full.items():
+            want = value[rows] if ".mlp.experts." in key else value
+            assert torch.equal(state[key], want), key
+        held = sum(t.nbytes for t in state.values())
+        assert held < 0.3 * sum(t.nbytes for t in full.values())  # 1/4 of the experts
+        # the peak: what the rank keeps, plus one layer's full experts while it is sharded
+        assert peak < held + 1.2 * layer_bytes
+        assert peak < 0.45 * full_bytes  # 8 layers: 1/4 of them, plus one

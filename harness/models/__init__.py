@@ -267,8 +267,14 @@ def _parse_token(spec: str, tok: str) -> dict:
     )
 
 
-def build(cfg: ModelConfig | str, **overrides):
-    """Build the VisionTransformer for a config (or a spec string)."""
+def build(cfg: ModelConfig | str, *, on_moe_layer=None, **overrides):
+    """Build the VisionTransformer for a config (or a spec string).
+
+    ``on_moe_layer(layer)``, if given, is called on each MoE layer right after it is built,
+    before the next block draws its weights (e.g. ``harness.parallel.shard_layer``: a rank
+    then never holds the whole model's experts); the weights a seed gives are unchanged as
+    long as it draws no random numbers.
+    """
     from harness.models.vit import VisionTransformer
 
     if isinstance(cfg, str):
@@ -278,8 +284,11 @@ def build(cfg: ModelConfig | str, **overrides):
     shape = cfg.shape
 
     def mlp_factory(dim: int, hidden: int):
-        return make_mlp(cfg.router, dim, hidden, gelu=cfg.gelu, group_size=cfg.group_size,
-                        **{f: getattr(cfg, f) for f in routers.FIELDS})
+        layer = make_mlp(cfg.router, dim, hidden, gelu=cfg.gelu, group_size=cfg.group_size,
+                         **{f: getattr(cfg, f) for f in routers.FIELDS})
+        if on_moe_layer is not None:
+            on_moe_layer(layer)
+        return layer
 
     return VisionTransformer(
         image_size=cfg.image_size, patch_size=cfg.patch_size, width=shape.width,

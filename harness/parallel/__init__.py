@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from harness.parallel import checkpoint
 from harness.parallel.all_to_all import CommTimer, all_to_all
-from harness.parallel.experts import ShardedExperts, shard_experts
+from harness.parallel.experts import ShardedExperts, shard_experts, shard_layer
 from harness.parallel.layout import (
     Layout,
     clip_grad_norm,
@@ -33,4 +33,4 @@ from harness.parallel.layout import (
 
 __all__ = ["CommTimer", "Layout", "ShardedExperts", "all_to_all", "checkpoint",
            "clip_grad_norm", "micro_batches", "peak_memory_mb", "prepare", "resolve_layout",
-           "shard_experts"]
+           "shard_experts", "shard_layer"]

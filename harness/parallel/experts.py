@@ -68,15 +68,26 @@ def expert_layers(model: nn.Module) -> list[nn.Module]:
                                                     BatchedExperts)]
 
 
+def shard_layer(layer: nn.Module, rank: int | None = None, world_size: int | None = None,
+                group=None) -> None:
+    """Replace ``layer``'s experts (if it has a ``BatchedExperts``) by the shard of ``rank`` of
+    ``world_size`` (default: this process's in ``group``), in place; the full experts are
+    freed. As ``harness.models.build``'s ``on_moe_layer`` it shards each layer as soon as it
+    is built, so a rank never holds more than its shards plus one layer's experts."""
+    experts = getattr(layer, "experts", None)
+    if isinstance(experts, BatchedExperts) and not isinstance(experts, ShardedExperts):
+        rank = dist.get_rank(group) if rank is None else rank
+        world_size = dist.get_world_size(group) if world_size is None else world_size
+        layer.experts = ShardedExperts(experts, rank, world_size, group)
+
+
 def shard_experts(model: nn.Module, group=None) -> list[ShardedExperts]:
-    """Replace every MoE layer's experts by this rank's shard (in place); returns them."""
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    sharded = []
-    for layer in expert_layers(model):
-        if not isinstance(layer.experts, ShardedExperts):
-            layer.experts = ShardedExperts(layer.experts, rank, world, group)
-        sharded.append(layer.experts)
-    return sharded
+    """Replace every MoE layer's experts by this rank's shard (in place; layers already
+    sharded are kept); returns the shards."""
+    layers = expert_layers(model)
+    for layer in layers:
+        shard_layer(layer, group=group)
+    return [layer.experts for layer in layers]
 
 
 def is_sharded_expert(module: nn.Module) -> bool:

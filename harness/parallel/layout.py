@@ -93,14 +93,10 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
-def expert_parameter_names(model: nn.Module) -> list[str]:
-    return [f"{mod_name}.{p_name}" for mod_name, mod in model.named_modules()
-            if isinstance(mod, ShardedExperts) for p_name, _ in mod.named_parameters()]
-
-
 def prepare(model: nn.Module, layout: Layout) -> nn.Module:
     """Shard, wrap and checkpoint ``model`` (in place) for ``layout``; returns the module the
-    training loop calls (a DDP wrapper for ``ddp``/``experts``, else ``model`` itself)."""
+    training loop calls (a DDP wrapper for ``ddp``, else ``model`` itself: under ``experts``
+    :func:`micro_batches` averages the replicated gradients, DDP's job, itself)."""
     if layout.activation_checkpointing:
         checkpoint_blocks(model)
     if not layout.grouped:
@@ -121,10 +117,57 @@ def prepare(model: nn.Module, layout: Layout) -> nn.Module:
         if hasattr(model, "pre_logits"):  # features for the few-shot probe
             register_fsdp_forward_method(model, "pre_logits")
         return model
-    if experts:  # DDP must neither broadcast nor average the expert shards
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            model, expert_parameter_names(model))
+    if experts:  # the expert shards differ per rank: only the rest is replicated
+        _broadcast_replicated(model)
+        return model
     return distributed.wrap(model)
+
+
+def _replicated(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters every rank holds in full: all but the expert shards."""
+    experts = {id(p) for m in model.modules() if isinstance(m, ShardedExperts)
+               for p in m.parameters()}
+    return [p for p in model.parameters() if id(p) not in experts]
+
+
+@torch.no_grad()
+def _broadcast_replicated(model: nn.Module) -> None:
+    """Rank 0's replicated parameters and buffers to every rank (what DDP does at wrap)."""
+    for t in [*_replicated(model), *model.buffers()]:
+        dist.broadcast(t, src=0)
+
+
+BUCKET_BYTES = 25 * 2**20  # gradients all-reduced at once (DDP's default bucket size)
+
+
+@torch.no_grad()
+def average_replicated_gradients(model: nn.Module) -> None:
+    """Average the gradients of the replicated parameters over the ranks, in flat buckets of
+    at most ``BUCKET_BYTES`` (one all-reduce each): DDP's job, for a model whose expert
+    shards DDP must not touch. Expert gradients are left alone (their hook scaled them)."""
+    world = dist.get_world_size()
+    for bucket in _buckets([p.grad for p in _replicated(model) if p.grad is not None]):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+            g.copy_(part.view_as(g))
+
+
+def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Consecutive runs of ``grads`` of one dtype and device, each up to ``BUCKET_BYTES``
+    (or one larger tensor)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        if bucket and (size + grad.nbytes > BUCKET_BYTES or grad.dtype != bucket[0].dtype
+                       or grad.device != bucket[0].device):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += grad.nbytes
+    if bucket:
+        yield bucket
 
 
 def _averaged(grad: torch.Tensor) -> torch.Tensor:
@@ -136,7 +179,9 @@ def _averaged(grad: torch.Tensor) -> torch.Tensor:
 def micro_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: Layout
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
     """(images, labels, weight) per micro-batch, weight = its share of the rank's batch; the
-    gradients are synchronised over the ranks in the last micro-batch's backward only."""
+    gradients are synchronised over the ranks in the last micro-batch's backward only (DDP,
+    FSDP2), or, with experts sharded and the rest replicated, once the caller asks for the
+    next micro-batch after the last one's backward (the loop's end)."""
     chunks = list(zip(x.split(layout.micro_batch_size), y.split(layout.micro_batch_size),
                       strict=True))
     for i, (xc, yc) in enumerate(chunks):
@@ -149,6 +194,15 @@ def micro_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: La
                 yield xc, yc, len(yc) / len(y)
         else:
             yield xc, yc, len(yc) / len(y)
+    if _averages_itself(model, layout):
+        average_replicated_gradients(model)
+
+
+def _averages_itself(model: nn.Module, layout: Layout) -> bool:
+    """Whether ``prepare`` left the replicated gradients' averaging to the training loop:
+    experts sharded, the rest neither in DDP nor in FSDP, over several ranks."""
+    return (layout.experts_sharded and not layout.fsdp and dist.get_world_size() > 1
+            and not isinstance(model, nn.parallel.DistributedDataParallel))
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
