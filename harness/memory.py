@@ -12,7 +12,8 @@ with the measurements that check them, in ``docs/memory.md``. In short, per rank
 - **activations** of one micro-batch: the tensors each block saves for its backward, counted
   from the shapes (below), or only each block's input with activation checkpointing (plus
   one block recomputed at a time).
-- **communication buffers**: DDP's gradient buckets (4 bytes per replicated parameter),
+- **communication buffers**: DDP's gradient buckets (4 bytes per replicated parameter;
+  under ``experts`` one 25 MiB bucket at a time, averaged by the training loop),
   FSDP's gathered (and prefetched) block and its gradient reduce-scatter, and the
   all-to-all send and receive buffers of the sharded experts.
 
@@ -34,6 +35,9 @@ LAYOUTS = ("ddp", "experts", "experts+fsdp", "fsdp")  # cheapest communication f
 FP32 = 4
 SHARDS_EXPERTS = ("experts", "experts+fsdp")
 SHARDS_DENSE = ("fsdp", "experts+fsdp")
+# ``experts``: the training loop averages the replicated gradients itself, this many bytes
+# of them flattened into one all-reduce at a time (DDP's default bucket size)
+GRAD_BUCKET_BYTES = 25 * 2**20
 
 
 class LayoutError(HarnessError):
@@ -202,7 +206,10 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
     if ranks > 1:
         replicated = (0 if layout in SHARDS_DENSE else sh.dense_params) + (
             sh.all_expert_params if layout == "ddp" else 0)
-        comm += FP32 * replicated  # DDP's gradient buckets
+        if layout == "experts":  # one flat bucket of the replicated gradients at a time
+            comm += min(FP32 * replicated, GRAD_BUCKET_BYTES)
+        else:
+            comm += FP32 * replicated  # DDP's gradient buckets
         if layout in SHARDS_DENSE:  # one block gathered, the next prefetched, its grads
             unit = sh.dense_params / sh.depth + (
                 sh.experts * sh.expert_params if layout == "fsdp" and moe else 0)

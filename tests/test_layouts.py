@@ -93,8 +93,8 @@ def _unscaled(workdir: Path) -> dict:
     def without_scaling(model, group=None):
         sharded = original(model, group)
         for experts in sharded:
-            for p in experts.parameters():
-                p._backward_hooks.clear()
+            for handle in experts.grad_scaling:
+                handle.remove()
         return sharded
 
     layout.shard_experts = without_scaling

@@ -38,10 +38,10 @@ class ShardedExperts(BatchedExperts):
             for name in ("w1", "b1", "w2", "b2"):
                 getattr(self, name).copy_(getattr(full, name)[rows])
         self.to(full.w1.device)
-        for p in self.parameters():
-            # each rank's loss is the mean over its own images; the reverse all-to-all sums
-            # every rank's contribution here, so the mean over ranks is this sum / R
-            p.register_hook(lambda grad: grad / world_size)
+        # each rank's loss is the mean over its own images; the reverse all-to-all sums every
+        # rank's contribution here, so the mean over ranks is this sum / R
+        self.grad_scaling = [p.register_hook(lambda grad: grad / world_size)
+                             for p in self.parameters()]  # handles: .remove() undoes it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e, n, d = x.shape

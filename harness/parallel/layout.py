@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from harness import distributed
 from harness.config import TrainConfig
 from harness.errors import HarnessError
+from harness.memory import GRAD_BUCKET_BYTES
 from harness.parallel.experts import ShardedExperts, shard_experts
 
 LAYOUTS = ("ddp", "fsdp", "experts", "experts+fsdp")
@@ -137,13 +138,10 @@ def _broadcast_replicated(model: nn.Module) -> None:
         dist.broadcast(t, src=0)
 
 
-BUCKET_BYTES = 25 * 2**20  # gradients all-reduced at once (DDP's default bucket size)
-
-
 @torch.no_grad()
 def average_replicated_gradients(model: nn.Module) -> None:
     """Average the gradients of the replicated parameters over the ranks, in flat buckets of
-    at most ``BUCKET_BYTES`` (one all-reduce each): DDP's job, for a model whose expert
+    at most ``GRAD_BUCKET_BYTES`` (one all-reduce each): DDP's job, for a model whose expert
     shards DDP must not touch. Expert gradients are left alone (their hook scaled them)."""
     world = dist.get_world_size()
     for bucket in _buckets([p.grad for p in _replicated(model) if p.grad is not None]):
@@ -155,12 +153,12 @@ def average_replicated_gradients(model: nn.Module) -> None:
 
 
 def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Consecutive runs of ``grads`` of one dtype and device, each up to ``BUCKET_BYTES``
+    """Consecutive runs of ``grads`` of one dtype and device, each up to ``GRAD_BUCKET_BYTES``
     (or one larger tensor)."""
     bucket: list[torch.Tensor] = []
     size = 0
     for grad in grads:
-        if bucket and (size + grad.nbytes > BUCKET_BYTES or grad.dtype != bucket[0].dtype
+        if bucket and (size + grad.nbytes > GRAD_BUCKET_BYTES or grad.dtype != bucket[0].dtype
                        or grad.device != bucket[0].device):
             yield bucket
             bucket, size = [], 0
