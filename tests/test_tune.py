@@ -118,7 +118,7 @@ def test_reporter_reports_a_smoothed_value_in_the_objective_direction():
     reported, verdicts = [], iter([False, True])
     trial = SimpleNamespace(report=lambda v, s: reported.append((s, v)),
                             should_prune=lambda: next(verdicts))
-    on_progress = T._reporter(trial, cfg)
+    on_progress = T.reporter(trial, cfg)
     on_progress({"step": 2, "steps": 10, "loss": 2.0})
     with pytest.raises(Pruned) as stop:
         on_progress({"step": 4, "steps": 10, "loss": 1.0})
@@ -175,7 +175,7 @@ def test_storage_urls(tmp_path):
     assert T.storage_kind("postgresql+psycopg2://u:secret@h:5432/db") == "rdb"
     with pytest.raises(HarnessError, match="expected an SQLAlchemy URL"):
         T.storage_kind("y.db")
-    assert T._without_password("postgresql+psycopg2://u:secret@h:5432/db") == \
+    assert T.without_password("postgresql+psycopg2://u:secret@h:5432/db") == \
         "postgresql+psycopg2://u@h:5432/db"
     study = load(write(tmp_path))
     cfg = T.parse(study)
@@ -197,7 +197,7 @@ def test_stale_reason(tmp_path):
     import socket
 
     host, now = socket.gethostname(), time.time()
-    me = dict(worker_host=host, worker_pid=os.getpid(), worker_started=T._proc_start(os.getpid()))
+    me = dict(worker_host=host, worker_pid=os.getpid(), worker_started=T.proc_start(os.getpid()))
     assert T.stale_reason(_trial(**me, heartbeat_at=now), 30) is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -218,15 +218,15 @@ def test_stale_reason(tmp_path):
 def test_pareto_and_constraints():
     mk = lambda n, a, g: SimpleNamespace(number=n, values=[a, g])  # noqa: E731
     trials = [mk(0, 0.5, 1.0), mk(1, 0.6, 2.0), mk(2, 0.4, 1.5), mk(3, 0.6, 1.0)]
-    front = T._pareto(trials, ["maximize", "minimize"])
+    front = T.pareto(trials, ["maximize", "minimize"])
     assert [t.number for t in front] == [3]
     trials.append(mk(4, 0.7, 3.0))
-    assert [t.number for t in T._pareto(trials, ["maximize", "minimize"])] == [4, 3]
+    assert [t.number for t in T.pareto(trials, ["maximize", "minimize"])] == [4, 3]
     cfg = T.TuneConfig.model_validate({
         "space": {}, "objectives": [{"metric": "test_accuracy", "direction": "maximize"}],
         "constraints": [{"metric": "gflops_per_image", "max": 0.5},
                         {"metric": "test_accuracy", "min": 0.2}]})
-    assert T._constraint_values({"gflops_per_image": 0.3, "test_accuracy": 0.1}, cfg) == \
+    assert T.constraint_values({"gflops_per_image": 0.3, "test_accuracy": 0.1}, cfg) == \
         pytest.approx({"gflops_per_image<=0.5": -0.2, "test_accuracy>=0.2": 0.1})
 
 
@@ -290,7 +290,7 @@ def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
     assert "Pareto set" in text and "10 trials finished" in text
     from reports.tuning import tuning_section
 
-    html = tuning_section(study, store)
+    html = tuning_section(store)
     assert 'id="fig-tune-pareto"' in html and 'id="fig-tune-history-test_accuracy"' in html
 
 
@@ -316,8 +316,8 @@ def test_surplus_trial_is_refused():
     attrs = {}
     trial = SimpleNamespace(number=4, study=study,
                             set_user_attr=lambda k, v: attrs.__setitem__(k, v))
-    T._check_surplus(trial, trials=4)  # 0, 1, 3 and 4 make four: fine
-    with pytest.raises(T._Surplus):
-        T._check_surplus(trial, trials=3)
+    T.check_surplus(trial, trials=4)  # 0, 1, 3 and 4 make four: fine
+    with pytest.raises(T.Surplus):
+        T.check_surplus(trial, trials=3)
     assert attrs["outcome"] == "surplus"
     assert T.counts([*others])["finished"] == 2 and T.counts(others)["stale"] == 1

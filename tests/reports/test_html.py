@@ -161,6 +161,9 @@ def test_build_report_counts_pending_runs(tmp_path, records):
         def load(self):
             return load_records(self.runs_dir)
 
+        def study_text(self):
+            return None
+
     write_store(records[:40], Store.runs_dir)
     path = build_report(Study(), Store())
     assert path == Store.dir / "report.html"

@@ -81,7 +81,7 @@ def check_trials(ostudy, store: Store, finished: int) -> list:
     surplus = [t for t in trials if t.user_attrs.get("outcome") == "surplus"]
     assert len(trials) == finished + c["stale"] + len(surplus)  # none lost
     for t in trials:
-        if (t.state in (S.COMPLETE, S.PRUNED) or T._ran(t)) and "run_id" in t.user_attrs:
+        if (t.state in (S.COMPLETE, S.PRUNED) or T.ran(t)) and "run_id" in t.user_attrs:
             record = store.read(t.user_attrs["run_id"])
             assert record is not None, f"trial {t.number} has no record"
             if "reused_record" not in t.user_attrs:
