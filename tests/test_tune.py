@@ -4,43 +4,25 @@ storages, stale-trial detection, and the worker loop in-process with a fake ``ex
 
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
+from fixtures.studies import fake_execute, tiny_tune_study, write_study
 
 from harness.errors import HarnessError
 from harness.study import load
 from runners import tune as T
 
-STUDY = """
-name: tt
-data: {name: synthetic, image_size: 16, num_classes: 10, train_size: 64, test_size: 32}
-train: {steps: 5, batch_size: 8, eval_every: 0}
-measure: {time: false, memory: false}
-fixed: {model: vit-w32d4h4m64/4, router: soft, num_experts: 4}
-tune:
-  space:
-    slots_per_expert: {low: 1, high: 4}
-    moe_layers: {type: per_block}
-    lr: {low: 0.0003, high: 0.003, log: true}
-  objectives:
-    - {metric: test_accuracy, direction: maximize}
-    - {metric: gflops_per_image, direction: minimize}
-"""
 
-
-def write(tmp_path: Path, mutate=None, text: str = STUDY) -> Path:
-    raw = yaml.safe_load(textwrap.dedent(text))
+def write(tmp_path: Path, mutate=None, raw: dict | None = None) -> Path:
+    """The tiny tune study ``tt`` (or ``raw``), its tune section changed by ``mutate``."""
+    raw = raw or tiny_tune_study("tt")
     if mutate:
         mutate(raw["tune"])
-    path = tmp_path / "tt.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_study(tmp_path, raw)
 
 
 def parse_err(tmp_path, mutate) -> str:
@@ -157,11 +139,10 @@ def test_shorthands_and_trial_to_spec(tmp_path):
 
 
 def test_placement_choices_and_grid_base(tmp_path):
-    text = STUDY.replace("fixed: {model: vit-w32d4h4m64/4, router: soft, num_experts: 4}",
-                         "fixed: {model: vit-w32d4h4m64/4, num_experts: 4}\n"
-                         "grid: {router: [soft, dense]}")
+    raw = tiny_tune_study("tt", grid={"router": ["soft", "dense"]})
+    del raw["fixed"]["router"]
     study = load(write(tmp_path, lambda t: t["space"].__setitem__(
-        "moe_layers", [[2, 3], "last:1", "every:2"]), text=text))
+        "moe_layers", [[2, 3], "last:1", "every:2"]), raw=raw))
     cfg = T.parse(study)
     assert T.base_point(study)["router"] == "soft"  # the first grid value is the base
     assert cfg.space["moe_layers"].choices == [[2, 3], "last:1", "every:2"]
@@ -231,23 +212,6 @@ def test_pareto_and_constraints():
 
 
 # --- the worker loop, in process, with a fake execute ----------------------------------------
-def fake_execute(calls):
-    """A stand-in for harness.run.execute: a record from the spec, no training."""
-    from harness.store import Store
-
-    def execute(spec, results_root, *, on_progress=None, tags=None):
-        calls.append(spec.run_id)
-        acc = 0.5 + 0.1 * (spec.slots_per_expert or 0) - 20 * abs(spec.train.lr - 1e-3)
-        record = {**spec.flat(), **(tags or {}), "status": "ok", "test_accuracy": acc,
-                  "gflops_per_image": 0.01 * len((spec.moe_layers or "").split(","))}
-        if spec.slots_per_expert == 3:
-            record.update(status="failed", error="boom", test_accuracy=None)
-        Store(results_root, spec.study).write(record)
-        return record
-
-    return execute
-
-
 def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
     import harness.run
 
