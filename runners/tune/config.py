@@ -10,15 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import harness.study as study_axes
 from harness.errors import HarnessError
 from harness.study import AXES, TRAIN_AXES, Study
 from runners.tune.space import apply_values, base_point, choice, depth
 from runners.tune.storage import storage_kind
 
-INT_AXES = ("num_experts", "slots_per_expert", "k", "group_size", "seed", "steps", "batch_size",
-            "warmup_steps")
-FLOAT_AXES = ("capacity_factor", "router_noise", "lr", "weight_decay", "aux_loss_weight")
-STR_AXES = ("model", "router", "moe_layers", "pool", "attention", "gelu", "capacity_rounding")
+# Axes whose values are whole numbers, or names (low/high make no sense for them).
+INT_AXES = (*study_axes.INT_AXES, "steps", "batch_size", "warmup_steps")
+STR_AXES = (*study_axes.STR_AXES, "moe_layers")
 SPACE_AXES = (*AXES, *TRAIN_AXES)
 
 # Record columns an objective or constraint may name, with the measurement each needs.
