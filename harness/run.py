@@ -208,7 +208,7 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     cfg = spec.model_config_(data.num_classes)
     torch.manual_seed(spec.seed)
     model = build(cfg).to(device)
-    out.update(cost.parameter_counts(model, cfg.num_tokens))
+    out.update(cost.parameter_counts(model, cfg))
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(measure_cost(model, cfg, spec, device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import harness.study as study_axes
+from harness import routers
 from harness.errors import HarnessError
 from harness.study import AXES, TRAIN_AXES, Study
 from runners.tune.space import apply_values, base_point, choice, depth
@@ -252,15 +253,8 @@ def _check(study: Study, cfg: TuneConfig, where: str) -> None:
         if p.type == "float" and axis in INT_AXES:
             raise HarnessError(f"{at}.type: {axis} is a whole number: use int bounds "
                                f"(e.g. low: 1, high: 8), got {_num(p.low)}..{_num(p.high)}")
-        router_tuned = "router" in cfg.space
-        if not router_tuned and axis in ("num_experts", "slots_per_expert", "k",
-                                         "capacity_factor", "moe_layers"):
-            from harness.moe import uses_capacity, uses_experts, uses_k, uses_slots
-
-            uses = {"num_experts": uses_experts, "moe_layers": uses_experts,
-                    "slots_per_expert": uses_slots, "k": uses_k,
-                    "capacity_factor": uses_capacity}[axis]
-            if not uses(str(base["router"])):
+        if "router" not in cfg.space and (axis in routers.FIELDS or axis == "moe_layers"):
+            if not routers.get(str(base["router"])).uses(axis):
                 raise HarnessError(f"{at}: router {base['router']!r} ignores {axis}; fix the "
                                    f"router (fixed.router) or tune it too (space.router)")
         for label, value in _probes(p, base):
