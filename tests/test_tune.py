@@ -285,3 +285,34 @@ def test_surplus_trial_is_refused():
         T.check_surplus(trial, trials=3)
     assert attrs["outcome"] == "surplus"
     assert T.counts([*others])["finished"] == 2 and T.counts(others)["stale"] == 1
+
+
+def test_the_report_reads_the_tuning_summary_in_the_store(tmp_path, monkeypatch):
+    """Each tune call leaves its summary in the store; the report's tuning section is drawn
+    from that file alone (the Optuna storage may be gone, or on a server out of reach)."""
+    import harness.run
+    from harness.store import Store
+    from harness.tune_summary import read_summary, summary_path
+    from reports.tuning import tuning_section
+
+    monkeypatch.setattr(harness.run, "execute", fake_execute([]))
+    root = tmp_path / "results"
+    study = load(write(tmp_path, lambda t: t["space"].update(slots_per_expert=[1, 2, 3])))
+    T.tune(study, results_root=root, trials=5, executor="debug", show_progress=False)
+    store = Store(root, "tt")
+    summary = read_summary(store.dir)
+    assert summary.counts["finished"] == 5 and len(summary.trials) == 5
+    assert summary.metrics == ["test_accuracy", "gflops_per_image"] and summary.multi
+    ostudy = T.load_tuning(study, root)[1]
+    assert summary.best == [t.number for t in T.best_trials(ostudy, T.parse(study))]
+    assert summary.storage == f"sqlite:///{store.dir / 'tune' / 'optuna.db'}"
+    (store.dir / "tune" / "optuna.db").unlink()
+    html = tuning_section(store)
+    assert 'id="fig-tune-pareto"' in html and 'id="fig-tune-history-gflops_per_image"' in html
+    assert f"{summary.counts['finished']} trials finished" in html
+    summary_path(store.dir).write_text('{"study": "tt"}')
+    with pytest.raises(HarnessError) as err:
+        tuning_section(store)
+    assert str(err.value).startswith(f"{summary_path(store.dir)}: storage: Field required")
+    assert "\n" not in str(err.value)
+    assert tuning_section(Store(root, "never-tuned")) is None

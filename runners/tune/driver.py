@@ -96,9 +96,7 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
                                "worker_errors": []}
     before = counts(ostudy.get_trials(deepcopy=False))
     summary["before"] = before
-    for number, reason in summary["stale"]:
-        console.print(f"[yellow]trial {number}[/] was left RUNNING ({reason}): marked failed"
-                      + (", its parameters queued again" if cfg.heartbeat.retries else ""))
+    _say_stale(console, cfg, summary["stale"])
     if before["finished"] >= trials:
         summary["after"] = before
         console.print(f"{study.name}: {before['finished']} of {trials} trials already finished "
@@ -153,9 +151,7 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     del jobs, job  # submitit's LocalJob.__del__ must run now, not at interpreter exit
     gc.collect()
     late = recover_stale(ostudy, opened, cfg)
-    for number, reason in late:
-        console.print(f"[yellow]trial {number}[/] was left RUNNING ({reason}): marked failed"
-                      + (", its parameters queued again" if cfg.heartbeat.retries else ""))
+    _say_stale(console, cfg, late)
     summary["stale"] += late
     after = counts(ostudy.get_trials(deepcopy=False))
     summary["after"] = after
@@ -165,6 +161,12 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
                   f"{after['running']} running) -> records in {store.runs_dir}")
     write_summary(store.dir, summarise(study, cfg, ostudy, url))
     return summary
+
+
+def _say_stale(console, cfg, stale: list[tuple[int, str]]) -> None:
+    for number, reason in stale:
+        console.print(f"[yellow]trial {number}[/] was left RUNNING ({reason}): marked failed"
+                      + (", its parameters queued again" if cfg.heartbeat.retries else ""))
 
 
 def _finish(job) -> None:

@@ -187,3 +187,5 @@ def test_pruning_stops_bad_trials_and_records_them(tmp_path):
     cli("report", path, "--results", root)
     html = (root / "tw" / "report.html").read_text()
     assert 'id="tuning"' in html and 'id="fig-tune-history-test_accuracy"' in html
+    assert "Study file" in html and "name: tw" in html  # kept in the store by `tune`
+    assert (root / "tw" / "tune" / "summary.json").is_file()
