@@ -22,6 +22,7 @@ counts it as done and the trial is PRUNED, counted as finished.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -56,6 +57,10 @@ def run_worker(study: Study, cfg: TuneConfig, url: str, trials: int, worker: int
     """
     import optuna
 
+    # torch loads now, before this worker holds a RUNNING trial that has no heartbeat yet
+    import harness.models  # noqa: F401
+    import harness.run  # noqa: F401
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url, cfg)
     ostudy = open_study(study, cfg, url, storage=storage, worker=worker, resumed_at=resumed_at)
@@ -78,17 +83,29 @@ def run_worker(study: Study, cfg: TuneConfig, url: str, trials: int, worker: int
 
 def _objective(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
                results_root: str, worker: int):
-    import optuna
+    """Run one trial; a journal storage hears its heartbeat from the first moment on."""
     from optuna.storages import JournalStorage
-
-    from harness.run import execute
-    from harness.store import Store
 
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
     trial.set_user_attr("worker_started", proc_start(os.getpid()))
     trial.set_user_attr("worker", worker)
     trial.set_user_attr("heartbeat_at", time.time())
+    beat = Heartbeat(storage, trial_id(storage, study.name, trial.number),
+                     cfg.heartbeat.interval_s) if isinstance(storage, JournalStorage) \
+        else contextlib.nullcontext()
+    with beat:
+        return _run_trial(trial, study=study, cfg=cfg, storage=storage, trials=trials,
+                          results_root=results_root)
+
+
+def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
+               results_root: str):
+    import optuna
+
+    from harness.run import execute
+    from harness.store import Store
+
     trial.set_user_attr("slurm_job_id", _slurm_job_id())
     if trial.user_attrs.get("stale"):  # a retry inherits its stale predecessor's attributes
         trial.set_user_attr("stale", None)
@@ -102,22 +119,13 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
         raise TrialFailed(str(err)) from None
     trial.set_user_attr("run_id", spec.run_id)
     trial.set_user_attr("spec", spec.model_config_().spec)
-    store = Store(results_root, study.name)
-    beat = Heartbeat(storage, trial_id(storage, study.name, trial.number),
-                     cfg.heartbeat.interval_s) if isinstance(storage, JournalStorage) else None
-    try:
-        if beat:
-            beat.__enter__()
-        _wait_for_twin(trial, storage, spec.run_id, cfg)
-        record = store.read(spec.run_id)
-        if record and record.get("status") in ("ok", "diverged") and metric_values(record, cfg):
-            trial.set_user_attr("reused_record", record.get("tune_trial", "grid"))
-        else:
-            record = execute(spec, results_root, on_progress=reporter(trial, cfg),
-                             tags={"tune_trial": trial.number, "tune_study": study.name})
-    finally:
-        if beat:
-            beat.__exit__()
+    _wait_for_twin(trial, storage, spec.run_id, cfg)
+    record = Store(results_root, study.name).read(spec.run_id)
+    if record and record.get("status") in ("ok", "diverged") and metric_values(record, cfg):
+        trial.set_user_attr("reused_record", record.get("tune_trial", "grid"))
+    else:
+        record = execute(spec, results_root, on_progress=reporter(trial, cfg),
+                         tags={"tune_trial": trial.number, "tune_study": study.name})
     trial.set_user_attr("status", record.get("status"))
     for name, value in constraint_values(record, cfg).items():
         trial.set_constraint(name, value)
