@@ -119,5 +119,6 @@ def fig_importances(s: TuneSummary, metric: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=[v for _, v in shares], y=[k for k, _ in shares], orientation="h",
                            marker={"color": OTHER_COLOR},
                            hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
-    return _layout(fig, f"Parameter importances for {metric} (fANOVA)", "importance",
-                   "parameter")
+    _layout(fig, f"Parameter importances for {metric} (fANOVA)", "importance", "")
+    fig.update_layout(height=160 + 32 * len(shares), yaxis_automargin=True)
+    return fig
