@@ -186,6 +186,20 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
     return out
 
 
+def memory_estimate(spec: RunSpec, device, ctx: distributed.Context) -> dict[str, Any]:
+    """The record's layout and estimated peak memory per rank (``harness.memory``), against
+    this GPU's memory (none on a CPU)."""
+    import torch
+
+    from harness.memory import plan_for, record_fields
+
+    limit = (torch.cuda.get_device_properties(device).total_memory / 1e9
+             if device.type == "cuda" else None)
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) if slurm_job_id() else 1
+    return record_fields(plan_for(spec, gpu=device.type == "cuda", ranks=ctx.world_size,
+                                  nodes=nodes, limit_gb=limit))
+
+
 def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
          on_progress=None, ctx: distributed.Context | None = None,
          results_root: Path | None = None) -> dict[str, Any]:
@@ -209,6 +223,7 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     torch.manual_seed(spec.seed)
     model = build(cfg).to(device)
     out.update(cost.parameter_counts(model, cfg))
+    out.update(memory_estimate(spec, device, ctx))
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(measure_cost(model, cfg, spec, device))
     torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
