@@ -376,6 +376,12 @@ def _load(study: Path, set_: list[str] | None, profile: str | None):
     return spec
 
 
+def keep_study(spec, store) -> None:
+    """A copy of the study file in the store, for the report (which reads no study file)."""
+    if spec.source:
+        store.keep_study(Path(spec.source).read_text())
+
+
 def save_json(path: Path | None, payload) -> None:
     """Write ``payload`` as JSON to ``path`` (checked earlier with ``output_file``), if given."""
     if path is not None:
@@ -453,7 +459,7 @@ def run(
     if dry_run:
         from harness.estimate import data_path_notes, data_supply_notes
         from harness.views.memory import memory_table
-        from runners.views import plan_table
+        from harness.views.runs import plan_table
 
         console.print(plan_table(spec, the_plan))
         console.print(memory_table(spec, the_plan.specs, memory))
@@ -469,6 +475,7 @@ def run(
             console.print(f"{the_plan.failed} failed: --retry-failed runs them again.")
         return
     todo = fitting(spec, the_plan.todo, memory, force, console)
+    keep_study(spec, store)
     console.print(f"{spec.name}: {len(the_plan.todo)} to run, {the_plan.done} done of "
                   f"{len(the_plan.specs)}")
     summary = dispatch(spec, todo, results_root=store.root, executor=executor,
@@ -512,8 +519,8 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
 
     from harness.store import Store, results_root
+    from harness.views.runs import status_table
     from runners.slurm import jobs_file, live_view
-    from runners.views import status_table
 
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
@@ -548,6 +555,10 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     output_file(json_out, "--json")
     store = (Store(results_root(results), spec.name) if output_file(out, "--out")
              else writable_store(results, spec.name))
+    if spec.tune is not None:  # the report reads the tuning's summary from the store
+        from runners.tune import refresh_summary
+
+        refresh_summary(spec, store.root)
     path = build_report(spec, store, out)
     print(f"report: {path}")
     if json_out is not None:
@@ -658,10 +669,12 @@ def tune(
     for prefix in ("sqlite:///", "journal:"):  # a file storage goes into an existing folder
         if storage and storage.startswith(prefix):
             output_file(Path(storage.removeprefix(prefix)), "--storage")
-    root = results_root(results) if show else writable_store(results, spec.name).root
     if show:
-        show_tuning(spec, root, storage)
+        show_tuning(spec, results_root(results), storage, wide_console())
         return
+    store = writable_store(results, spec.name)
+    keep_study(spec, store)
+    root = store.root
     summary = run_tuning(spec, results_root=root, trials=trials, workers=workers,
                          executor=executor, storage=storage, wait=wait, show_progress=not quiet)
     if summary["worker_errors"] or summary["after"]["finished"] < summary["trials"] and (

@@ -112,7 +112,25 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def keep_study(self, text: str) -> Path:
+        """Keep the study file the runs are made from (``STUDY/study.yaml``): the report shows
+        the study as it ran, without reading the study file again."""
+        path = self.dir / "study.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".study.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
     # --- reading ---------------------------------------------------------------------------
+    def study_text(self) -> str | None:
+        """The study file kept by the last ``run`` or ``tune``; None before any."""
+        try:
+            return (self.dir / "study.yaml").read_text()
+        except FileNotFoundError:
+            return None
+
     def read(self, run_id: str) -> dict[str, Any] | None:
         """The run's record; None when it has none or its file is not a valid record."""
         try:

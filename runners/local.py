@@ -21,7 +21,7 @@ from harness.lifeline import Tethered, kill_tree
 from harness.run import execute, now
 from harness.store import Store
 from harness.study import RunSpec, Study
-from runners.progress import SweepProgress
+from harness.views.progress import SweepProgress
 
 
 @contextmanager

@@ -46,7 +46,7 @@ from harness.errors import HarnessError
 from harness.run import execute, now
 from harness.store import Store, atomic_write_json
 from harness.study import RunSpec, Study
-from runners.progress import SweepProgress
+from harness.views.progress import SweepProgress
 
 # squeue states of jobs not finished yet, mapped to what ``status`` shows. A pending job that
 # has run before (RestartCnt > 0) shows as "requeued".

@@ -70,7 +70,7 @@ def test_results_root_from_env(tmp_path, monkeypatch):
 
 
 def test_status_error_column_takes_the_first_line():
-    from runners.views import first_line
+    from harness.views.runs import first_line
 
     assert first_line("boom\n  Traceback ...") == "boom"
     assert first_line(None) == first_line("") == first_line(" \n ") == ""  # blank errors too
