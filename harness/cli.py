@@ -164,9 +164,9 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 
 def _bench_device(name: str) -> str:
-    from harness.bench_train import resolve_device
+    from harness.distributed import pick_device
 
-    return str(resolve_device(name))
+    return str(pick_device(name, "--device"))
 
 
 @bench_app.command("train")
@@ -444,12 +444,12 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
 
     from harness.store import Store, results_root
-    from runners.slurm import jobs_file, live_view
+    from runners.slurm import live_view
     from runners.views import status_table
 
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
-    live = live_view(store) if jobs_file(store).exists() else {}
+    live = live_view(store) if store.slurm_jobs_file.exists() else {}
     wide_console().print(status_table(spec, store, live))
 
 

@@ -1,5 +1,15 @@
 """The results store: one JSON record per run, ``ROOT/STUDY/runs/RUN_ID.json``.
 
+``Store`` owns the study folder's layout; every other module asks it for a path:
+
+    ROOT/STUDY/runs/RUN_ID.json          the current record of each run
+    ROOT/STUDY/history/RUN_ID/           earlier, refused or invalid attempts
+    ROOT/STUDY/work/RUN_ID/              scratch: run.lock, progress.json, checkpoints, logs
+    ROOT/STUDY/sweep.lock                held by a local sweep
+    ROOT/STUDY/submitit/JOB/             local and debug jobs (submitit's pickles and logs)
+    ROOT/STUDY/slurm/JOB/, jobs.json     SLURM jobs, and run_id -> job handles
+    ROOT/STUDY/tune/                     tuning: Optuna storage, its pointer, workers' jobs
+
 Records are written atomically (a temporary file in the same folder, fsync, ``os.replace``),
 so concurrent writers never corrupt or lose a record, and a reader never sees half a file.
 A finished record (``ok``, ``diverged``, ``pruned``) is replaced only by a finished record of a
@@ -100,7 +110,7 @@ class Store:
 
     def lock_run(self, run_id: str):
         """Held while a process executes the run: two sweeps never train one run at once."""
-        return hold_lock(self.dir / "work" / run_id / "run.lock", f"run {run_id}")
+        return hold_lock(self.work_path(run_id) / "run.lock", f"run {run_id}")
 
     def lock_sweep(self):
         """Held by a local sweep of the study for its whole duration."""
@@ -108,9 +118,34 @@ class Store:
 
     def workdir(self, run_id: str) -> Path:
         """Per-run scratch: checkpoints, progress. Kept after the run for inspection."""
-        path = self.dir / "work" / run_id
+        path = self.work_path(run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    # --- the layout (nothing created here) --------------------------------------------------
+    def work_path(self, run_id: str) -> Path:
+        return self.dir / "work" / run_id
+
+    def progress_path(self, run_id: str) -> Path:
+        """What a running run reports (step, loss, ...), rewritten as it trains."""
+        return self.work_path(run_id) / "progress.json"
+
+    def jobs_folder(self, executor: str) -> Path:
+        """Where submitit keeps the jobs of ``executor`` (``local``/``debug``, ``slurm``,
+        ``tune``), one folder per job id: their pickles and logs."""
+        base = {"local": self.dir / "submitit", "debug": self.dir / "submitit",
+                "slurm": self.dir / "slurm", "tune": self.tune_dir / "submitit"}[executor]
+        return base / "%j"
+
+    @property
+    def slurm_jobs_file(self) -> Path:
+        """run_id -> SLURM job handle (job id, submission time, logs) of every submitted run."""
+        return self.dir / "slurm" / "jobs.json"
+
+    @property
+    def tune_dir(self) -> Path:
+        """Tuning: the default Optuna storage, the pointer to the storage in use."""
+        return self.dir / "tune"
 
     # --- reading ---------------------------------------------------------------------------
     def read(self, run_id: str) -> dict[str, Any] | None:
