@@ -38,8 +38,9 @@ ENV_ROOT = "MOE_HARNESS_RESULTS"
 DONE = ("ok", "diverged", "pruned")
 STATUSES = ("ok", "failed", "diverged", "pruned")
 
-# Columns every frame has, with their polars dtypes, so that old records missing a key still
-# load into the same schema (as nulls). Other keys are carried along as found.
+# The known columns and their types: a record's value of one of them must have that type
+# (``check_record``); exported tables type these columns so (``reports.export``), and carry
+# other keys along as found.
 SCHEMA = {
     "study": "str", "run_id": "str", "status": "str", "error": "str", "spec": "str",
     "model": "str", "router": "str", "num_experts": "int", "slots_per_expert": "int", "k": "int",
@@ -178,16 +179,6 @@ class Store:
     def statuses(self) -> dict[str, str]:
         return {r["run_id"]: r.get("status", "failed") for r in self.records()}
 
-    def done_ids(self) -> set[str]:
-        return {run_id for run_id, s in self.statuses().items() if s in DONE}
-
-    def failed_ids(self) -> set[str]:
-        return {run_id for run_id, s in self.statuses().items() if s == "failed"}
-
-    def load(self):
-        """All records as a polars DataFrame with a stable schema (missing keys are null)."""
-        return records_frame(self.records())
-
 
 class Busy(HarnessError):
     """Another process holds the lock (its message names the holder)."""
@@ -271,20 +262,3 @@ def atomic_write_json(path: Path, payload: Any) -> Path:
         raise
     return path
 
-
-def records_frame(records: list[dict[str, Any]]):
-    import polars as pl
-
-    dtypes = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
-    schema = {key: dtypes[kind] for key, kind in SCHEMA.items()}
-    rows = []
-    for record in records:
-        row = {key: record.get(key) for key in schema}
-        row.update({k: v for k, v in record.items() if k not in schema})
-        rows.append(row)
-    if not rows:
-        return pl.DataFrame(schema=schema)
-    frame = pl.DataFrame(rows, infer_schema_length=None, strict=False)
-    return frame.with_columns(
-        [pl.col(k).cast(t, strict=False) for k, t in schema.items()]
-    ).select([*schema, *[c for c in frame.columns if c not in schema]])

@@ -1,12 +1,12 @@
 """A real PostgreSQL server for the tuning tests that share an Optuna storage between workers.
 
 The session fixture ``postgres`` starts a private server: Debian's ``postgresql`` package
-(installed with apt-get when missing and running as root), ``initdb`` into a temporary folder,
-``pg_ctl start`` listening on 127.0.0.1 only, on a free port, with its unix socket in that
-folder too (nothing touches the system's own cluster or /etc). As root the server runs as the
-``postgres`` user (PostgreSQL refuses to run as root); otherwise as the current user. Trust
-authentication on 127.0.0.1 (the server is private and short-lived). It is stopped
-(``pg_ctl stop -m fast``) and its folder removed at the end of the session.
+(installed by ``tests/provision.sh`` when missing and running as root), ``initdb`` into a
+temporary folder, ``pg_ctl start`` listening on 127.0.0.1 only, on a free port, with its unix
+socket in that folder too (nothing touches the system's own cluster or /etc). As root the
+server runs as the ``postgres`` user (PostgreSQL refuses to run as root); otherwise as the
+current user. Trust authentication on 127.0.0.1 (the server is private and short-lived). It is
+stopped (``pg_ctl stop -m fast``) and its folder removed at the end of the session.
 
 ``pg_url`` gives each test its own fresh database: a SQLAlchemy URL for ``--storage``.
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import provision
 
 START_TIMEOUT_S = 120
-INSTALL_TIMEOUT_S = 900
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,6 @@ def _bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _install() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                          timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:  # stale package lists: update once and retry
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True,
-                       timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        pytest.fail(f"apt-get install postgresql failed:\n{proc.stderr[-3000:]}", pytrace=False)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,10 +75,9 @@ def postgres() -> Iterator[Postgres]:
     root = os.geteuid() == 0
     bindir = _bindir()
     if bindir is None:
-        if not root or not shutil.which("apt-get"):
-            _unavailable("no PostgreSQL server binaries (initdb) found, and installing "
-                         "Debian's postgresql needs root and apt-get")
-        _install()
+        reason = provision("postgresql")
+        if reason:
+            _unavailable(f"no PostgreSQL server binaries (initdb) found: {reason}")
         bindir = _bindir()
         if bindir is None:
             pytest.fail("postgresql installed but no initdb found under /usr/lib/postgresql",
