@@ -119,10 +119,6 @@ class Datasets:
     num_classes: int
     in_chans: int = 3
 
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.train, InMemoryImages) and isinstance(self.test, InMemoryImages)
-
 
 def load_data(cfg: DataConfig) -> Datasets:
     """The train and test sets that ``cfg`` names (see the module docstring)."""

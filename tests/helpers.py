@@ -47,3 +47,10 @@ def provision(*components: str) -> str | None:
         pytest.fail(f"tests/provision.sh {' '.join(components)} failed ({proc.returncode}):\n"
                     f"{proc.stderr[-3000:]}", pytrace=False)
     return None
+
+
+def in_memory(data) -> bool:
+    """Whether both sets of ``harness.data.load_data``'s result are held as tensors."""
+    from harness.data import InMemoryImages
+
+    return isinstance(data.train, InMemoryImages) and isinstance(data.test, InMemoryImages)
