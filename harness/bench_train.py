@@ -155,10 +155,9 @@ def _progress_line(row: dict[str, Any]) -> str:
 
 def print_train(result: dict[str, Any]) -> None:
     """The ``bench train`` table and its footnote."""
-    import sys
-
-    from rich.console import Console
     from rich.table import Table
+
+    from harness.views.console import wide_console
 
     machine, rows = result["machine"], result["rows"]
     ref = "MFU (of peak)" if machine["peak_tflops"] else "% of matmul"
@@ -178,7 +177,7 @@ def print_train(result: dict[str, Any]) -> None:
             cells += [f"{row['step_vs_first']:.2f}", "-"]
         cells.append("flagged" if row["timing_flagged"] else "ok")
         table.add_row(*cells)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = wide_console()
     console.print(table)
     peak = (f"peak {machine['peak_tflops']:g} TFLOP/s ({machine['peak_source']})"
             if machine["peak_tflops"] else

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from harness.errors import HarnessError
+from harness.views.console import wide_console
 
 app = typer.Typer(
     add_completion=False,
@@ -325,13 +326,6 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 ProfileOpt = Annotated[str | None, typer.Option(help="Profile of the study file (laptop, cluster)")]
 ResultsOpt = Annotated[Path | None, typer.Option(
     help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
-
-
-def wide_console():
-    """A rich console; when piped (logs, CI), wide enough that tables keep whole values."""
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _load(study: Path, set_: list[str] | None, profile: str | None):
