@@ -70,10 +70,6 @@ class Summary:
     def diverged(self) -> int:
         return self.statuses["diverged"]
 
-    @property
-    def pruned(self) -> int:
-        return self.statuses["pruned"]
-
 
 def dispatch(study: Study, specs: list[RunSpec], *, results_root: Path, executor: str | None = None,
              max_parallel: int | None = None, wait: bool = False,
