@@ -173,9 +173,6 @@ class Store:
     def records(self) -> list[dict[str, Any]]:
         return self.scan()[0]
 
-    def problems(self) -> list[tuple[Path, str]]:
-        return self.scan()[1]
-
     def statuses(self) -> dict[str, str]:
         return {r["run_id"]: r.get("status", "failed") for r in self.records()}
 
