@@ -421,18 +421,6 @@ def reference_soft_moe(dim: int, num_experts: int, slots: int, hidden: int):
                       offload_unused_experts_to_cpu=False, is_distributed=False)
 
 
-def _expert_rows(layer: nn.Module, batch: int, tokens: int) -> int:
-    """Rows each expert processes in one call of ``layer`` on (batch, tokens, dim)."""
-    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice
-
-    if isinstance(layer, SoftMoE):
-        return batch * layer.slots_per_expert
-    group = layer.group_size or tokens
-    groups = batch * tokens // group
-    assert isinstance(layer, (TokensChoice, ExpertsChoice))
-    return groups * layer.capacity(group, getattr(layer, "k", 1))
-
-
 def _fwd(layer, x, precision: str = "fp32"):
     autocast = _autocast(x.device, precision)
 
@@ -500,6 +488,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     says so in ``repeats``), so that a loaded machine stretches the run less. Returns
     ``{"machine": {...}, "rows": [...]}``; every row is flat.
     """
+    from harness import routers
     from harness.moe import make_mlp
     from harness.moe.experts import onednn_ok
 
@@ -524,8 +513,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     configs = [("soft", e, p) for e in experts for p in slots] if "soft" in kinds else []
     if "dense" in kinds:
         configs.append(("dense", None, None))
-    configs += [(k, e, None) for e in experts for k in ("tokens_choice", "experts_choice")
-                if k in kinds]
+    configs += [(k, e, None) for e in experts for k in kinds if k not in ("soft", "dense")]
 
     rows = []
     x = torch.randn(batch, tokens, dim, device=device)
@@ -534,6 +522,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     for kind, e, p in configs:
         if budget_s is not None and time.time() - started > budget_s:
             repeats, warmup = min(full[0], 3), min(full[1], 1)
+        settings = routers.get(kind).settings(num_experts=e, slots_per_expert=p)
         layer = make_mlp(kind, dim, hidden, num_experts=e, slots_per_expert=p).to(device)
         if hasattr(layer, "track_metrics"):
             layer.track_metrics = False
@@ -573,8 +562,9 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size,
                                                                repeats=3)
         if kind != "dense" and precision == "fp32":
-            _expert_columns(row, layer, batch, tokens, dim, hidden, device, repeats, warmup,
-                            row["plain_matmul_gflops_per_s"])
+            rows_per_expert = batch * routers.get(kind).expert_rows(settings, tokens)
+            _expert_columns(row, layer, round(rows_per_expert), dim, hidden, device, repeats,
+                            warmup, row["plain_matmul_gflops_per_s"])
         rows.append(row)
         say(_progress_line(row))
         del layer
@@ -585,10 +575,9 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     return {"machine": machine, "rows": rows}
 
 
-def _expert_columns(row, layer, batch, tokens, dim, hidden, device, repeats, warmup,
+def _expert_columns(row, layer, rows_per_expert, dim, hidden, device, repeats, warmup,
                     plain_rate) -> None:
     repeats = max(3, (repeats + 1) // 2)  # secondary columns: fewer repeats, to fit the budget
-    rows_per_expert = _expert_rows(layer, batch, tokens)
     e = layer.num_experts
     expert_in = torch.randn(e, rows_per_expert, dim, device=device)
     expert_in_g = expert_in.clone().requires_grad_(True)

@@ -27,34 +27,24 @@ def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def experts_per_token(layer: nn.Module, num_tokens: int) -> float:
-    """How many experts' parameters one token uses on average in ``layer``."""
-    from harness.moe import ExpertsChoice, SoftMoE, TokensChoice
+def parameter_counts(model: nn.Module, cfg) -> dict[str, int]:
+    """``params_total`` (counted on ``model``) and ``params_active`` (per token, defined in
+    the module doc) of the model built from ``cfg``."""
+    from harness import routers
 
-    if isinstance(layer, SoftMoE):
-        return layer.num_slots / num_tokens
-    if isinstance(layer, TokensChoice):
-        return float(layer.k)
-    if isinstance(layer, ExpertsChoice):
-        group = layer.group_size or num_tokens
-        return layer.num_experts * layer.capacity(group) / group
-    raise TypeError(f"not an MoE layer: {type(layer).__name__}")
-
-
-def parameter_counts(model: nn.Module, num_tokens: int) -> dict[str, int]:
-    """``params_total`` and ``params_active`` (per token, defined in the module doc)."""
     total = _numel(model)
     active = float(total)
+    per_token = routers.get(cfg.router).experts_per_token(cfg.router_settings, cfg.num_tokens)
     for layer in model.moe_layers():
         per_expert = _numel(layer.experts) / layer.experts.num_experts
-        active -= _numel(layer.experts) - experts_per_token(layer, num_tokens) * per_expert
+        active -= _numel(layer.experts) - per_token * per_expert
     return {"params_total": total, "params_active": round(active)}
 
 
 def closed_form_params(cfg) -> dict[str, int]:
     """``params_total`` and ``params_active`` (per token) of the model ``cfg`` builds, from
     its shapes alone (the same definitions as :func:`parameter_counts`)."""
-    from harness.moe import SOFT_VARIANTS
+    from harness import routers
 
     s = cfg.shape
     w, h, c = s.width, s.mlp_dim, cfg.num_classes
@@ -66,21 +56,13 @@ def closed_form_params(cfg) -> dict[str, int]:
     if cfg.pool == "map":  # probe, q, kv, proj, norm, mlp
         total += w + (w * w + w) + (2 * w * w + 2 * w) + (w * w + w) + 2 * w + mlp
     active = float(total)
-    for _ in cfg.moe_blocks:
-        e, m = cfg.num_experts, cfg.num_tokens
-        if cfg.router in SOFT_VARIANTS:
-            learned = "soft" in SOFT_VARIANTS[cfg.router]  # fixed routing has no phi, scale
-            router = w * e * cfg.slots_per_expert + 1 if learned else 0
-            per_token = e * cfg.slots_per_expert / m
-        else:
-            router = w * e
-            group = cfg.group_size or m
-            if cfg.router == "tokens_choice":
-                per_token = float(cfg.k)
-            else:
-                per_token = e * cfg.expert_capacity / group
-        total += (e - 1) * mlp + router
-        active += router + (per_token - 1) * mlp
+    if cfg.moe_blocks:
+        router, settings = routers.get(cfg.router), cfg.router_settings
+        gate = router.router_params(settings, w)
+        per_token = router.experts_per_token(settings, cfg.num_tokens)
+        for _ in cfg.moe_blocks:
+            total += (cfg.num_experts - 1) * mlp + gate
+            active += gate + (per_token - 1) * mlp
     return {"params_total": total, "params_active": round(active)}
 
 
@@ -125,7 +107,7 @@ def measure(model, cfg, *, batch_size: int = 32, device=None, repeats: int = 10,
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out: dict = {"device": str(device)}
-    out.update(parameter_counts(model, cfg.num_tokens))
+    out.update(parameter_counts(model, cfg))
     with timing_state(model, device):
         flops = count_flops(model, cfg, flops_counter, device=device)
     out["gflops_per_image"] = flops.gflops
@@ -329,7 +311,7 @@ def inspect_model(cfg, *, counter: str = "auto", timing: bool = False, batch_siz
         flops, counted_by = analytic_flops(cfg), "analytic"
     else:
         model, flops, counted_by = _count_built(cfg, counter, timing)
-        row.update(parameter_counts(model, cfg.num_tokens))
+        row.update(parameter_counts(model, cfg))
     row["gflops_per_image"] = flops.gflops
     row.update({f"gflops_{kind}": flops.by_kind.get(kind, 0.0) / 1e9 for kind in KINDS})
     row["counted_by"] = counted_by

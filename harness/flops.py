@@ -41,13 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.routers import ROUTING_PARTS
 
 KINDS = ("patch_embed", "attention", "mlp", "experts", "routing", "head")
 """Layer kinds of a ViT. ``mlp`` = dense MLP blocks, ``experts`` = the MoE layers' expert
 MLPs, ``routing`` = everything else in an MoE layer (router logits, dispatch, combine),
 ``head`` = pooling (MAP head) and classifier."""
-
-ROUTING_PARTS = ("router_logits", "dispatch", "combine")
 
 CONVENTION = "1 multiply-add = 2 FLOPs (fvcore's count of multiply-adds doubled)"
 
@@ -329,10 +328,11 @@ def _moe_layers(model) -> list:
 def analytic_flops(cfg) -> FlopCount:
     """FLOPs per image of the model ``cfg`` (a ModelConfig) in closed form, per layer kind.
 
-    Written from the shapes, independently of the module code; ``routing_parts`` splits the
-    routing into router logits, dispatch and combine.
+    Written from the shapes, independently of the module code (the router's expert rows and
+    routing multiply-adds from its entry in ``harness.routers``); ``routing_parts`` splits
+    the routing into router logits, dispatch and combine.
     """
-    from harness.moe import SOFT_VARIANTS
+    from harness import routers
 
     s = cfg.shape
     d, h, m = s.width, s.mlp_dim, cfg.num_tokens
@@ -344,21 +344,9 @@ def analytic_flops(cfg) -> FlopCount:
     moe = len(cfg.moe_blocks)
     macs["mlp"] = (s.depth - moe) * m * 2 * d * h
     if moe:
-        e = cfg.num_experts
-        if cfg.router in SOFT_VARIANTS:
-            n = e * cfg.slots_per_expert
-            dispatch, combine = SOFT_VARIANTS[cfg.router]
-            rows = n  # slots per image
-            if "soft" in (dispatch, combine):
-                parts["router_logits"] = moe * m * d * n
-            if dispatch == "soft":
-                parts["dispatch"] = moe * n * m * d
-            if combine == "soft":
-                parts["combine"] = moe * m * n * d
-        else:
-            group = cfg.group_size or m
-            rows = e * cfg.expert_capacity * m / group  # buffer rows per image
-            parts["router_logits"] = moe * m * d * e
+        router, settings = routers.get(cfg.router), cfg.router_settings
+        rows = cfg.num_experts * router.expert_rows(settings, m)  # buffer rows per image
+        parts.update({k: moe * v for k, v in router.routing_macs(settings, d, m).items()})
         macs["experts"] = moe * rows * 2 * d * h
         macs["routing"] = sum(parts.values())
     macs["head"] = d * cfg.num_classes

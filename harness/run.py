@@ -199,7 +199,7 @@ def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
     cfg = spec.model_config_(data.num_classes)
     seed_everything(spec.seed)  # the initial weights; fit reseeds before training
     model = build(cfg).to(device)
-    out.update(cost.parameter_counts(model, cfg.num_tokens))
+    out.update(cost.parameter_counts(model, cfg))
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(measure_cost(model, cfg, spec, device))
     workdir = store.workdir(spec.run_id)

@@ -317,12 +317,9 @@ def _check(study: Study, cfg: TuneConfig, where: str) -> None:
         router_tuned = "router" in cfg.space
         if not router_tuned and axis in ("num_experts", "slots_per_expert", "k",
                                          "capacity_factor", "moe_layers"):
-            from harness.moe import uses_capacity, uses_experts, uses_k, uses_slots
+            from harness import routers
 
-            uses = {"num_experts": uses_experts, "moe_layers": uses_experts,
-                    "slots_per_expert": uses_slots, "k": uses_k,
-                    "capacity_factor": uses_capacity}[axis]
-            if not uses(str(base["router"])):
+            if not routers.get(str(base["router"])).uses(axis):
                 raise HarnessError(f"{at}: router {base['router']!r} ignores {axis}; fix the "
                                    f"router (fixed.router) or tune it too (space.router)")
         for label, value in _probes(p, axis, study, base):

@@ -6,7 +6,7 @@ import torch
 from harness.cost import closed_form_params, inspect_model, measure, parameter_counts
 from harness.flops import KINDS
 from harness.models import ModelConfig, build, parse_model_spec
-from harness.moe import ROUTERS
+from harness.routers import ROUTERS
 
 
 def handwritten_params(cfg: ModelConfig) -> int:
@@ -39,7 +39,7 @@ def test_parameter_counts_equal_closed_forms(size, experts, router, pool):
                       pool=pool)
     with torch.device("meta"):
         model = build(cfg)
-    measured = parameter_counts(model, cfg.num_tokens)
+    measured = parameter_counts(model, cfg)
     closed = closed_form_params(cfg)
     assert measured == closed
     assert closed["params_total"] == handwritten_params(cfg)

@@ -5,7 +5,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.models import SIZES, ModelConfig, build, parse_model_spec, resolve_placement
-from harness.moe import ROUTERS
+from harness.routers import ROUTERS
 
 TINY = "vit-w32d4h4m64/4@16"  # 16 tokens
 

@@ -5,7 +5,7 @@ Spec strings (used by the CLI and the study files)::
     vit-SIZE/PATCH[@RES][:ROUTER][:eN][:sN][:kN][:cF][:PLACEMENT]
 
 SIZE is a registered name (ti, s, b, l, h) or a custom shape ``wWIDTHdDEPTHhHEADSmMLP``
-(e.g. ``w64d4h4m256``). ROUTER is one of ``harness.moe.ROUTERS`` (dense if omitted); ``eN``
+(e.g. ``w64d4h4m256``). ROUTER is a name of ``harness.routers`` (dense if omitted); ``eN``
 experts, ``sN`` slots per expert (Soft MoE), ``kN`` experts per token (Tokens Choice), ``cF``
 capacity factor (sparse routers), PLACEMENT one of ``half`` (the paper's last half, default),
 ``lastN``, ``everyN`` or ``b8.9.10.11`` (explicit block indices). Examples::
@@ -19,18 +19,9 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from harness import routers
 from harness.errors import ConfigError
-from harness.moe import (
-    GELUS,
-    ROUTERS,
-    check_capacity_rule,
-    compute_capacity,
-    make_mlp,
-    uses_capacity,
-    uses_experts,
-    uses_k,
-    uses_slots,
-)
+from harness.moe import GELUS, make_mlp
 
 
 @dataclass(frozen=True)
@@ -147,8 +138,7 @@ class ModelConfig:
 
     def __post_init__(self):
         shape = lookup_size(self.size)
-        if self.router not in ROUTERS:
-            raise ConfigError(f"unknown router {self.router!r}; allowed: {', '.join(ROUTERS)}")
+        router = routers.get(self.router)
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.gelu not in GELUS:
@@ -160,33 +150,18 @@ class ModelConfig:
                 f"image_size {self.image_size} must be a positive multiple of patch_size "
                 f"{self.patch_size}"
             )
-        set_ = lambda **kw: [object.__setattr__(self, k, v) for k, v in kw.items()]  # noqa: E731
-        r = self.router
-        set_(
-            num_experts=_default(self.num_experts, 8) if uses_experts(r) else None,
-            slots_per_expert=_default(self.slots_per_expert, 1) if uses_slots(r) else None,
-            k=_default(self.k, 1) if uses_k(r) else None,
-            capacity_factor=float(_default(self.capacity_factor, 1.0)) if uses_capacity(r)
-            else None,
-            capacity_rounding=check_capacity_rule(_default(self.capacity_rounding, "ceil"))
-            if uses_capacity(r) else None,
-            router_noise=float(_default(self.router_noise, 1.0)) if uses_capacity(r) else None,
-            moe_layers=canonical_placement(self.moe_layers),
-        )
-        if self.num_experts is not None and self.num_experts <= 0:
-            raise ConfigError(f"num_experts must be > 0, got {self.num_experts}")
-        if self.slots_per_expert is not None and self.slots_per_expert <= 0:
-            raise ConfigError(f"slots_per_expert must be > 0, got {self.slots_per_expert}")
-        if self.k is not None and not 1 <= self.k <= self.num_experts:
-            raise ConfigError(f"k must lie in 1..num_experts ({self.num_experts}), got {self.k}")
-        if self.capacity_factor is not None and self.capacity_factor <= 0:
-            raise ConfigError(f"capacity_factor must be > 0, got {self.capacity_factor}")
-        if self.group_size is not None and self.group_size <= 0:
-            raise ConfigError(f"group_size must be > 0 (images per routing group), got "
-                              f"{self.group_size}")
-        if self.router_noise is not None and self.router_noise < 0:
-            raise ConfigError(f"router_noise must be >= 0, got {self.router_noise}")
+        settings = router.settings(group_size=self.group_size, **{
+            f: getattr(self, f) for f in routers.FIELDS})
+        for f in routers.FIELDS:  # fields the router does not use become None
+            object.__setattr__(self, f, getattr(settings, f))
+        object.__setattr__(self, "moe_layers", canonical_placement(self.moe_layers))
         _ = self.moe_blocks  # resolving the placement validates it against the depth
+
+    @property
+    def router_settings(self) -> routers.Settings:
+        """The router's fields, as the closed forms of ``harness.routers`` take them."""
+        return routers.Settings(self.router, group_size=self.group_size,
+                                **{f: getattr(self, f) for f in routers.FIELDS})
 
     @property
     def shape(self) -> ViTSize:
@@ -198,15 +173,12 @@ class ModelConfig:
 
     @property
     def expert_capacity(self) -> int | None:
-        """Tokens and Experts Choice: buffer rows per expert and routing group."""
-        if not uses_capacity(self.router):
-            return None
-        return compute_capacity(self.group_size or self.num_tokens, self.num_experts,
-                                self.capacity_factor, self.capacity_rounding, self.k or 1)
+        """Buffer rows per expert and routing group (routers with a capacity)."""
+        return routers.get(self.router).capacity(self.router_settings, self.num_tokens)
 
     @property
     def moe_blocks(self) -> tuple[int, ...]:
-        if not uses_experts(self.router):
+        if not routers.get(self.router).is_moe:
             return ()
         return resolve_placement(self.moe_layers, self.shape.depth)
 
@@ -234,10 +206,6 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _default(value, default):
-    return default if value is None else value
 
 
 def _placement_token(placement: str) -> str:
@@ -276,7 +244,7 @@ def parse_model_spec(spec: str, **overrides) -> ModelConfig:
 
 
 def _parse_token(spec: str, tok: str) -> dict:
-    if tok in ROUTERS:
+    if tok in routers.ROUTERS:
         return {"router": tok}
     patterns = {
         r"e(\d+)": ("num_experts", int),
@@ -294,8 +262,8 @@ def _parse_token(spec: str, tok: str) -> dict:
     if m := re.fullmatch(r"b(\d+(?:\.\d+)*)", tok):
         return {"moe_layers": m.group(1).replace(".", ",")}
     raise ConfigError(
-        f"model spec {spec!r}: unknown part {tok!r}; allowed: a router ({', '.join(ROUTERS)}), "
-        f"eN, sN, kN, cF, half, lastN, everyN, bI.J.K"
+        f"model spec {spec!r}: unknown part {tok!r}; allowed: a router "
+        f"({', '.join(routers.ROUTERS)}), eN, sN, kN, cF, half, lastN, everyN, bI.J.K"
     )
 
 
@@ -310,11 +278,8 @@ def build(cfg: ModelConfig | str, **overrides):
     shape = cfg.shape
 
     def mlp_factory(dim: int, hidden: int):
-        return make_mlp(cfg.router, dim, hidden, num_experts=cfg.num_experts,
-                        slots_per_expert=cfg.slots_per_expert, k=cfg.k,
-                        capacity_factor=cfg.capacity_factor, group_size=cfg.group_size,
-                        gelu=cfg.gelu, capacity_rounding=cfg.capacity_rounding,
-                        router_noise=cfg.router_noise)
+        return make_mlp(cfg.router, dim, hidden, gelu=cfg.gelu, group_size=cfg.group_size,
+                        **{f: getattr(cfg, f) for f in routers.FIELDS})
 
     return VisionTransformer(
         image_size=cfg.image_size, patch_size=cfg.patch_size, width=shape.width,
