@@ -250,18 +250,14 @@ def time_pairs(ours: Callable[[], Any], theirs: Callable[[], Any], *, device="cp
 @contextlib.contextmanager
 def timing_state(model: nn.Module, device: torch.device):
     """No MoE metric tracking; RNG state and train/eval mode restored afterwards."""
-    layers = model.moe_layers() if hasattr(model, "moe_layers") else []
-    tracking = [layer.track_metrics for layer in layers]
+    from harness.moe.base import tracking_metrics
+
     training = model.training
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        for layer in layers:
-            layer.track_metrics = False
+    with torch.random.fork_rng(devices=devices), tracking_metrics(model, False):
         try:
             yield
         finally:
-            for layer, on in zip(layers, tracking, strict=True):
-                layer.track_metrics = on
             model.train(training)
 
 
@@ -489,7 +485,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     ``{"machine": {...}, "rows": [...]}``; every row is flat.
     """
     from harness import routers
-    from harness.moe import make_mlp
+    from harness.moe import MoELayer, make_mlp
     from harness.moe.experts import onednn_ok
 
     device = torch.device(device)
@@ -524,9 +520,9 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
             repeats, warmup = min(full[0], 3), min(full[1], 1)
         settings = routers.get(kind).settings(num_experts=e, slots_per_expert=p)
         layer = make_mlp(kind, dim, hidden, num_experts=e, slots_per_expert=p).to(device)
-        if hasattr(layer, "track_metrics"):
-            layer.track_metrics = False
         layer.train()
+        if isinstance(layer, MoELayer):  # a fresh layer, timed without its diagnostics
+            layer.track_metrics = False
         xg = x.clone().requires_grad_(True)
         row: dict[str, Any] = {"kind": kind, "experts": e, "slots_per_expert": p, "dim": dim,
                                "tokens": tokens, "batch": batch, "repeats": repeats}
