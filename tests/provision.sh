@@ -15,7 +15,7 @@
 #
 # Installed packages are left alone (a call with nothing missing takes milliseconds and needs
 # no root). Missing ones are installed with apt-get (its package lists are refreshed once if
-# the install fails), without recommended packages. Two calls at once wait for each other
+# the install fails). Two calls at once wait for each other
 # (dpkg's lock, up to 300 s).
 #
 # Exit status: 0 all there; 3 something is missing and cannot be installed here (not root, or
@@ -50,10 +50,16 @@ for name in "$@"; do
     fi
 done
 
-missing=()
+# Daemons are installed without their recommended packages; chromium and the data package
+# with them (fonts, for one, shape the pages the browser test lays out).
+with_recommends() { [[ $1 == chromium || $1 == fashion-mnist ]]; }
+
+missing=() lean=() full=()
 for name in "${wanted[@]}"; do
     for p in $(packages_of "$name"); do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" && continue
+        missing+=("$p")
+        if with_recommends "$name"; then full+=("$p"); else lean+=("$p"); fi
     done
 done
 ((${#missing[@]})) || exit 0
@@ -65,7 +71,10 @@ fi
 command -v apt-get >/dev/null || { say "missing Debian packages ${missing[*]} and no apt-get"; exit 3; }
 
 apt() { DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 "$@" >&2; }
-install() { apt install -y --no-install-recommends "${missing[@]}"; }
+install() {
+    if ((${#lean[@]})); then apt install -y --no-install-recommends "${lean[@]}" || return; fi
+    if ((${#full[@]})); then apt install -y "${full[@]}" || return; fi
+}
 
 say "apt-get install ${missing[*]}"
 # The packages' postinst scripts may start Debian's own services (munge, slurmctld,
