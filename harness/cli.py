@@ -389,8 +389,14 @@ def run(
     retry_failed: Annotated[bool, typer.Option(help="Redo only the failed runs")] = False,
     wait: Annotated[bool, typer.Option(help="SLURM: follow the jobs until they end")] = False,
     quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Submit runs whose memory estimate exceeds the GPU's memory")] = False,
 ) -> None:
     """Run a study's pending runs (skips finished ones); --dry-run shows the plan.
+
+    GPU runs whose estimated peak memory per GPU exceeds estimate.gpu_memory_gb are
+    refused before anything is submitted, one line each with what would fit (exit 2);
+    --force submits them anyway. train.layout auto takes the cheapest layout that fits.
 
     --executor slurm: one job array; returns at once, printing the job ids and
     the log folder (--wait follows the jobs). The study's executor.slurm section
@@ -407,14 +413,19 @@ def run(
     store = (Store(results_root(results), spec.name) if dry_run
              else writable_store(results, spec.name))
     the_plan = plan(spec, store, rerun=rerun, retry_failed=retry_failed)
+    from harness.memory import study_plans
+
+    memory = study_plans(spec, the_plan.specs)
     if dry_run:
+        from harness.estimate import data_path_notes, data_supply_notes
+        from harness.views.memory import memory_table
         from runners.views import plan_table
 
         console.print(plan_table(spec, the_plan))
-        from harness.estimate import data_supply_notes
-
-        for line in data_supply_notes(spec, the_plan.specs):
-            console.print(line, style="bold red" if line.startswith("DATA-BOUND") else None)
+        console.print(memory_table(spec, the_plan.specs, memory))
+        for line in data_supply_notes(spec, the_plan.specs) + data_path_notes(spec):
+            console.print(line, style="bold red" if line.startswith("DATA-BOUND") else
+                          "yellow" if line.startswith("WARNING") else None)
         return
     if not the_plan.todo:
         what = "failed runs to retry" if retry_failed else "pending runs"
@@ -423,15 +434,42 @@ def run(
         if the_plan.failed and not retry_failed:
             console.print(f"{the_plan.failed} failed: --retry-failed runs them again.")
         return
+    todo = fitting(spec, the_plan.todo, memory, force, console)
     console.print(f"{spec.name}: {len(the_plan.todo)} to run, {the_plan.done} done of "
                   f"{len(the_plan.specs)}")
-    summary = dispatch(spec, the_plan.todo, results_root=store.root, executor=executor,
+    summary = dispatch(spec, todo, results_root=store.root, executor=executor,
                        max_parallel=max_parallel, show_progress=not quiet, wait=wait)
     if summary.waited:
         console.print(f"{summary.submitted} runs: {summary.ok} ok, {summary.failed} failed, "
                       f"{summary.diverged} diverged -> {store.runs_dir}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def fitting(study, specs, memory, force: bool, console) -> list:
+    """``specs`` with ``train.layout: auto`` resolved (the choice printed), after refusing,
+    unless ``force``, every GPU run whose memory estimate exceeds the GPU's: one line per
+    run on stderr, then one error (exit 2) before anything is submitted."""
+    from collections import Counter
+
+    from harness.memory import unfit, with_layout
+
+    lines = unfit(study, specs, memory)
+    if lines and not force:
+        for line in lines:
+            print(line, file=sys.stderr)
+        raise HarnessError(
+            f"{study.source or study.name}: {len(lines)} of {len(specs)} runs need more than "
+            f"estimate.gpu_memory_gb = {study.estimate.gpu_memory_gb:g} GB per GPU (above, "
+            "with what would fit); nothing was submitted; --force submits them anyway")
+    if lines:
+        console.print(f"[yellow]--force: {len(lines)} runs may run out of GPU memory")
+    chosen = Counter(memory[s.run_id].layout for s in specs
+                     if s.train.layout == "auto" and memory[s.run_id].ranks > 1)
+    if chosen:
+        console.print("train.layout auto (the cheapest layout that fits): " + ", ".join(
+            f"{layout} for {n} runs" for layout, n in chosen.most_common()))
+    return [with_layout(s, memory[s.run_id]) for s in specs]
 
 
 @app.command()

@@ -179,6 +179,20 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
     return out
 
 
+def memory_estimate(spec: RunSpec, device, ctx: distributed.Context) -> dict[str, Any]:
+    """The record's layout and estimated peak memory per rank (``harness.memory``), against
+    this GPU's memory (none on a CPU)."""
+    import torch
+
+    from harness.memory import plan_for, record_fields
+
+    limit = (torch.cuda.get_device_properties(device).total_memory / 1e9
+             if device.type == "cuda" else None)
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) if slurm_job_id() else 1
+    return record_fields(plan_for(spec, gpu=device.type == "cuda", ranks=ctx.world_size,
+                                  nodes=nodes, limit_gb=limit))
+
+
 def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
          ctx: distributed.Context) -> dict[str, Any]:
     import torch
@@ -200,6 +214,7 @@ def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
     seed_everything(spec.seed)  # the initial weights; fit reseeds before training
     model = build(cfg).to(device)
     out.update(cost.parameter_counts(model, cfg))
+    out.update(memory_estimate(spec, device, ctx))
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(measure_cost(model, cfg, spec, device))
     workdir = store.workdir(spec.run_id)

@@ -8,8 +8,9 @@ with live jobs just follows them.
 The study's ``executor.slurm`` section (``harness.config.SlurmConfig``) gives partition,
 account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parallelism, extra
 sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
-With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model with
-DistributedDataParallel; rank 0 writes the record (``harness.distributed``).
+With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model across
+them (the layout of ``train.layout``), spread evenly over ``nodes`` nodes (N / nodes tasks and
+GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.distributed``).
 
 Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
 ``signal_delay_s`` before the time limit (``--signal``), and before a preemption where
@@ -96,8 +97,11 @@ def executor_parameters(study: Study) -> dict:
     optional = {"slurm_partition": cfg.partition, "slurm_account": cfg.account,
                 "slurm_qos": cfg.qos, "slurm_constraint": cfg.constraint, "mem_gb": cfg.mem_gb}
     params.update({k: v for k, v in optional.items() if v is not None})
-    if cfg.gpus_per_run:  # one task per GPU: DDP across them, rank 0 writes the record
-        params.update(gpus_per_node=cfg.gpus_per_run, tasks_per_node=cfg.gpus_per_run)
+    if cfg.gpus_per_run:  # one task per GPU, on cfg.nodes nodes; rank 0 writes the record
+        per_node = cfg.gpus_per_run // cfg.nodes
+        params.update(gpus_per_node=per_node, tasks_per_node=per_node)
+        if cfg.nodes > 1:
+            params["nodes"] = cfg.nodes
     return params
 
 

@@ -1,0 +1,1 @@
+"""Terminal views (rich tables) of what the harness computes; the CLI prints them."""
