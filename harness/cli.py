@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from harness.errors import HarnessError
+from harness.views.console import wide_console
 
 app = typer.Typer(
     add_completion=False,
@@ -164,9 +165,9 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 
 def _bench_device(name: str) -> str:
-    from harness.bench_train import resolve_device
+    from harness.distributed import pick_device
 
-    return str(resolve_device(name))
+    return str(pick_device(name, "--device"))
 
 
 @bench_app.command("train")
@@ -357,13 +358,6 @@ ResultsOpt = Annotated[Path | None, typer.Option(
     help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
 
 
-def wide_console():
-    """A rich console; when piped (logs, CI), wide enough that tables keep whole values."""
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 200)
-
-
 def _load(study: Path, set_: list[str] | None, profile: str | None):
     """The study, validated whole: its ``tune`` section too, whatever the command."""
     from harness.study import load
@@ -520,11 +514,11 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
 
     from harness.store import Store, results_root
     from harness.views.runs import status_table
-    from runners.slurm import jobs_file, live_view
+    from runners.slurm import live_view
 
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
-    live = live_view(store) if jobs_file(store).exists() else {}
+    live = live_view(store) if store.slurm_jobs_file.exists() else {}
     wide_console().print(status_table(spec, store, live))
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import HarnessError
+from harness.store import tune_dir
 
 
 class _Frozen(BaseModel):
@@ -57,11 +58,6 @@ class TuneSummary(_Frozen):
     def best_trials(self) -> list[Trial]:
         by_number = {t.number: t for t in self.trials}
         return [by_number[n] for n in self.best if n in by_number]
-
-
-def tune_dir(store_dir: Path) -> Path:
-    """The study's tuning folder: default storages, the storage pointer, this summary."""
-    return store_dir / "tune"
 
 
 def summary_path(store_dir: Path) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.study import Study
-from harness.tune_summary import tune_dir, write_summary
+from harness.tune_summary import write_summary
+from runners.executors import check_executor, make_executor
 from runners.tune.config import parse
 from runners.tune.liveness import counts, recover_stale
 from runners.tune.results import summarise
@@ -27,30 +28,14 @@ from runners.tune.storage import (
 )
 from runners.tune.worker import run_worker
 
-EXECUTORS = ("debug", "local", "slurm")
 
-
-def _executor(name: str, study: Study, folder: Path, workers: int, timeout_min: int,
-              results_root: Path):
-    import submitit
-
-    if name == "debug":
-        return submitit.DebugExecutor(folder=folder)
-    if name == "local":
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=timeout_min)
-        return ex
-    if name == "slurm":
-        from harness.store import Store
-        from runners.slurm import SlurmRunner
-
-        # the study's executor.slurm settings, as for `run`; one task (one worker) per job
-        ex = SlurmRunner(study, Store(results_root, study.name)).executor()
-        ex.update_parameters(name=f"tune-{study.name}", tasks_per_node=1,
-                             slurm_array_parallelism=min(workers,
-                                                         study.executor.slurm.array_parallelism))
-        return ex
-    raise HarnessError(f"--executor {name!r}: allowed: {', '.join(EXECUTORS)}")
+def _executor(name: str, study: Study, folder: Path, workers: int, timeout_min: int):
+    executor = make_executor(name, folder, study, timeout_min=timeout_min)
+    if name == "slurm":  # the study's executor.slurm settings, as for `run`; one task a worker
+        executor.update_parameters(
+            name=f"tune-{study.name}", tasks_per_node=1,
+            slurm_array_parallelism=min(workers, study.executor.slurm.array_parallelism))
+    return executor
 
 
 def tune(study: Study, *, results_root: Path, trials: int | None = None,
@@ -79,8 +64,7 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         raise HarnessError(f"{where}: --trials: missing; give --trials N (or tune.trials)")
     workers = workers or cfg.workers
     executor = executor or study.executor.name
-    if executor not in EXECUTORS:
-        raise HarnessError(f"--executor {executor!r}: allowed: {', '.join(EXECUTORS)}")
+    check_executor(executor)
     store = Store(results_root, study.name)
     url = resolve_storage(study, cfg, store.dir, storage, executor)
     kind = storage_kind(url)
@@ -104,8 +88,7 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         write_summary(store.dir, summarise(study, cfg, ostudy, url))
         return summary
     workers = max(1, min(workers, trials - before["finished"]))
-    folder = tune_dir(store.dir) / "submitit" / "%j"
-    ex = _executor(executor, study, folder, workers, timeout_min, store.root)
+    ex = _executor(executor, study, store.jobs_folder("tune"), workers, timeout_min)
     console.print(f"{study.name}: {before['finished']} of {trials} trials finished; "
                   f"{workers} {executor} worker{'s' if workers > 1 else ''} on "
                   f"{without_password(url)}")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.store import tune_dir
 from harness.study import Study
-from harness.tune_summary import tune_dir
 
 if TYPE_CHECKING:
     from runners.tune.config import TuneConfig
