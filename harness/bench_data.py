@@ -132,8 +132,9 @@ def bench_data(path: Path | None = None, *, image_size: int = 224, resolution: i
 
 
 def print_data(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from harness.views.console import wide_console
 
     table = Table(title=f"Input pipeline, {result['image_size']} px, augment "
                         f"{result['augment']}, batch {result['batch']}, {result['cpus']} CPUs")
@@ -149,4 +150,4 @@ def print_data(result: dict) -> None:
                          f"run on the device, not counted). Wall rates depend on the machine's "
                          f"load. Preparing {result['images']} + val images took "
                          f"{result['prepare_s']:.1f} s")
-    Console(width=120).print(table)
+    wide_console().print(table)

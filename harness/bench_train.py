@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from harness.distributed import pick_device
 from harness.flops import CONVENTION
 
 #: Large-matmul shape (m, k, n) per device type and precision: big enough to reach the
@@ -45,19 +46,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
         raise HarnessError(f"--precision: {precision!r}; allowed: auto, bf16, fp32")
     return precision
-
-
-def resolve_device(name: str) -> torch.device:
-    from harness.errors import HarnessError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"--device: {name!r} but torch sees no CUDA device (torch "
-                           f"{torch.__version__}); use 'cpu' or 'auto'")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise HarnessError(f"--device: {name!r}; allowed: auto, cpu, cuda, cuda:N")
-    return torch.device(name)
 
 
 def matmul_tflops(device: torch.device, precision: str, repeats: int = 5,
@@ -81,7 +69,7 @@ def bench_train(specs: Sequence[str], *, batch_size: int = 32, precision: str = 
     from harness import peaks
     from harness.bench import _device_name, torch_threads
 
-    dev = resolve_device(device)
+    dev = pick_device(device, "--device")
     precision = resolve_precision(precision, dev)
     say = progress or (lambda _msg: None)
     started = time.time()
@@ -167,10 +155,9 @@ def _progress_line(row: dict[str, Any]) -> str:
 
 def print_train(result: dict[str, Any]) -> None:
     """The ``bench train`` table and its footnote."""
-    import sys
-
-    from rich.console import Console
     from rich.table import Table
+
+    from harness.views.console import wide_console
 
     machine, rows = result["machine"], result["rows"]
     ref = "MFU (of peak)" if machine["peak_tflops"] else "% of matmul"
@@ -190,7 +177,7 @@ def print_train(result: dict[str, Any]) -> None:
             cells += [f"{row['step_vs_first']:.2f}", "-"]
         cells.append("flagged" if row["timing_flagged"] else "ok")
         table.add_row(*cells)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = wide_console()
     console.print(table)
     peak = (f"peak {machine['peak_tflops']:g} TFLOP/s ({machine['peak_source']})"
             if machine["peak_tflops"] else

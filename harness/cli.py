@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from harness.errors import HarnessError
+from harness.views.console import wide_console
 
 app = typer.Typer(
     add_completion=False,
@@ -164,9 +165,9 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 
 def _bench_device(name: str) -> str:
-    from harness.bench_train import resolve_device
+    from harness.distributed import pick_device
 
-    return str(resolve_device(name))
+    return str(pick_device(name, "--device"))
 
 
 @bench_app.command("train")
@@ -357,13 +358,6 @@ ResultsOpt = Annotated[Path | None, typer.Option(
     help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
 
 
-def wide_console():
-    """A rich console; when piped (logs, CI), wide enough that tables keep whole values."""
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 200)
-
-
 def _load(study: Path, set_: list[str] | None, profile: str | None):
     """The study, validated whole: its ``tune`` section too, whatever the command."""
     from harness.study import load
@@ -374,6 +368,12 @@ def _load(study: Path, set_: list[str] | None, profile: str | None):
 
         parse(spec)
     return spec
+
+
+def keep_study(spec, store) -> None:
+    """A copy of the study file in the store, for the report (which reads no study file)."""
+    if spec.source:
+        store.keep_study(Path(spec.source).read_text())
 
 
 def save_json(path: Path | None, payload) -> None:
@@ -453,7 +453,7 @@ def run(
     if dry_run:
         from harness.estimate import data_path_notes, data_supply_notes
         from harness.views.memory import memory_table
-        from runners.views import plan_table
+        from harness.views.runs import plan_table
 
         console.print(plan_table(spec, the_plan))
         console.print(memory_table(spec, the_plan.specs, memory))
@@ -469,6 +469,7 @@ def run(
             console.print(f"{the_plan.failed} failed: --retry-failed runs them again.")
         return
     todo = fitting(spec, the_plan.todo, memory, force, console)
+    keep_study(spec, store)
     console.print(f"{spec.name}: {len(the_plan.todo)} to run, {the_plan.done} done of "
                   f"{len(the_plan.specs)}")
     summary = dispatch(spec, todo, results_root=store.root, executor=executor,
@@ -512,12 +513,12 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
 
     from harness.store import Store, results_root
-    from runners.slurm import jobs_file, live_view
-    from runners.views import status_table
+    from harness.views.runs import status_table
+    from runners.slurm import live_view
 
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
-    live = live_view(store) if jobs_file(store).exists() else {}
+    live = live_view(store) if store.slurm_jobs_file.exists() else {}
     wide_console().print(status_table(spec, store, live))
 
 
@@ -548,6 +549,10 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     output_file(json_out, "--json")
     store = (Store(results_root(results), spec.name) if output_file(out, "--out")
              else writable_store(results, spec.name))
+    if spec.tune is not None:  # the report reads the tuning's summary from the store
+        from runners.tune import refresh_summary
+
+        refresh_summary(spec, store.root)
     path = build_report(spec, store, out)
     print(f"report: {path}")
     if json_out is not None:
@@ -658,10 +663,12 @@ def tune(
     for prefix in ("sqlite:///", "journal:"):  # a file storage goes into an existing folder
         if storage and storage.startswith(prefix):
             output_file(Path(storage.removeprefix(prefix)), "--storage")
-    root = results_root(results) if show else writable_store(results, spec.name).root
     if show:
-        show_tuning(spec, root, storage)
+        show_tuning(spec, results_root(results), storage, wide_console())
         return
+    store = writable_store(results, spec.name)
+    keep_study(spec, store)
+    root = store.root
     summary = run_tuning(spec, results_root=root, trials=trials, workers=workers,
                          executor=executor, storage=storage, wait=wait, show_progress=not quiet)
     if summary["worker_errors"] or summary["after"]["finished"] < summary["trials"] and (

@@ -61,26 +61,12 @@ COOLDOWN_FRACTION = 0.1  # rsqrt: linear cooldown to zero over the last 10% of t
 
 
 # --- small helpers -------------------------------------------------------------------------------
-def is_main_process() -> bool:
-    """True on rank 0, or when torch.distributed is not in use."""
-    return distributed.is_main()
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return the generator that draws the training batches."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("train.device: 'cuda' but no CUDA device is available; use 'auto' "
-                           "or 'cpu'")
-    return torch.device(name)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -483,11 +469,9 @@ def fit(
     """
     cfg: TrainConfig = spec.train
     device = torch.device(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     workdir = Path(workdir)
     ckpt_path = workdir / CHECKPOINT
-    main = is_main_process()
+    main = distributed.is_main()
     distributed.check_batch(cfg.batch_size)
     model.to(device)
     layout = parallel.resolve_layout(cfg, distributed.current().world_size)

@@ -110,7 +110,7 @@ def test_live_view_leaves_out_runs_whose_job_only_exits(tmp_path, monkeypatch):
     index = {run: {"job_id": job, "submitted_at": "2026-01-01T00:00:00",
                    "stdout": f"{job}.out", "stderr": f"{job}.err"}
              for run, job in (("done", "11"), ("retried", "12"), ("busy", "13"))}
-    S.atomic_write_json(S.jobs_file(store), index)
+    S.atomic_write_json(store.slurm_jobs_file, index)
     store.write({"run_id": "done", "status": "ok", "slurm_job_id": "11",
                  "slurm_restarts": 0})
     store.write({"run_id": "retried", "status": "failed", "slurm_job_id": "7"})
