@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from harness.routers import ROUTERS
 from reports.metrics import (
     COST_AXES,
     METRICS,
@@ -34,13 +35,6 @@ from reports.pareto import pareto_mask
 
 ROW = "_row"  # index of a row of the aggregated frame, to look up its hover text
 
-ROUTER_ORDER = ("dense", "soft", "tokens_choice", "experts_choice", "soft_uniform",
-                "uniform_soft", "uniform", "identity")
-ROUTER_NAMES = {
-    "dense": "Dense", "soft": "Soft MoE", "tokens_choice": "Tokens Choice",
-    "experts_choice": "Experts Choice", "soft_uniform": "Soft / Uniform",
-    "uniform_soft": "Uniform / Soft", "uniform": "Uniform", "identity": "Identity",
-}
 _PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#d62728")
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon", "cross")
@@ -59,22 +53,25 @@ def ptext(value: Any) -> str:
 
 
 def router_name(router: str | None) -> str:
-    return ROUTER_NAMES.get(router or "", str(router))
+    """The router's label in ``harness.routers`` (its name if it is not registered)."""
+    return ROUTERS[router].label if router in ROUTERS else str(router)
 
 
 def router_color(router: str | None, routers: Sequence[str | None] = ()) -> str:
-    if router in ROUTER_ORDER:
-        return _PALETTE[ROUTER_ORDER.index(router)]
-    others = [r for r in routers if r not in ROUTER_ORDER]
+    """One colour per registered router (by registration order), then the unknown ones."""
+    order = list(ROUTERS)
+    if router in order:
+        return _PALETTE[order.index(router) % len(_PALETTE)]
+    others = [r for r in routers if r not in order]
     i = others.index(router) if router in others else 0
-    return _PALETTE[(len(ROUTER_ORDER) + i) % len(_PALETTE)]
+    return _PALETTE[(len(order) + i) % len(_PALETTE)]
 
 
 def sorted_routers(values: Sequence[str | None]) -> list[str | None]:
-    """Routers in the page's fixed order (known ones first), each once."""
+    """Routers in the page's fixed order (registered ones first, as registered), each once."""
+    order = list(ROUTERS)
     unique = list(dict.fromkeys(values))
-    return sorted(unique, key=lambda r: (ROUTER_ORDER.index(r) if r in ROUTER_ORDER
-                                         else len(ROUTER_ORDER), str(r)))
+    return sorted(unique, key=lambda r: (order.index(r) if r in order else len(order), str(r)))
 
 
 def with_rows(agg: pl.DataFrame) -> pl.DataFrame:
@@ -247,7 +244,7 @@ def _base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 #: Costs measured by timing: a configuration's point is marked when one of its runs' timings
 #: was flagged (taken while other processes loaded the machine, or too widely spread; see
-#: ``harness.bench.time_stable``), since its position then says more about the machine.
+#: ``harness.timing.time_stable``), since its position then says more about the machine.
 TIMED_COSTS = ("train_step_ms", "train_images_per_s", "infer_latency_ms", "infer_images_per_s",
                "infer_latency_ms_b1")
 FLAGGED_SYMBOL = "circle-x"

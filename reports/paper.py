@@ -20,8 +20,8 @@ data, not the study's name:
 All but the training curves take the aggregated frame (:func:`reports.aggregate.aggregate`);
 the curves need the per-run ``history``, which the aggregate leaves out, so they take the
 records. :func:`derive` adds the columns the figures and the claims check share (tokens per
-image, slots per token, MoE blocks, placement kind), computed from the spec columns without
-importing the model code (a report never imports torch).
+image, slots per token, MoE blocks, placement kind), read from the records, which the harness
+writes them into (``harness.models.DERIVED_FIELDS``; torch-free, as a report must be).
 
 "Slots per token" is the expert work per input token, comparable across routers: Soft MoE
 n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c.
@@ -30,7 +30,6 @@ n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +38,9 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from harness import routers
+from harness.errors import ConfigError
+from harness.models import derived_fields, resolve_placement
 from reports.figures import (
     FLAGGED_LABEL,
     FLAGGED_SYMBOL,
@@ -66,15 +68,10 @@ from reports.figures import (
 from reports.metrics import label
 from reports.pareto import pareto_mask
 
-SOFT_ROUTERS = ("soft", "soft_uniform", "uniform_soft", "uniform", "identity")
-SPARSE_ROUTERS = ("tokens_choice", "experts_choice")
+SOFT_ROUTERS = routers.names("soft")  # Soft MoE and its fixed-routing ablations
+SPARSE_ROUTERS = routers.names("sparse")
 GRID_ROUTERS = ("soft", "tokens_choice", "experts_choice")
 ABLATION_ORDER = ("soft", "soft_uniform", "uniform_soft", "uniform", "identity", "dense")
-
-#: Depth of the named backbones (harness.models.SIZES; a test keeps the two in step).
-DEPTHS = {"ti": 12, "s": 12, "b": 12, "l": 24, "h": 32}
-_MODEL = re.compile(r"vit-([a-z0-9]+)/(\d+)")
-_CUSTOM = re.compile(r"w\d+d(\d+)h\d+m\d+")
 
 #: Derived columns (see :func:`derive`).
 TOKENS, SLOTS_PER_TOKEN, TOTAL_SLOTS = "_tokens", "_slots_per_token", "_total_slots"
@@ -86,34 +83,18 @@ DEPTH, BLOCKS, N_BLOCKS, PLACEMENT = "_depth", "_moe_blocks", "_n_moe_blocks", "
 
 def model_depth(model: str | None) -> int | None:
     """Blocks of a ``vit-SIZE/PATCH`` backbone name, or None when unknown."""
-    m = _MODEL.match(str(model or ""))
-    if not m:
-        return None
-    if m.group(1) in DEPTHS:
-        return DEPTHS[m.group(1)]
-    custom = _CUSTOM.fullmatch(m.group(1))
-    return int(custom.group(1)) if custom else None
-
-
-def model_patch(model: str | None) -> int | None:
-    m = _MODEL.match(str(model or ""))
-    return int(m.group(2)) if m else None
+    return derived_fields({"model": model})["depth"]
 
 
 def moe_blocks(moe_layers: str | None, depth: int | None) -> tuple[int, ...] | None:
-    """The MoE block indices of a placement (as ``harness.models.resolve_placement``)."""
-    if moe_layers is None or depth is None or moe_layers in ("", "none"):
+    """The MoE block indices of a placement (``harness.models.resolve_placement``), or None
+    when the placement or the depth is unknown."""
+    if moe_layers in (None, "", "none") or depth is None:
         return None
-    text = str(moe_layers)
-    if text == "last_half":
-        return tuple(range(depth - depth // 2, depth))
-    if m := re.fullmatch(r"last:(\d+)", text):
-        return tuple(range(depth - int(m.group(1)), depth))
-    if m := re.fullmatch(r"every:(\d+)", text):
-        return tuple(range(int(m.group(1)) - 1, depth, int(m.group(1))))
-    if re.fullmatch(r"\d+(,\d+)*", text):
-        return tuple(sorted({int(i) for i in text.split(",")}))
-    return None
+    try:
+        return resolve_placement(moe_layers, depth)
+    except ConfigError:
+        return None
 
 
 def placement_kind(blocks: Sequence[int] | None, depth: int | None) -> str | None:
@@ -127,47 +108,31 @@ def placement_kind(blocks: Sequence[int] | None, depth: int | None) -> str | Non
     return "last" if consecutive and blocks[-1] == depth - 1 else "spread"
 
 
-def slots_per_token(row: dict[str, Any]) -> float | None:
-    router = row.get("router")
-    if router in SOFT_ROUTERS:
-        n, p, m = row.get("num_experts"), row.get("slots_per_expert") or 1, row.get(TOKENS)
-        return n * p / m if n and m else None
-    if router == "tokens_choice":
-        return float((row.get("k") or 1) * (row.get("capacity_factor") or 1.0))
-    if router == "experts_choice":
-        cf = row.get("capacity_factor")
-        return float(cf) if cf is not None else 1.0
-    return None
+def _record_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The record's derived columns (``harness.models.DERIVED_FIELDS``); for records written
+    before the harness wrote them, computed from their spec columns the same way."""
+    if row.get("router_family") is not None:
+        return row
+    return derived_fields(row)
 
 
 def derive(agg: pl.DataFrame) -> pl.DataFrame:
-    """``agg`` with the shared derived columns (nulls where the spec does not say)."""
-    if agg.height == 0:
-        return agg.with_columns(
-            pl.lit(None, dtype=pl.Int64).alias(TOKENS),
-            pl.lit(None, dtype=pl.Float64).alias(SLOTS_PER_TOKEN),
-            pl.lit(None, dtype=pl.Int64).alias(TOTAL_SLOTS),
-            pl.lit(None, dtype=pl.Int64).alias(DEPTH),
-            pl.lit(None, dtype=pl.String).alias(BLOCKS),
-            pl.lit(None, dtype=pl.Int64).alias(N_BLOCKS),
-            pl.lit(None, dtype=pl.String).alias(PLACEMENT),
-        )
+    """``agg`` with the shared derived columns (nulls where the spec does not say): the
+    records' tokens, slots per token, MoE blocks and depth, Soft MoE's total slots (experts x
+    rows per expert) and the placement kind."""
     tokens, sigma, total, depth, blocks, nblocks, kind = [], [], [], [], [], [], []
     for row in agg.iter_rows(named=True):
-        model = row.get("model")
-        patch, size, d = model_patch(model), row.get("image_size"), model_depth(model)
-        m = (int(size) // patch) ** 2 if patch and size else None
-        row = {**row, TOKENS: m}
-        tokens.append(m)
-        sigma.append(slots_per_token(row))
-        router = row.get("router")
-        n, p = row.get("num_experts"), row.get("slots_per_expert") or 1
-        total.append(n * p if router in SOFT_ROUTERS and n else None)
-        b = moe_blocks(row.get("moe_layers"), d) if router not in (None, "dense") else None
-        depth.append(d)
-        blocks.append(",".join(map(str, b)) if b else None)
-        nblocks.append(len(b) if b else None)
-        kind.append(placement_kind(b, d))
+        f = _record_fields(row)
+        b = tuple(int(i) for i in f["moe_blocks"].split(",")) if f["moe_blocks"] else None
+        rows = f["expert_rows"]
+        tokens.append(f["tokens"])
+        sigma.append(f["slots_per_token"])
+        total.append(round(row["num_experts"] * rows)
+                     if f["router_family"] == "soft" and rows is not None else None)
+        depth.append(f["depth"])
+        blocks.append(f["moe_blocks"])
+        nblocks.append(f["n_moe_blocks"] or None)
+        kind.append(placement_kind(b, f["depth"]))
     return agg.with_columns(
         pl.Series(TOKENS, tokens, dtype=pl.Int64),
         pl.Series(SLOTS_PER_TOKEN, sigma, dtype=pl.Float64),
