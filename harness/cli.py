@@ -278,9 +278,11 @@ def bench_tracking(
     off, on = result["median_s"]["off"], result["median_s"]["on"]
     print(f"{result['spec']}, {steps} steps of {batch_size} images, {repeats} pairs: "
           f"off {1e3 * off / steps:.2f} ms/step, on {1e3 * on / steps:.2f} ms/step; "
-          f"on/off {result['ratio_on_off']:.4f} (median of pairs; "
-          f"{', '.join(f'{r:.3f}' for r in result['ratios'])}); time inside the tracker's "
-          f"calls: {100 * result['log_share']:.3f}% of the loop")
+          f"on/off {result['ratio_on_off']:.4f} wall (median of pairs; "
+          f"{', '.join(f'{r:.3f}' for r in result['ratios'])}), "
+          f"{result['cpu_ratio_on_off']:.4f} process CPU time (pairs: "
+          f"{', '.join(f'{r:.3f}' for r in result['cpu_ratios'])}); time inside the "
+          f"tracker's calls: {100 * result['log_share']:.3f}% of the loop")
     save_json(out, result)
 
 

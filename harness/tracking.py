@@ -23,6 +23,7 @@ tag. The helpers here are shared with ``moe-harness export --to mlflow``
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -71,26 +72,62 @@ def _is_number(value: Any) -> bool:
             and math.isfinite(value))
 
 
+_EVENT_FILES = itertools.count()
+
+
 class TensorBoardLog:
-    """Scalars into TensorBoard event files in ``logdir``, opened at the first point."""
+    """Scalars into a TensorBoard event file in ``logdir``, opened at the first point.
+
+    Written and flushed in the calling thread, one small record per point, with tensorboard's
+    own record format and protocol buffers. ``SummaryWriter`` would hand each event to a writer
+    thread instead; here the tracker's whole cost lies inside ``log`` (which ``bench tracking``
+    times), and a point is on disk, visible to a running TensorBoard, when ``log`` returns.
+    """
 
     def __init__(self, logdir: Path, spec):
-        self.logdir, self.spec, self.writer = logdir, spec, None
+        self.logdir, self.spec, self.records = logdir, spec, None
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-            # the first point is the step training starts from: a resumed run drops what an
-            # earlier attempt logged after its checkpoint, a rerun everything before
-            self.writer = SummaryWriter(str(self.logdir), purge_step=step, flush_secs=10)
-            self.writer.add_text("run", f"{self.spec.label} `{self.spec.run_id}`", step)
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+        if self.records is None:
+            self._open(step)
+        self._write(step, Summary(value=[Summary.Value(tag=key, simple_value=value)
+                                         for key, value in values.items()]))
+        self.records.flush()
+
+    def _open(self, step: int) -> None:
+        import os
+        import socket
+
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+        from torch.utils.tensorboard.summary import text
+
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        # time, host, process and a per-process count: a later writer never overwrites a file
+        name = (f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_EVENT_FILES)}")
+        self.records = RecordWriter(open(self.logdir / name, "wb"))  # noqa: SIM115 - kept open
+        self._event(Event(file_version="brain.Event:2"))
+        # the first point is the step training starts from: a resumed run drops what an
+        # earlier attempt logged after its checkpoint, a rerun everything before
+        self._event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+        self._write(step, text("run", f"{self.spec.label} `{self.spec.run_id}`"))
+
+    def _write(self, step: int, summary) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._event(Event(step=step, summary=summary))
+
+    def _event(self, event) -> None:
+        event.wall_time = event.wall_time or time.time()
+        self.records.write(event.SerializeToString())
 
     def close(self, status: str = "ok") -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.records is not None:
+            self.records.close()
+            self.records = None
 
 
 # --- MLflow --------------------------------------------------------------------------------
@@ -211,11 +248,12 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
 
     ``repeats`` interleaved pairs of identical runs (same seed, data and model; the order
     within a pair alternates), each timed by the loop's own ``train_time_s`` (the steps, with
-    the tracker's calls, without the evaluations). Returns the per-run times, each mode's
-    median, the median of the per-pair ratios on / off, and ``log_share``: the time spent
-    inside the tracker's calls during the loop over the loop's time (median over the "on"
-    runs), the overhead measured directly, which a loaded machine does not blur as it blurs
-    the ratio of two runs.
+    the tracker's calls, without the evaluations) and by the process's CPU time between its
+    first and last progress points (every thread of the process, so a tracker's own threads
+    count; other processes on a shared machine do not). Returns the per-run times, each
+    mode's median, the median of the per-pair ratios on / off (wall and CPU), and
+    ``log_share``: the time inside the tracker's calls over the loop's time (median over the
+    "on" runs), the overhead measured directly.
     """
     import statistics
     import tempfile
@@ -240,6 +278,7 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
         measure=MeasureConfig(enabled=False))
     data = load_data(spec.data)
     times: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     shares: list[float] = []
     for i in range(repeats):
         for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
@@ -256,17 +295,23 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
                     if step > 0:  # the call before the loop opens the writer, untimed
                         spent[0] += time.perf_counter() - tic
 
+                marks: list[float] = []
                 result = fit(net, run, data, workdir=Path(tmp), device="cpu",
-                             log=timed if log else None)
+                             log=timed if log else None,
+                             on_progress=lambda _, marks=marks: marks.append(time.process_time()))
                 close()
                 if log:
                     shares.append(spent[0] / result["train_time_s"])
                 assert bool(list(Path(tmp).glob("events.out.tfevents.*"))) == (mode == "on")
             times[mode].append(result["train_time_s"])
+            cpu[mode].append(marks[-1] - marks[0])
             if progress:
                 progress(f"{mode:>3}: {1e3 * result['train_time_s'] / steps:.2f} ms/step")
     ratios = [on / off for on, off in zip(times["on"], times["off"], strict=True)]
+    cpu_ratios = [on / off for on, off in zip(cpu["on"], cpu["off"], strict=True)]
     return {"spec": spec.model_config_().spec, "steps": steps, "batch_size": batch_size,
             "times_s": times, "median_s": {k: statistics.median(v) for k, v in times.items()},
             "ratio_on_off": statistics.median(ratios), "ratios": ratios,
+            "cpu_s": cpu, "cpu_ratio_on_off": statistics.median(cpu_ratios),
+            "cpu_ratios": cpu_ratios,
             "log_share": statistics.median(shares), "log_shares": shares}

@@ -74,3 +74,22 @@ def test_one_switch_turns_event_files_off_without_changing_the_run(study_file, t
     workdir = Store(tmp_path / "results", "tracked").workdir(off.run_id)
     assert (workdir / "progress.json").is_file()
     assert not list(workdir.glob("events.out.tfevents.*"))
+
+
+def test_a_resumed_run_replaces_the_points_after_its_checkpoint(study_file, tmp_path):
+    """A requeued attempt resumes at step 20: its points from 20 on replace the first
+    attempt's, and each point is on disk as soon as ``log`` returns."""
+    from harness.tracking import TensorBoardLog
+
+    spec = load(study_file).expand()[0]
+    first = TensorBoardLog(tmp_path, spec)
+    for step in range(0, 40, 5):
+        first.log(step, {"train/loss": 1.0})
+    assert [s for s, _ in scalars(tmp_path)["train/loss"]] == list(range(0, 40, 5))
+    first.close()
+    second = TensorBoardLog(tmp_path, spec)
+    for step in range(20, 50, 5):
+        second.log(step, {"train/loss": 2.0})
+    second.close()
+    assert scalars(tmp_path)["train/loss"] == [
+        *((s, 1.0) for s in range(0, 20, 5)), *((s, 2.0) for s in range(20, 50, 5))]
