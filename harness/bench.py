@@ -169,7 +169,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         # the machine's rate now (the load of a shared machine drifts during a run)
         row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size,
                                                                repeats=3)
-        if kind != "dense" and precision == "fp32":
+        if routers.get(kind).is_moe and precision == "fp32":
             rows_per_expert = batch * routers.get(kind).expert_rows(settings, tokens)
             _expert_columns(row, layer, round(rows_per_expert), dim, hidden, device, repeats,
                             warmup, row["plain_matmul_gflops_per_s"])

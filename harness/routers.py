@@ -23,9 +23,7 @@ reports look routers up here and nowhere else.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,16 +244,6 @@ def register(router: Router) -> Router:
         raise ConfigError(f"router {router.name!r}: axes must be among {', '.join(FIELDS)}")
     ROUTERS[router.name] = router
     return router
-
-
-@contextlib.contextmanager
-def registered(router: Router) -> Iterator[Router]:
-    """``router`` registered inside the block only (tests, experiments in a notebook)."""
-    register(router)
-    try:
-        yield router
-    finally:
-        ROUTERS.pop(router.name, None)
 
 
 def get(name: str) -> Router:

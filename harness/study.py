@@ -267,7 +267,7 @@ class Study(Section):
             study=self.name, model=f"vit-{cfg.size}/{cfg.patch_size}", router=cfg.router,
             num_experts=cfg.num_experts, slots_per_expert=cfg.slots_per_expert, k=cfg.k,
             capacity_factor=cfg.capacity_factor,
-            moe_layers=cfg.moe_layers if cfg.router != "dense" else "none",
+            moe_layers=cfg.moe_layers if cfg.moe_blocks else "none",
             pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size, gelu=cfg.gelu,
             capacity_rounding=cfg.capacity_rounding, router_noise=cfg.router_noise,
             seed=point["seed"], data=self.data, train=train, measure=self.measure,

@@ -70,8 +70,8 @@ from reports.pareto import pareto_mask
 
 SOFT_ROUTERS = routers.names("soft")  # Soft MoE and its fixed-routing ablations
 SPARSE_ROUTERS = routers.names("sparse")
-GRID_ROUTERS = ("soft", "tokens_choice", "experts_choice")
-ABLATION_ORDER = ("soft", "soft_uniform", "uniform_soft", "uniform", "identity", "dense")
+GRID_ROUTERS = ("soft", *SPARSE_ROUTERS)
+ABLATION_ORDER = (*SOFT_ROUTERS, "dense")
 
 #: Derived columns (see :func:`derive`).
 TOKENS, SLOTS_PER_TOKEN, TOTAL_SLOTS = "_tokens", "_slots_per_token", "_total_slots"
@@ -123,7 +123,7 @@ def derive(agg: pl.DataFrame) -> pl.DataFrame:
     tokens, sigma, total, depth, blocks, nblocks, kind = [], [], [], [], [], [], []
     for row in agg.iter_rows(named=True):
         f = _record_fields(row)
-        b = tuple(int(i) for i in f["moe_blocks"].split(",")) if f["moe_blocks"] else None
+        b = moe_blocks(f["moe_blocks"], f["depth"])
         rows = f["expert_rows"]
         tokens.append(f["tokens"])
         sigma.append(f["slots_per_token"])

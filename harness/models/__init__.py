@@ -194,7 +194,7 @@ class ModelConfig:
     def spec(self) -> str:
         """The compact spec string that parses back to this config (sizes and data aside)."""
         parts = [self.name]
-        if self.router != "dense":
+        if routers.get(self.router).is_moe:
             parts += [self.router, f"e{self.num_experts}"]
             if self.slots_per_expert is not None:
                 parts.append(f"s{self.slots_per_expert}")
