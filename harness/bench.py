@@ -97,7 +97,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     ``{"machine": {...}, "rows": [...]}``; every row is flat.
     """
     from harness import routers
-    from harness.moe import make_mlp
+    from harness.moe import MoELayer, make_mlp
     from harness.moe.experts import onednn_ok
 
     device = torch.device(device)
@@ -132,9 +132,9 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
             repeats, warmup = min(full[0], 3), min(full[1], 1)
         settings = routers.get(kind).settings(num_experts=e, slots_per_expert=p)
         layer = make_mlp(kind, dim, hidden, num_experts=e, slots_per_expert=p).to(device)
-        if hasattr(layer, "track_metrics"):
-            layer.track_metrics = False
         layer.train()
+        if isinstance(layer, MoELayer):  # a fresh layer, timed without its diagnostics
+            layer.track_metrics = False
         xg = x.clone().requires_grad_(True)
         row: dict[str, Any] = {"kind": kind, "experts": e, "slots_per_expert": p, "dim": dim,
                                "tokens": tokens, "batch": batch, "repeats": repeats}

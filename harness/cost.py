@@ -37,7 +37,7 @@ def parameter_counts(model: nn.Module, cfg) -> dict[str, int]:
     active = float(total)
     per_token = routers.get(cfg.router).experts_per_token(cfg.router_settings, cfg.num_tokens)
     for layer in model.moe_layers():
-        per_expert = _numel(layer.experts) / layer.experts.num_experts
+        per_expert = _numel(layer.experts) / layer.num_experts
         active -= _numel(layer.experts) - per_token * per_expert
     return {"params_total": total, "params_active": round(active)}
 

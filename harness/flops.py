@@ -35,6 +35,7 @@ query projection once per batch; at batch 1 it is counted once per image.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -303,28 +304,18 @@ def _split_by_kind(model, by_module: dict[str, float], total: float) -> dict[str
     return kinds
 
 
-class _counting_mode:
+@contextlib.contextmanager
+def _counting_mode(model):
     """Eval mode and no MoE metric tracking while counting; restores both."""
+    from harness.moe.base import tracking_metrics
 
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.training = self.model.training
-        self.tracking = [getattr(m, "track_metrics", None) for m in _moe_layers(self.model)]
-        self.model.eval()
-        for layer in _moe_layers(self.model):
-            layer.track_metrics = False
-        return self
-
-    def __exit__(self, *exc):
-        self.model.train(self.training)
-        for layer, on in zip(_moe_layers(self.model), self.tracking, strict=True):
-            layer.track_metrics = on
-
-
-def _moe_layers(model) -> list:
-    return model.moe_layers() if hasattr(model, "moe_layers") else []
+    training = model.training
+    model.eval()
+    try:
+        with tracking_metrics(model, False):
+            yield
+    finally:
+        model.train(training)
 
 
 # --- closed form ---------------------------------------------------------------------------------

@@ -15,10 +15,9 @@ use, per MoE layer and per image of ``tokens`` tokens:
 - ``capacity``: buffer rows per expert and routing group (sparse routers).
 
 Adding a router is one :func:`register` call with a :class:`Router` (a subclass where a closed
-form differs from the defaults) plus its layer class: a module mapping (batch, tokens, dim) to
-(batch, tokens, dim) that calls ``self.experts`` (a ``BatchedExperts``) on its (E, rows, dim)
-buffer and has the MoE-layer attributes. Models, counts, estimates, study validation, tuning and
-reports look routers up here and nowhere else.
+form differs from the defaults) plus its layer class: a ``harness.moe.base.MoELayer`` that
+calls ``self.experts`` once on its (E, rows, dim) buffer (docs/moe-layers.md). Models,
+counts, estimates, study validation, tuning and reports look routers up here and nowhere else.
 """
 
 from __future__ import annotations

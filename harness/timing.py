@@ -247,18 +247,14 @@ def time_pairs(ours: Callable[[], Any], theirs: Callable[[], Any], *, device="cp
 @contextlib.contextmanager
 def timing_state(model: nn.Module, device: torch.device):
     """No MoE metric tracking; RNG state and train/eval mode restored afterwards."""
-    layers = model.moe_layers() if hasattr(model, "moe_layers") else []
-    tracking = [layer.track_metrics for layer in layers]
+    from harness.moe.base import tracking_metrics
+
     training = model.training
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        for layer in layers:
-            layer.track_metrics = False
+    with torch.random.fork_rng(devices=devices), tracking_metrics(model, False):
         try:
             yield
         finally:
-            for layer, on in zip(layers, tracking, strict=True):
-                layer.track_metrics = on
             model.train(training)
 
 

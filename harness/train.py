@@ -49,6 +49,7 @@ from torch.utils.data import Dataset
 from harness import distributed
 from harness.config import TrainConfig
 from harness.errors import HarnessError
+from harness.moe.base import MetricMeans, tracking_metrics
 from harness.pipeline import Loader, training_plan
 
 CHECKPOINT = "checkpoint.pt"
@@ -132,8 +133,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy over ``dataset`` (or its ``indices``), in eval mode.
 
-    With ``router_metrics``, each MoE metric of ``model.moe_metrics()`` is averaged over the
-    batches (weighted by batch size) and returned as ``router_<key>``.
+    With ``router_metrics``, each MoE metric (averaged over the model's MoE layers) is
+    averaged over the batches (weighted by batch size) and returned as ``router_<key>``.
+    Scores and metrics stay on the device until the end: one transfer each per evaluation.
     """
     device = torch.device(device)
     batches = dataset if isinstance(dataset, Loader) else Loader(dataset, device)
@@ -141,33 +143,32 @@ def evaluate(
     batches.plan(idx_all.split(batch_size))
     was_training = model.training
     model.eval()
-    layers = model.moe_layers() if hasattr(model, "moe_layers") else []
-    tracked = [layer.track_metrics for layer in layers]
-    track = router_metrics and bool(layers)
-    for layer in layers:
-        layer.track_metrics = track
-    correct, loss_sum, n = 0, 0.0, 0
-    metric_sums: dict[str, float] = {}
+    router = MetricMeans(model)
+    track = router_metrics and bool(router.layers)
+    scores = []  # per batch: (loss sum, correct) on the device, fetched once at the end
+    n = 0
     try:
-        for start in range(0, len(idx_all), batch_size):
-            x, y = batches.get(idx_all[start:start + batch_size])
-            with autocast_for(x.device, precision):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(dim=-1) == y).sum().item()
-            n += len(y)
-            if track:
-                for key, value in model.moe_metrics().items():
-                    metric_sums[key] = metric_sums.get(key, 0.0) + value * len(y)
+        with tracking_metrics(model, track):
+            for start in range(0, len(idx_all), batch_size):
+                x, y = batches.get(idx_all[start:start + batch_size])
+                with autocast_for(x.device, precision):
+                    logits = model(x)
+                logits = logits.float()
+                scores.append(torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                           (logits.argmax(dim=-1) == y).sum().to(logits.dtype)]))
+                n += len(y)
+                if track:
+                    router.add(len(y))
     finally:
         model.train(was_training)
-        for layer, on in zip(layers, tracked, strict=True):
-            layer.track_metrics = on
         if batches is not dataset:
             batches.close()
+    loss_sum, correct = 0.0, 0
+    for batch_loss, batch_correct in torch.stack(scores).tolist() if scores else []:
+        loss_sum += batch_loss
+        correct += round(batch_correct)
     out = {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1)}
-    out.update({f"router_{k}": v / n for k, v in sorted(metric_sums.items())})
+    out.update({f"router_{k}": v for k, v in sorted(router.result().items())})
     return out
 
 
@@ -177,16 +178,15 @@ def features(model: nn.Module, batches: Loader, indices: torch.Tensor, *, batch_
     """Pre-logit features (float64) and labels of ``indices``, model in eval mode."""
     was_training = model.training
     model.eval()
-    if hasattr(model, "set_track_metrics"):
-        model.set_track_metrics(False)
     xs, ys = [], []
     batches.plan(indices.split(batch_size))
     try:
-        for start in range(0, len(indices), batch_size):
-            x, y = batches.get(indices[start:start + batch_size])
-            with autocast_for(x.device, precision):
-                xs.append(model.pre_logits(x).float().cpu())
-            ys.append(y.cpu())
+        with tracking_metrics(model, False):
+            for start in range(0, len(indices), batch_size):
+                x, y = batches.get(indices[start:start + batch_size])
+                with autocast_for(x.device, precision):
+                    xs.append(model.pre_logits(x).float().cpu())
+                ys.append(y.cpu())
     finally:
         model.train(was_training)
     return torch.cat(xs).double().numpy(), torch.cat(ys).numpy()
@@ -348,13 +348,12 @@ def train_steps(
     then trains on its slice of every global batch, and history evaluations run on rank 0.
     ``log(step, scalars)`` (rank 0's trackers, ``harness.tracking``) gets the loss, learning
     rate and speed at every progress point, and the history evaluations with router metrics.
+    MoE metric tracking is the caller's (``fit`` switches it off around the steps).
     """
     device = next(model.parameters()).device
     core = distributed.unwrap(model)  # aux_loss, metrics: a DDP wrapper does not forward them
     main = distributed.is_main()
     model.train()
-    if hasattr(core, "set_track_metrics"):
-        core.set_track_metrics(False)
     aux_fn = getattr(core, "aux_loss", None)
     history_idx = _spread(len(test), HISTORY_EVAL_IMAGES)
     progress_every = max(1, min(10, cfg.steps // 20))
@@ -506,11 +505,12 @@ def fit(
                              distributed.shard), first_step=state["step"])
     try:
         # DDP (several ranks) after the resume: its construction broadcasts rank 0's weights
-        train_steps(distributed.wrap(model), cfg, train, test, optimizer=optimizer,
-                    scheduler=scheduler,
-                    generator=generator, state=state,
-                    checkpoint=checkpoint if cfg.checkpoint_every else None,
-                    on_progress=on_progress, log=log if main else None)
+        with tracking_metrics(model, False):  # training steps skip the diagnostics
+            train_steps(distributed.wrap(model), cfg, train, test, optimizer=optimizer,
+                        scheduler=scheduler,
+                        generator=generator, state=state,
+                        checkpoint=checkpoint if cfg.checkpoint_every else None,
+                        on_progress=on_progress, log=log if main else None)
         if not main:
             return None
         result = {

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from harness import routers
@@ -15,21 +14,17 @@ from harness.cost import closed_form_params, parameter_counts
 from harness.errors import ConfigError
 from harness.flops import analytic_flops, fvcore_flops, torch_flops
 from harness.models import DERIVED_FIELDS, build, derived_fields, parse_model_spec
-from harness.moe import BatchedExperts, make_mlp
+from harness.moe import BatchedExperts, MoELayer, make_mlp
 
 
 # --- a throwaway router: top-1 hash routing (token t goes to expert t mod E) ------------------
-class HashMoE(nn.Module):
+class HashMoE(MoELayer):
     """Each expert takes the tokens t with t mod E = e, in order: a fixed routing without
     parameters, no dropped tokens (tokens per image divisible by E)."""
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, gelu: str = "erf"):
-        super().__init__()
-        self.num_experts = num_experts
+        super().__init__(num_experts)
         self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=gelu)
-        self.aux_loss = torch.zeros(())
-        self.metrics: dict[str, float] = {}
-        self.track_metrics = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, m, d = x.shape

@@ -13,6 +13,7 @@ from torch import nn
 
 from harness.attention import attend, check_backend, resolve_backend
 from harness.moe import Mlp
+from harness.moe.base import MetricMeans, MoELayer
 
 
 class Attention(nn.Module):
@@ -128,24 +129,17 @@ class VisionTransformer(nn.Module):
         return self.pool(self.forward_features(images))
 
     # MoE bookkeeping -------------------------------------------------------------------
-    def moe_layers(self) -> list[nn.Module]:
+    def moe_layers(self) -> list[MoELayer]:
         return [self.blocks[i].mlp for i in self.moe_blocks]
 
     def aux_loss(self) -> torch.Tensor:
+        """The MoE layers' auxiliary losses of the last forward, summed."""
         losses = [layer.aux_loss for layer in self.moe_layers()]
         return torch.stack(losses).sum() if losses else self.head.weight.new_zeros(())
 
     def moe_metrics(self) -> dict[str, float]:
-        """Each metric averaged over the MoE layers of the last forward."""
-        sums: dict[str, list[float]] = {}
-        for layer in self.moe_layers():
-            for key, value in layer.metrics.items():
-                sums.setdefault(key, []).append(value)
-        return {key: sum(values) / len(values) for key, values in sums.items()}
-
-    def set_track_metrics(self, on: bool) -> None:
-        for layer in self.moe_layers():
-            layer.track_metrics = on
+        """Each metric averaged over the MoE layers of the last forward (one transfer)."""
+        return MetricMeans(self).add().result()
 
     @property
     def attention_backend(self) -> str | None:

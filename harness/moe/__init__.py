@@ -1,6 +1,6 @@
-"""MoE layers. Every MLP kind maps (batch, tokens, dim) -> (batch, tokens, dim) and exposes
-``aux_loss`` (a scalar tensor, zero where the router has none) and ``metrics`` (floats from the
-last forward).
+"""MoE layers. Every MLP kind maps (batch, tokens, dim) -> (batch, tokens, dim); the MoE kinds
+keep one contract, :class:`harness.moe.base.MoELayer` (experts, number of experts, aux loss,
+metrics, router parameters), and :func:`tracking_metrics` switches their metrics on or off.
 
 Axis letters used in this package: G groups (one image by default), S tokens per group,
 E experts, K choices per token, C capacity (buffer rows per expert and group), D model dim,
@@ -17,6 +17,7 @@ from harness.moe.rules import GELUS, check_capacity_rule, compute_capacity
 if TYPE_CHECKING:
     from torch import nn
 
+    from harness.moe.base import MetricMeans, MoELayer, moe_layers, tracking_metrics
     from harness.moe.dense import Mlp
     from harness.moe.experts import BatchedExperts
     from harness.moe.experts_choice import ExpertsChoice
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 # (``inspect``, ``run --dry-run``) never wait for torch. ``harness.moe.SoftMoE`` etc. import
 # their module on first use.
 _LAYERS = {"Mlp": "dense", "BatchedExperts": "experts", "ExpertsChoice": "experts_choice",
-           "SoftMoE": "soft", "TokensChoice": "tokens_choice"}
+           "SoftMoE": "soft", "TokensChoice": "tokens_choice", "MoELayer": "base",
+           "MetricMeans": "base", "moe_layers": "base", "tracking_metrics": "base"}
 
 
 def __getattr__(name: str):
@@ -64,10 +66,14 @@ __all__ = [
     "GELUS",
     "BatchedExperts",
     "ExpertsChoice",
+    "MetricMeans",
     "Mlp",
+    "MoELayer",
     "SoftMoE",
     "TokensChoice",
     "check_capacity_rule",
     "compute_capacity",
     "make_mlp",
+    "moe_layers",
+    "tracking_metrics",
 ]

@@ -1,4 +1,5 @@
-"""The dense MLP block, with the same interface as the MoE layers."""
+"""The dense MLP block: what a block without MoE runs (the MoE layers' contract is
+``harness.moe.base.MoELayer``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from harness.moe.experts import GELUS, check_gelu
 
 
 class Mlp(nn.Module):
-    """dim -> hidden -> dim with GELU (``gelu``: "erf" exact, or "tanh" approximation);
-    ``aux_loss`` is always zero, ``metrics`` empty."""
+    """dim -> hidden -> dim with GELU (``gelu``: "erf" exact, or "tanh" approximation)."""
 
     def __init__(self, dim: int, hidden_dim: int, gelu: str = "erf"):
         super().__init__()
@@ -21,8 +21,6 @@ class Mlp(nn.Module):
         for layer in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.register_buffer("aux_loss", torch.zeros(()), persistent=False)
-        self.metrics: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate=GELUS[self.gelu]))

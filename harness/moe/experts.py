@@ -1,23 +1,21 @@
 """All experts of one MoE layer as one module, run as batched matmuls.
 
-Speed notes (CPU; measured by ``moe-harness bench layers``): the forward and backward are
-one custom autograd function with a hand-written backward, so that every large buffer is
-allocated once, by us, and reused in place where the math allows (GELU in place when no
-gradient is needed; GELU's backward written into the buffer of its incoming gradient).
-Large fresh CPU buffers are advised as transparent huge pages (:func:`new_buffer`): with
-expert weights of hundreds of MB, the weight gradients are fresh memory at every step and
-4 KiB page faults otherwise cost more than the matmuls that fill them.
+On the CPU the forward and backward are one custom autograd function with a hand-written
+backward, so that every large buffer is allocated once, by us, and reused in place where
+the math allows (GELU in place when no gradient is needed; GELU's backward written into the
+buffer of its incoming gradient). Large fresh CPU buffers are advised as transparent huge
+pages (:func:`new_buffer`): the weight gradients are fresh memory at every step, and 4 KiB
+page faults on hundreds of MB would cost more than the matmuls that fill them.
 
 Without gradients (evaluation, inference) on a float32 CPU, each expert runs as two calls
-of oneDNN's matmul with the bias and GELU fused into it (:func:`_experts_onednn`):
-one pass over the hidden activations instead of three, and oneDNN's AVX-512 kernels,
-which on the 2-core AMD EPYC of our CI were ~10% faster than MKL's batched path here.
-The weights go in as oneDNN prepacks them (its blocked layout), another ~15%: the packed
-copy is made at the first such call and kept (:func:`_packed_weights`) until the weights
-change (their version counters, which every in-place update bumps, e.g. an optimizer
-step or ``load_state_dict``) or a forward with gradients runs. While kept it doubles the
-expert weights' memory; training never holds it. (Writes through ``.data`` bypass version
-counters, as they bypass autograd: after such a write, call ``drop_packed(module)``.)
+of oneDNN's matmul with the bias and GELU fused into it (:func:`_experts_onednn`): one pass
+over the hidden activations instead of three. The weights go in as oneDNN prepacks them
+(its blocked layout): the packed copy is made at the first such call and kept
+(:func:`_packed_weights`) until the weights change (their version counters, which every
+in-place update bumps, e.g. an optimizer step or ``load_state_dict``) or a forward with
+gradients runs. While kept it doubles the expert weights' memory; training never holds it.
+(Writes through ``.data`` bypass version counters, as they bypass autograd: after such a
+write, call ``drop_packed(module)``.) What each of these choices measured: docs/moe-layers.md.
 """
 
 from __future__ import annotations
@@ -111,8 +109,8 @@ def onednn_ok(t: torch.Tensor) -> bool:
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.t()`` for 2-D ``a`` (rows, k) and ``b`` (cols, k): oneDNN where it serves
-    (~1.3x MKL for Soft MoE's logits on our CI CPU), else MKL's "NT" kernel."""
+    """``a @ b.t()`` for 2-D ``a`` (rows, k) and ``b`` (cols, k): oneDNN where it serves,
+    else MKL's "NT" kernel."""
     if onednn_ok(a) and not needs_grad(a, b):
         return onednn_linear()(a, b, None, "none", [], "")
     return torch.mm(a, b.t())

@@ -52,17 +52,17 @@ class ExpertsChoice(SparseRouted):
 
         self.aux_loss = x.new_zeros(())
         if self.track_metrics:
-            self._record_metrics(token, g * s)
+            self.metric_tensors = self._metrics(token, g * s)
         return y.reshape(x.shape)
 
     @torch.no_grad()
-    def _record_metrics(self, token: torch.Tensor, num_tokens: int) -> None:
+    def _metrics(self, token: torch.Tensor, num_tokens: int) -> dict[str, torch.Tensor]:
         taken = torch.bincount(token, minlength=num_tokens)
-        coverage = (taken > 0).float().mean().item()
-        self.metrics = {
+        coverage = (taken > 0).float().mean()
+        return {
             "dropped_fraction": 1.0 - coverage,
             "token_coverage": coverage,
-            "experts_per_token": taken.float().mean().item(),
+            "experts_per_token": taken.float().mean(),
         }
 
     def extra_repr(self) -> str:

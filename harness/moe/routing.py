@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.moe.base import MoELayer
 from harness.moe.experts import BatchedExperts, check_gelu
 from harness.moe.rules import (  # noqa: F401 - re-exported here
     CAPACITY_RULE,
@@ -49,21 +50,23 @@ def check_positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-class SparseRouted(nn.Module):
+class SparseRouted(MoELayer):
     """What Tokens Choice and Experts Choice share: a linear router (dim -> E, no bias,
     normal init with std dim^-1/2), the experts, the capacity factor and rule, the routing
-    group size, the router noise, and the aux loss / metrics every MoE layer exposes.
+    group size and the router noise.
 
     ``noise_std``: std of the Gaussian noise added to the router logits in training only
     (None: 1/E, vmoe's default for both sparse routers; 0: none).
     """
 
+    router_parameter_names = ("router.weight",)
+
     def __init__(self, dim: int, num_experts: int, hidden_dim: int, capacity_factor: float,
                  group_size: int | None, noise_std: float | None = None,
                  capacity_rounding: str = "ceil", gelu: str = "erf"):
-        super().__init__()
         check_positive("num_experts", num_experts)
-        self.num_experts, self.capacity_factor = num_experts, capacity_factor
+        super().__init__(num_experts)
+        self.capacity_factor = capacity_factor
         self.group_size = group_size
         self.capacity_rounding = check_capacity_rule(capacity_rounding)
         self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
@@ -72,9 +75,6 @@ class SparseRouted(nn.Module):
         self.router = nn.Linear(dim, num_experts, bias=False)
         nn.init.normal_(self.router.weight, std=dim**-0.5)
         self.experts = BatchedExperts(num_experts, dim, hidden_dim, gelu=check_gelu(gelu))
-        self.aux_loss = torch.zeros(())
-        self.metrics: dict[str, float] = {}
-        self.track_metrics = True
 
     def capacity(self, group_tokens: int, k: int = 1) -> int:
         """Buffer rows per expert for a group of ``group_tokens`` tokens, K choices each."""

@@ -96,7 +96,7 @@ class TokensChoice(SparseRouted):
 
         self.aux_loss = self._aux_loss(logits, noisy, gates)
         if self.track_metrics:
-            self._record_metrics(gates, kept, top_expert)
+            self.metric_tensors = self._metrics(gates, kept, top_expert)
         return y.reshape(x.shape)
 
     def _aux_loss(self, logits, noisy, gates) -> torch.Tensor:
@@ -113,14 +113,14 @@ class TokensChoice(SparseRouted):
         return (importance + load) / 2
 
     @torch.no_grad()
-    def _record_metrics(self, gates, kept, top_expert) -> None:
+    def _metrics(self, gates, kept, top_expert) -> dict[str, torch.Tensor]:
         counts = torch.zeros(self.num_experts, device=gates.device)
         chosen = top_expert[kept]
         counts.index_add_(0, chosen, torch.ones_like(chosen, dtype=counts.dtype))
-        self.metrics = {
-            "dropped_fraction": 1.0 - kept.float().mean().item(),
-            "expert_load_cv": (counts.std(unbiased=False) / counts.mean().clamp_min(1e-9)).item(),
-            "gate_top1": gates.max(dim=-1).values.float().mean().item(),
+        return {
+            "dropped_fraction": 1.0 - kept.float().mean(),
+            "expert_load_cv": counts.std(unbiased=False) / counts.mean().clamp_min(1e-9),
+            "gate_top1": gates.max(dim=-1).values.float().mean(),
         }
 
     def extra_repr(self) -> str:
