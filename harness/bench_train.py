@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from harness.distributed import pick_device
 from harness.flops import CONVENTION
 
 #: Large-matmul shape (m, k, n) per device type and precision: big enough to reach the
@@ -45,19 +46,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
         raise HarnessError(f"--precision: {precision!r}; allowed: auto, bf16, fp32")
     return precision
-
-
-def resolve_device(name: str) -> torch.device:
-    from harness.errors import HarnessError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"--device: {name!r} but torch sees no CUDA device (torch "
-                           f"{torch.__version__}); use 'cpu' or 'auto'")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise HarnessError(f"--device: {name!r}; allowed: auto, cpu, cuda, cuda:N")
-    return torch.device(name)
 
 
 def matmul_tflops(device: torch.device, precision: str, repeats: int = 5,
@@ -81,7 +69,7 @@ def bench_train(specs: Sequence[str], *, batch_size: int = 32, precision: str = 
     from harness import peaks
     from harness.timing import device_name, torch_threads
 
-    dev = resolve_device(device)
+    dev = pick_device(device, "--device")
     precision = resolve_precision(precision, dev)
     say = progress or (lambda _msg: None)
     started = time.time()

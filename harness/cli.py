@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from harness.errors import HarnessError
+from harness.views.console import wide_console
 
 app = typer.Typer(
     add_completion=False,
@@ -119,7 +120,7 @@ def doctor(
 
 # --- micro-benchmarks ----------------------------------------------------------------------
 bench_app = typer.Typer(no_args_is_help=True,
-                        help="Benchmarks (layers, train, data, report, tracking).")
+                        help="Benchmarks (layers, train, data, report, tracking, all-to-all).")
 app.add_typer(bench_app, name="bench")
 
 
@@ -168,9 +169,9 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 
 def _bench_device(name: str) -> str:
-    from harness.bench_train import resolve_device
+    from harness.distributed import pick_device
 
-    return str(resolve_device(name))
+    return str(pick_device(name, "--device"))
 
 
 @bench_app.command("train")
@@ -256,6 +257,34 @@ def bench_data(
     save_json(out, result)
 
 
+@bench_app.command("all-to-all")
+def bench_all_to_all(
+    ranks: Annotated[int, typer.Option(help="Processes (ranks) on this machine")] = 2,
+    dim: Annotated[int, typer.Option(help="Model width")] = 384,
+    tokens: Annotated[int, typer.Option(help="Tokens per image")] = 196,
+    batch: Annotated[int, typer.Option(help="Images per rank")] = 8,
+    experts: Annotated[int, typer.Option(help="Experts (divisible by --ranks)")] = 32,
+    slots: Annotated[int, typer.Option(help="Slots per expert")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed repeats")] = 10,
+    threads: Annotated[int, typer.Option(help="torch CPU threads per rank")] = 1,
+    device: Annotated[str, typer.Option(help="cpu (gloo) or cuda (NCCL, one GPU a rank)")] =
+        "cpu",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON")] = None,
+) -> None:
+    """The all-to-all overhead of a Soft MoE layer with its experts sharded over --ranks
+    processes: its share of the layer's forward+backward time."""
+
+    from harness.parallel.bench import bench_all_to_all as run_bench
+    from harness.parallel.bench import print_all_to_all
+
+    output_file(out, "--out")
+    result = run_bench(ranks=ranks, dim=dim, tokens=tokens, batch=batch, experts=experts,
+                       slots=slots, repeats=repeats, threads=threads,
+                       device=_choice(device, ("cpu", "cuda"), "--device"))
+    print_all_to_all(result)
+    save_json(out, result)
+
+
 @bench_app.command("tracking")
 def bench_tracking(
     steps: Annotated[int, typer.Option(help="Training steps per run")] = 150,
@@ -333,13 +362,6 @@ ResultsOpt = Annotated[Path | None, typer.Option(
     help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
 
 
-def wide_console():
-    """A rich console; when piped (logs, CI), wide enough that tables keep whole values."""
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 200)
-
-
 def _load(study: Path, set_: list[str] | None, profile: str | None):
     """The study, validated whole: its ``tune`` section too, whatever the command."""
     from harness.study import load
@@ -350,6 +372,12 @@ def _load(study: Path, set_: list[str] | None, profile: str | None):
 
         parse(spec)
     return spec
+
+
+def keep_study(spec, store) -> None:
+    """A copy of the study file in the store, for the report (which reads no study file)."""
+    if spec.source:
+        store.keep_study(Path(spec.source).read_text())
 
 
 def save_json(path: Path | None, payload) -> None:
@@ -399,8 +427,14 @@ def run(
     retry_failed: Annotated[bool, typer.Option(help="Redo only the failed runs")] = False,
     wait: Annotated[bool, typer.Option(help="SLURM: follow the jobs until they end")] = False,
     quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Submit runs whose memory estimate exceeds the GPU's memory")] = False,
 ) -> None:
     """Run a study's pending runs (skips finished ones); --dry-run shows the plan.
+
+    GPU runs whose estimated peak memory per GPU exceeds estimate.gpu_memory_gb are
+    refused before anything is submitted, one line each with what would fit (exit 2);
+    --force submits them anyway. train.layout auto takes the cheapest layout that fits.
 
     --executor slurm: one job array; returns at once, printing the job ids and
     the log folder (--wait follows the jobs). The study's executor.slurm section
@@ -417,14 +451,19 @@ def run(
     store = (Store(results_root(results), spec.name) if dry_run
              else writable_store(results, spec.name))
     the_plan = plan(spec, store, rerun=rerun, retry_failed=retry_failed)
+    from harness.memory import study_plans
+
+    memory = study_plans(spec, the_plan.specs)
     if dry_run:
-        from runners.views import plan_table
+        from harness.estimate import data_path_notes, data_supply_notes
+        from harness.views.memory import memory_table
+        from harness.views.runs import plan_table
 
         console.print(plan_table(spec, the_plan))
-        from harness.estimate import data_supply_notes
-
-        for line in data_supply_notes(spec, the_plan.specs):
-            console.print(line, style="bold red" if line.startswith("DATA-BOUND") else None)
+        console.print(memory_table(spec, the_plan.specs, memory))
+        for line in data_supply_notes(spec, the_plan.specs) + data_path_notes(spec):
+            console.print(line, style="bold red" if line.startswith("DATA-BOUND") else
+                          "yellow" if line.startswith("WARNING") else None)
         return
     if not the_plan.todo:
         what = "failed runs to retry" if retry_failed else "pending runs"
@@ -433,9 +472,11 @@ def run(
         if the_plan.failed and not retry_failed:
             console.print(f"{the_plan.failed} failed: --retry-failed runs them again.")
         return
+    todo = fitting(spec, the_plan.todo, memory, force, console)
+    keep_study(spec, store)
     console.print(f"{spec.name}: {len(the_plan.todo)} to run, {the_plan.done} done of "
                   f"{len(the_plan.specs)}")
-    summary = dispatch(spec, the_plan.todo, results_root=store.root, executor=executor,
+    summary = dispatch(spec, todo, results_root=store.root, executor=executor,
                        max_parallel=max_parallel, show_progress=not quiet, wait=wait)
     if summary.waited:
         console.print(f"{summary.submitted} runs: {summary.ok} ok, {summary.failed} failed, "
@@ -444,18 +485,44 @@ def run(
         raise typer.Exit(1)
 
 
+def fitting(study, specs, memory, force: bool, console) -> list:
+    """``specs`` with ``train.layout: auto`` resolved (the choice printed), after refusing,
+    unless ``force``, every GPU run whose memory estimate exceeds the GPU's: one line per
+    run on stderr, then one error (exit 2) before anything is submitted."""
+    from collections import Counter
+
+    from harness.memory import unfit, with_layout
+
+    lines = unfit(study, specs, memory)
+    if lines and not force:
+        for line in lines:
+            print(line, file=sys.stderr)
+        raise HarnessError(
+            f"{study.source or study.name}: {len(lines)} of {len(specs)} runs need more than "
+            f"estimate.gpu_memory_gb = {study.estimate.gpu_memory_gb:g} GB per GPU (above, "
+            "with what would fit); nothing was submitted; --force submits them anyway")
+    if lines:
+        console.print(f"[yellow]--force: {len(lines)} runs may run out of GPU memory")
+    chosen = Counter(memory[s.run_id].layout for s in specs
+                     if s.train.layout == "auto" and memory[s.run_id].ranks > 1)
+    if chosen:
+        console.print("train.layout auto (the cheapest layout that fits): " + ", ".join(
+            f"{layout} for {n} runs" for layout, n in chosen.most_common()))
+    return [with_layout(s, memory[s.run_id]) for s in specs]
+
+
 @app.command()
 def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            results: ResultsOpt = None) -> None:
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
 
     from harness.store import Store, results_root
-    from runners.slurm import jobs_file, live_view
-    from runners.views import status_table
+    from harness.views.runs import status_table
+    from runners.slurm import live_view
 
     spec = _load(study, set_, profile)
     store = Store(results_root(results), spec.name)
-    live = live_view(store) if jobs_file(store).exists() else {}
+    live = live_view(store) if store.slurm_jobs_file.exists() else {}
     wide_console().print(status_table(spec, store, live))
 
 
@@ -486,6 +553,10 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     output_file(json_out, "--json")
     store = (Store(results_root(results), spec.name) if output_file(out, "--out")
              else writable_store(results, spec.name))
+    if spec.tune is not None:  # the report reads the tuning's summary from the store
+        from runners.tune import refresh_summary
+
+        refresh_summary(spec, store.root)
     path = build_report(spec, store, out)
     print(f"report: {path}")
     if json_out is not None:
@@ -596,10 +667,12 @@ def tune(
     for prefix in ("sqlite:///", "journal:"):  # a file storage goes into an existing folder
         if storage and storage.startswith(prefix):
             output_file(Path(storage.removeprefix(prefix)), "--storage")
-    root = results_root(results) if show else writable_store(results, spec.name).root
     if show:
-        show_tuning(spec, root, storage)
+        show_tuning(spec, results_root(results), storage, wide_console())
         return
+    store = writable_store(results, spec.name)
+    keep_study(spec, store)
+    root = store.root
     summary = run_tuning(spec, results_root=root, trials=trials, workers=workers,
                          executor=executor, storage=storage, wait=wait, show_progress=not quiet)
     if summary["worker_errors"] or summary["after"]["finished"] < summary["trials"] and (

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 
@@ -129,13 +130,21 @@ class SlurmConfig(Section):
     gpus_per_run: int = Field(0, ge=0)  # N > 0: N tasks (one per GPU), one run across them
     nodes: PositiveInt = 1  # a run's GPUs spread evenly over this many nodes
     cpus_per_run: PositiveInt = 1  # per run: split over its tasks when gpus_per_run > 1
-    mem_gb: PositiveFloat | None = None  # per run (sbatch --mem; a run is on one node)
+    mem_gb: PositiveFloat | None = None  # per node of a run (sbatch --mem)
     constraint: str | None = None
     array_parallelism: PositiveInt = 64
     # passed to submitit as slurm_additional_parameters
     extra_sbatch: dict[str, Any] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list)  # shell lines run before each job
     signal_delay_s: PositiveInt = 120  # USR2 this long before the time limit: checkpoint, requeue
+
+    @model_validator(mode="after")
+    def _even_nodes(self) -> SlurmConfig:
+        if self.nodes > 1 and (self.gpus_per_run == 0 or self.gpus_per_run % self.nodes):
+            raise ValueError(f"nodes: {self.nodes} nodes need gpus_per_run divisible by them "
+                             f"(one task per GPU, as many on each node); got gpus_per_run "
+                             f"{self.gpus_per_run}")
+        return self
 
 
 class ExecutorConfig(Section):

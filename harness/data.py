@@ -27,52 +27,10 @@ the whole table. The tables are fixed by ``cfg.seed``; train and test images are
 draws from them (different random streams), so test accuracy measures the learned table, not
 memorised images.
 
-Chosen defaults (50 classes, 6 contexts, 2 prototypes per class = 600 pairs, 4 signal tiles,
-64 distractors, noise 0.5, tint 1.0, 60,000 train / 4,000 test images), and how they were
-chosen. Model ``vit-w64d4h4m256/4@16`` (16 tokens), MoE with 16 experts in the last 2 blocks
-(Soft MoE 1 slot each; Tokens Choice k=1, capacity factor 1; Experts Choice capacity factor 1),
-400 AdamW steps at batch 128, lr 3e-3, 50 warm-up steps + cosine, weight decay 1e-4, aux loss
-weight 0.01, 1 torch thread per run, two runs at a time on 2 CPU cores shared with other
-work. First a sweep of the number of (context, prototype) pairs, model seed 0, with an earlier
-draft of this generator (same design, other random tables), test accuracy in %:
-
-=================== ===== ==== ============= ==============
-pairs (contexts×P)  dense soft tokens_choice experts_choice
-=================== ===== ==== ============= ==============
-4 × 100 = 400        95.8 97.2     99.7           99.1
-6 × 100 = 600        31.7 40.8     52.1           47.7
-4 × 200 = 800        19.9 22.9     48.7           19.5
-8 × 100 = 800        15.5 18.2     35.1           23.4
-8 × 200 = 1600        2.1  3.4     11.3            5.9
-=================== ===== ==== ============= ==============
-
-(chance 2%; the 6 × 100 row with model seed 1: 33.4, 34.5, 66.7, 44.3). There is a sharp
-learnability threshold in the number of pairs: below it every model saturates, far above it
-none learns in the budget. 600 pairs was chosen by one criterion, that dense is neither
-saturated nor at chance there, so that differences can show; Tokens Choice led at every
-setting and Soft MoE was above dense at every setting (by 1-9 points). Then this generator's
-defaults with ``harness.train.fit`` (data seed 0), test accuracy / 10-shot probe accuracy
-in %, for model seeds 0 and 1:
-
-============== ============= ============= ===================================
-router          seed 0        seed 1        router metrics (seed 0)
-============== ============= ============= ===================================
-dense           24.5 / 25.1   25.5 / 25.0
-soft            27.8 / 28.1   29.8 / 28.4   slot entropy 0.998 (nearly uniform)
-tokens_choice   78.9 / 67.8   74.2 / 58.9   dropped 46%, expert load cv 0.17
-experts_choice  39.3 / 35.4   40.1 / 34.4   token coverage 59%
-============== ============= ============= ===================================
-
-Wall time per run: 33-72 s of training (400 steps), 1-2 s of eval, 1-4 s to generate the
-data, on the loaded machine (the slower runs shared it with a test session); alone, with 2
-threads, a step takes about 35 ms, i.e. ~15 s for 400 steps.
-
-What this does and does not show: at the default the routers separate, with the same order
-for both seeds: Tokens Choice ≫ Experts Choice > Soft MoE ≳ dense. The task is a per-token
-lookup, which favours routing single tokens to experts; Soft MoE's slots mix all 16 tokens of
-an image (12 of them distractors), and its dispatch weights stay nearly uniform in this
-budget. So this is a task on which capacity helps a token-level router at laptop scale, not a
-reproduction of the paper's result (Soft MoE ahead of both sparse routers at ImageNet scale).
+The defaults (50 classes, 6 contexts, 2 prototypes per class = 600 pairs, 4 signal tiles,
+64 distractors, noise 0.5, tint 1.0, 60,000 train / 4,000 test images) put dense training
+between saturation and chance in a laptop budget, so that the routers can differ; how they
+were chosen, and what they do and do not show: ``docs/synthetic-data.md``.
 """
 
 from __future__ import annotations
@@ -160,10 +118,6 @@ class Datasets:
     test: Dataset
     num_classes: int
     in_chans: int = 3
-
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.train, InMemoryImages) and isinstance(self.test, InMemoryImages)
 
 
 def load_data(cfg: DataConfig) -> Datasets:

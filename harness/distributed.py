@@ -122,6 +122,20 @@ def session(device_type: str) -> Iterator[Context]:
             teardown(ctx)
 
 
+def pick_device(name: str, where: str = "train.device") -> torch.device:
+    """The device ``name`` asks for: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``; anything else, or CUDA where there is none, is an error naming
+    ``where`` (the field or option that gave ``name``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(f"{where}: {name!r} but torch sees no CUDA device (torch "
+                           f"{torch.__version__}); use 'cpu' or 'auto'")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise HarnessError(f"{where}: {name!r}; allowed: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
 def device_for(device: torch.device, ctx: Context | None = None) -> torch.device:
     """The rank's device: ``cuda:LOCAL_RANK`` for a multi-process CUDA run, else ``device``."""
     ctx = ctx or current()
@@ -178,5 +192,12 @@ def mean(values: torch.Tensor) -> torch.Tensor:
     return values / ctx.world_size
 
 
-__all__ = ["Context", "check_batch", "current", "device_for", "env_context", "is_main", "mean",
-           "session", "setup", "shard", "teardown", "unwrap", "wrap"]
+def barrier() -> None:
+    """Wait for every rank (nothing when alone)."""
+    if current().enabled:
+        dist.barrier()
+
+
+__all__ = ["Context", "barrier", "check_batch", "current", "device_for", "env_context",
+           "is_main", "mean", "pick_device", "session", "setup", "shard", "teardown", "unwrap",
+           "wrap"]

@@ -198,3 +198,25 @@ def data_supply_notes(study: Study, specs: Sequence[RunSpec] | None = None) -> l
 CONVENTIONS = ("GFLOP/img: forward, 1 multiply-add = 2 FLOPs. train EF ours = 3 x forward "
                "FLOPs x steps x batch; train EF paper = 3 x forward multiply-adds x steps x "
                "batch = ours / 2, the convention of the paper's 'training exaFLOP' column.")
+
+
+#: Datasets read from ``data.path`` (synthetic and digits need none).
+PATH_DATASETS = ("imagefolder", "cifar10", "mnist", "prepared")
+
+
+def data_path_notes(study) -> list[str]:
+    """A warning when the study's data would fail every run at start: ``data.path`` unset or
+    missing on this machine (the cluster profiles ship a placeholder)."""
+    data = study.data
+    if data.name not in PATH_DATASETS:
+        return []
+    from pathlib import Path
+
+    if data.path is None:
+        return [f"WARNING: data.path is unset; every {data.name} run would fail at start "
+                "(give it with --set data.path=...)."]
+    if not Path(data.path).expanduser().exists():
+        return [f"WARNING: data.path {data.path} does not exist on this machine; every run "
+                "would fail at start unless it exists where the jobs run (give the real "
+                "folder with --set data.path=...)."]
+    return []

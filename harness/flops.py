@@ -70,9 +70,6 @@ class FlopCount:
     def gflops(self) -> float:
         return self.total / 1e9
 
-    def gflops_by_kind(self) -> dict[str, float]:
-        return {kind: value / 1e9 for kind, value in self.by_kind.items()}
-
 
 # --- ops that do no multiply-adds by our convention (each must be listed) -----------------
 ZERO_COST_OPS: dict[str, tuple[str, ...]] = {

@@ -42,19 +42,6 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def pick_device(name: str):
-    import torch
-
-    from harness.errors import HarnessError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("train.device: 'cuda' was asked for but no CUDA device is visible; "
-                           "use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def environment(device) -> dict[str, Any]:
     import torch
 
@@ -85,6 +72,14 @@ def job_log_path() -> str | None:
         return str(submitit.JobEnvironment().paths.stderr)
     except Exception:  # noqa: BLE001 - not inside a submitit job
         return None
+
+
+def failed_record(spec: RunSpec, error: str | None, **fields: Any) -> dict[str, Any]:
+    """The record of a run that failed (or has not finished yet): the spec's columns, status
+    ``failed``, ``error``, and ``fields`` (e.g. ``started_at``, ``log_path``, ``slurm_job_id``).
+    ``finished_at`` is now unless given."""
+    return {**spec.flat(), "spec_json": spec.canonical_json(), "started_at": None,
+            "finished_at": now(), **fields, "status": "failed", "error": error}
 
 
 def progress_writer(path: Path, spec: RunSpec, every_s: float = 1.0):
@@ -146,16 +141,14 @@ def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
 
 
 def _execute(spec: RunSpec, store: Store, on_progress, tags) -> dict[str, Any] | None:
-    record: dict[str, Any] = {**spec.flat(), **(tags or {}), "status": "failed", "error": None,
-                              "started_at": now(), "spec_json": spec.canonical_json(),
-                              "slurm_job_id": slurm_job_id()}  # also when failing early
-    workdir = store.workdir(spec.run_id)
+    # what is recorded if the run fails early; its results replace status and error
+    record = failed_record(spec, None, **(tags or {}), started_at=now(),
+                           slurm_job_id=slurm_job_id())
     partial: dict[str, Any] = {}
     main = distributed.env_context().is_main
     try:
-        with distributed.session(pick_device(spec.train.device).type) as ctx:
-            record.update(_run(spec, workdir, partial, on_progress if main else None, ctx,
-                               store.root))
+        with distributed.session(distributed.pick_device(spec.train.device).type) as ctx:
+            record.update(_run(spec, store, partial, on_progress if main else None, ctx))
     except Pruned as stop:
         record.update(partial)
         record.update(status="pruned", pruned_step=stop.step, prune_reason=str(stop))
@@ -186,9 +179,22 @@ def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
     return out
 
 
-def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
-         on_progress=None, ctx: distributed.Context | None = None,
-         results_root: Path | None = None) -> dict[str, Any]:
+def memory_estimate(spec: RunSpec, device, ctx: distributed.Context) -> dict[str, Any]:
+    """The record's layout and estimated peak memory per rank (``harness.memory``), against
+    this GPU's memory (none on a CPU)."""
+    import torch
+
+    from harness.memory import plan_for, record_fields
+
+    limit = (torch.cuda.get_device_properties(device).total_memory / 1e9
+             if device.type == "cuda" else None)
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) if slurm_job_id() else 1
+    return record_fields(plan_for(spec, gpu=device.type == "cuda", ranks=ctx.world_size,
+                                  nodes=nodes, limit_gb=limit))
+
+
+def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
+         ctx: distributed.Context) -> dict[str, Any]:
     import torch
 
     from harness import cost
@@ -196,25 +202,28 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     from harness.flops import train_exaflops
     from harness.models import build
     from harness.tracking import open_log
-    from harness.train import fit
+    from harness.train import fit, seed_everything
 
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
-    ctx = ctx or distributed.current()
-    device = distributed.device_for(pick_device(spec.train.device), ctx)
-    out = {} if out is None else out  # filled as we go: a pruned run keeps what it measured
+    device = distributed.device_for(distributed.pick_device(spec.train.device), ctx)
+    # out is filled as we go: a pruned run keeps what it measured
     out.update(environment(device))
     data = load_data(spec.data)
     cfg = spec.model_config_(data.num_classes)
-    torch.manual_seed(spec.seed)
+    seed_everything(spec.seed)  # the initial weights; fit reseeds before training
     model = build(cfg).to(device)
     out.update(cost.parameter_counts(model, cfg))
+    out.update(memory_estimate(spec, device, ctx))
+    if spec.train.layout == "auto":  # train in the layout the memory plan chose
+        spec = spec.model_copy(update={"train": spec.train.model_copy(
+            update={"layout": out["layout"]})})
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(measure_cost(model, cfg, spec, device))
-    torch.manual_seed(spec.seed)  # training starts from the same state, measured or not
-    progress = progress_writer(workdir / "progress.json", spec) if ctx.is_main else None
-    log, close_log = open_log(spec, workdir, results_root or workdir.parents[2]) \
-        if ctx.is_main else (None, lambda status: None)
+    workdir = store.workdir(spec.run_id)
+    progress = progress_writer(store.progress_path(spec.run_id), spec) if ctx.is_main else None
+    log, close_log = open_log(spec, workdir, store.root) if ctx.is_main \
+        else (None, lambda status: None)
     try:
         quality = fit(model, spec, data, workdir=workdir, device=device,
                       on_progress=_chain(progress, on_progress), log=log)
@@ -227,6 +236,7 @@ def _run(spec: RunSpec, workdir: Path, out: dict[str, Any] | None = None,
     out.update(quality)
     if ctx.enabled:
         out["world_size"] = ctx.world_size
+        out["nodes"] = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)
     out["attention_backend"] = getattr(model, "attention_backend", None)
     if out.get("gflops_per_image") is not None:
         images = spec.train.batch_size * out.get("steps_done", spec.train.steps)

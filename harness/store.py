@@ -1,5 +1,15 @@
 """The results store: one JSON record per run, ``ROOT/STUDY/runs/RUN_ID.json``.
 
+``Store`` owns the study folder's layout; every other module asks it for a path:
+
+    ROOT/STUDY/runs/RUN_ID.json          the current record of each run
+    ROOT/STUDY/history/RUN_ID/           earlier, refused or invalid attempts
+    ROOT/STUDY/work/RUN_ID/              scratch: run.lock, progress.json, checkpoints, logs
+    ROOT/STUDY/sweep.lock                held by a local sweep
+    ROOT/STUDY/submitit/JOB/             local and debug jobs (submitit's pickles and logs)
+    ROOT/STUDY/slurm/JOB/, jobs.json     SLURM jobs, and run_id -> job handles
+    ROOT/STUDY/tune/                     tuning: Optuna storage, its pointer, workers' jobs
+
 Records are written atomically (a temporary file in the same folder, fsync, ``os.replace``),
 so concurrent writers never corrupt or lose a record, and a reader never sees half a file.
 A finished record (``ok``, ``diverged``, ``pruned``) is replaced only by a finished record of a
@@ -28,8 +38,9 @@ ENV_ROOT = "MOE_HARNESS_RESULTS"
 DONE = ("ok", "diverged", "pruned")
 STATUSES = ("ok", "failed", "diverged", "pruned")
 
-# Columns every frame has, with their polars dtypes, so that old records missing a key still
-# load into the same schema (as nulls). Other keys are carried along as found.
+# The known columns and their types: a record's value of one of them must have that type
+# (``check_record``); exported tables type these columns so (``reports.export``), and carry
+# other keys along as found.
 SCHEMA = {
     "study": "str", "run_id": "str", "status": "str", "error": "str", "spec": "str",
     "model": "str", "router": "str", "num_experts": "int", "slots_per_expert": "int", "k": "int",
@@ -49,6 +60,12 @@ SCHEMA = {
 def results_root(value: str | Path | None = None) -> Path:
     """--results, else $MOE_HARNESS_RESULTS, else ./results."""
     return Path(value or os.environ.get(ENV_ROOT) or "results").resolve()
+
+
+def tune_dir(study_dir: Path) -> Path:
+    """A study folder's tuning folder: the default Optuna storages, the pointer to the storage
+    in use, the tuning summary."""
+    return Path(study_dir) / "tune"
 
 
 class Store:
@@ -100,7 +117,7 @@ class Store:
 
     def lock_run(self, run_id: str):
         """Held while a process executes the run: two sweeps never train one run at once."""
-        return hold_lock(self.dir / "work" / run_id / "run.lock", f"run {run_id}")
+        return hold_lock(self.work_path(run_id) / "run.lock", f"run {run_id}")
 
     def lock_sweep(self):
         """Held by a local sweep of the study for its whole duration."""
@@ -108,11 +125,53 @@ class Store:
 
     def workdir(self, run_id: str) -> Path:
         """Per-run scratch: checkpoints, progress. Kept after the run for inspection."""
-        path = self.dir / "work" / run_id
+        path = self.work_path(run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def keep_study(self, text: str) -> Path:
+        """Keep the study file the runs are made from (``STUDY/study.yaml``): the report shows
+        the study as it ran, without reading the study file again."""
+        path = self.dir / "study.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".study.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
+    # --- the layout (nothing created here) --------------------------------------------------
+    def work_path(self, run_id: str) -> Path:
+        return self.dir / "work" / run_id
+
+    def progress_path(self, run_id: str) -> Path:
+        """What a running run reports (step, loss, ...), rewritten as it trains."""
+        return self.work_path(run_id) / "progress.json"
+
+    def jobs_folder(self, executor: str) -> Path:
+        """Where submitit keeps the jobs of ``executor`` (``local``/``debug``, ``slurm``,
+        ``tune``), one folder per job id: their pickles and logs."""
+        base = {"local": self.dir / "submitit", "debug": self.dir / "submitit",
+                "slurm": self.dir / "slurm", "tune": self.tune_dir / "submitit"}[executor]
+        return base / "%j"
+
+    @property
+    def slurm_jobs_file(self) -> Path:
+        """run_id -> SLURM job handle (job id, submission time, logs) of every submitted run."""
+        return self.dir / "slurm" / "jobs.json"
+
+    @property
+    def tune_dir(self) -> Path:
+        return tune_dir(self.dir)
+
     # --- reading ---------------------------------------------------------------------------
+    def study_text(self) -> str | None:
+        """The study file kept by the last ``run`` or ``tune``; None before any."""
+        try:
+            return (self.dir / "study.yaml").read_text()
+        except FileNotFoundError:
+            return None
+
     def read(self, run_id: str) -> dict[str, Any] | None:
         """The run's record; None when it has none or its file is not a valid record."""
         try:
@@ -137,21 +196,8 @@ class Store:
     def records(self) -> list[dict[str, Any]]:
         return self.scan()[0]
 
-    def problems(self) -> list[tuple[Path, str]]:
-        return self.scan()[1]
-
     def statuses(self) -> dict[str, str]:
         return {r["run_id"]: r.get("status", "failed") for r in self.records()}
-
-    def done_ids(self) -> set[str]:
-        return {run_id for run_id, s in self.statuses().items() if s in DONE}
-
-    def failed_ids(self) -> set[str]:
-        return {run_id for run_id, s in self.statuses().items() if s == "failed"}
-
-    def load(self):
-        """All records as a polars DataFrame with a stable schema (missing keys are null)."""
-        return records_frame(self.records())
 
 
 class Busy(HarnessError):
@@ -236,20 +282,3 @@ def atomic_write_json(path: Path, payload: Any) -> Path:
         raise
     return path
 
-
-def records_frame(records: list[dict[str, Any]]):
-    import polars as pl
-
-    dtypes = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}
-    schema = {key: dtypes[kind] for key, kind in SCHEMA.items()}
-    rows = []
-    for record in records:
-        row = {key: record.get(key) for key in schema}
-        row.update({k: v for k, v in record.items() if k not in schema})
-        rows.append(row)
-    if not rows:
-        return pl.DataFrame(schema=schema)
-    frame = pl.DataFrame(rows, infer_schema_length=None, strict=False)
-    return frame.with_columns(
-        [pl.col(k).cast(t, strict=False) for k, t in schema.items()]
-    ).select([*schema, *[c for c in frame.columns if c not in schema]])

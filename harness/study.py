@@ -225,11 +225,12 @@ class Study(Section):
             point = {**AXES, **self.fixed, **dict(zip(axes, values, strict=True))}
             if any(_matches(rule, point) for rule in self.exclude):
                 continue
-            spec = self._spec(point)
+            spec = self.run_spec(point)
             specs.setdefault(spec.run_id, spec)
         return list(specs.values())
 
-    def _spec(self, point: dict[str, Any]) -> RunSpec:
+    def run_spec(self, point: dict[str, Any]) -> RunSpec:
+        """The run of one point of the axes (grid and tuning points alike), validated."""
         where = f"{self.source or self.name}: grid point " + ", ".join(
             f"{k}={v}" for k, v in point.items() if k in self.grid)
         if point["model"] is None:

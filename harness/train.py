@@ -46,13 +46,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from harness import distributed
+from harness import distributed, parallel
 from harness.config import TrainConfig
 from harness.errors import HarnessError
 from harness.moe.base import MetricMeans, tracking_metrics
 from harness.pipeline import Loader, training_plan
 
 CHECKPOINT = "checkpoint.pt"
+SHARDED_DIR = "checkpoint-shards"  # sharded layouts: one folder per checkpoint, all ranks'
 HISTORY_EVAL_IMAGES = 1000  # history evaluations use this fixed, evenly spread test subset
 L2_GRID = tuple(2.0**k for k in range(-10, 21))  # few-shot ridge penalties searched
 BIAS_FEATURE = 100.0  # constant feature appended for the probe's bias (almost unpenalised)
@@ -60,26 +61,12 @@ COOLDOWN_FRACTION = 0.1  # rsqrt: linear cooldown to zero over the last 10% of t
 
 
 # --- small helpers -------------------------------------------------------------------------------
-def is_main_process() -> bool:
-    """True on rank 0, or when torch.distributed is not in use."""
-    return distributed.is_main()
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return the generator that draws the training batches."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("train.device: 'cuda' but no CUDA device is available; use 'auto' "
-                           "or 'cpu'")
-    return torch.device(name)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -339,6 +326,7 @@ def train_steps(
     checkpoint: Callable[[], None] | None,
     on_progress: Callable[[dict], None] | None,
     log: Callable[[int, dict], None] | None = None,
+    layout: parallel.Layout | None = None,
 ) -> None:
     """The step loop, from ``state["step"]`` to ``cfg.steps``, on the model's device.
 
@@ -349,7 +337,12 @@ def train_steps(
     ``log(step, scalars)`` (rank 0's trackers, ``harness.tracking``) gets the loss, learning
     rate and speed at every progress point, and the history evaluations with router metrics.
     MoE metric tracking is the caller's (``fit`` switches it off around the steps).
+    ``layout`` (``harness.parallel``; default: as ``cfg`` says for the live process group)
+    splits each rank's batch into micro-batches; where a forward needs every rank (sharded
+    experts, FSDP) the history evaluations run on every rank. The time spent in all-to-all is
+    summed in ``state["all_to_all_s"]``.
     """
+    layout = layout or parallel.resolve_layout(cfg, distributed.current().world_size)
     device = next(model.parameters()).device
     core = distributed.unwrap(model)  # aux_loss, metrics: a DDP wrapper does not forward them
     main = distributed.is_main()
@@ -360,25 +353,30 @@ def train_steps(
     if log is not None:
         log(state["step"], {"train/lr": optimizer.param_groups[0]["lr"]})
     window = {"loss": 0.0, "steps": 0, "time": 0.0}  # the logged speed excludes evaluations
+    state.setdefault("all_to_all_s", 0.0)
+    parallel.CommTimer.reset(enabled=layout.experts_sharded)
     tic = time.perf_counter()
     while state["step"] < cfg.steps:
         idx = torch.randint(len(train), (cfg.batch_size,), generator=generator)
         x, y = train.get(distributed.shard(idx))
-        with autocast_for(device, cfg.precision):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            aux = aux_fn().float() if aux_fn is not None else loss.new_zeros(())
-        total = loss + cfg.aux_loss_weight * aux
+        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for xc, yc, weight in parallel.micro_batches(model, x, y, layout):
+            with autocast_for(device, cfg.precision):
+                logits = model(xc)
+                loss = F.cross_entropy(logits.float(), yc)
+                aux = aux_fn().float() if aux_fn is not None else loss.new_zeros(())
+            # weighted by the micro-batch's share: the gradients add up to the batch mean's
+            total = (loss + cfg.aux_loss_weight * aux) * weight
+            total.backward()
+            losses.append(torch.stack([loss.detach() * weight, total.detach()]))
         # one sync per step; averaged over the ranks, so any rank's NaN stops them all here
-        loss_value, total_value = distributed.mean(
-            torch.stack([loss.detach(), total.detach()])).tolist()
+        loss_value, total_value = distributed.mean(sum(losses)).tolist()
         if not math.isfinite(total_value):
             state.update(status="diverged", diverged_step=state["step"] + 1)
             break
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            parallel.clip_grad_norm(model, cfg.grad_clip)
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -405,9 +403,14 @@ def train_steps(
             state["train_time_s"] += time.perf_counter() - tic
             window["time"] += time.perf_counter() - tic
             if eval_now:
+                parallel.CommTimer.enabled = False  # the share is of training steps
                 scores = evaluate(core, test, batch_size=cfg.eval_batch_size,
                                   precision=cfg.precision, indices=history_idx,
-                                  router_metrics=log is not None) if main else {}
+                                  router_metrics=log is not None
+                                  ) if main or layout.collective else {}
+                parallel.CommTimer.enabled = layout.experts_sharded
+                if not main:
+                    scores = {}
                 acc = scores.get("accuracy")
                 if log is not None and main:
                     log(step, {"eval/test_accuracy": acc, **{
@@ -418,9 +421,13 @@ def train_steps(
                     "test_accuracy": acc})
                 state["loss_sum"], state["loss_count"] = 0.0, 0
             if ckpt_now:
+                state["all_to_all_s"] += parallel.CommTimer.seconds
+                parallel.CommTimer.seconds = 0.0
                 checkpoint()
             tic = time.perf_counter()
     state["train_time_s"] += time.perf_counter() - tic
+    state["all_to_all_s"] += parallel.CommTimer.seconds
+    parallel.CommTimer.reset(enabled=False)
 
 
 def _spread(n: int, k: int) -> torch.Tensor:
@@ -462,13 +469,15 @@ def fit(
     """
     cfg: TrainConfig = spec.train
     device = torch.device(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     workdir = Path(workdir)
     ckpt_path = workdir / CHECKPOINT
-    main = is_main_process()
+    main = distributed.is_main()
     distributed.check_batch(cfg.batch_size)
     model.to(device)
+    layout = parallel.resolve_layout(cfg, distributed.current().world_size)
+    # sharded and wrapped before the optimizer sees the parameters (FSDP replaces them)
+    trained = parallel.prepare(model, layout)
+    sharded_checkpoint = layout.name != "ddp"
 
     generator = seed_everything(spec.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -483,20 +492,36 @@ def fit(
         if saved.get("run_id") != _run_id(spec):
             raise HarnessError(f"{ckpt_path}: belongs to run {saved.get('run_id')}, not "
                                f"{_run_id(spec)}; remove it or use another workdir")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if ("sharded" in saved) != sharded_checkpoint:
+            raise HarnessError(
+                f"{ckpt_path}: written by a run with layout "
+                f"{'ddp' if 'model' in saved else 'fsdp or experts'}, this one uses "
+                f"{layout.name}; resume with the same kind of layout or remove the checkpoint")
+        if sharded_checkpoint:
+            parallel.checkpoint.load(workdir / saved["sharded"], trained, optimizer)
+        else:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], generator)
         state.update(saved["state"])
         resumed_from = state["step"]
 
     def checkpoint() -> None:
+        trainer = {"run_id": _run_id(spec), "scheduler": scheduler.state_dict(),
+                   "rng": _rng_state(generator), "state": dict(state)}
+        if not sharded_checkpoint:
+            if main:
+                save_checkpoint(ckpt_path, {**trainer, "model": model.state_dict(),
+                                            "optimizer": optimizer.state_dict()})
+            return
+        # every rank writes its shards; the small file that names them is written last
+        folder = f"{SHARDED_DIR}/step-{state['step']:09d}"
+        parallel.checkpoint.save(workdir / folder, trained, optimizer)
+        distributed.barrier()
         if main:
-            save_checkpoint(ckpt_path, {
-                "run_id": _run_id(spec), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(generator), "state": dict(state),
-            })
+            save_checkpoint(ckpt_path, {**trainer, "sharded": folder})
+            _remove_unreferenced_shards(ckpt_path)
 
     train = Loader(data.train, device, spec.data.loader,
                    augment_seed=spec.seed if spec.data.augment != "none" else None)
@@ -504,13 +529,16 @@ def fit(
     train.plan(training_plan(generator, len(train), cfg.batch_size, cfg.steps - state["step"],
                              distributed.shard), first_step=state["step"])
     try:
-        # DDP (several ranks) after the resume: its construction broadcasts rank 0's weights
         with tracking_metrics(model, False):  # training steps skip the diagnostics
-            train_steps(distributed.wrap(model), cfg, train, test, optimizer=optimizer,
-                        scheduler=scheduler,
+            train_steps(trained, cfg, train, test, optimizer=optimizer, scheduler=scheduler,
                         generator=generator, state=state,
                         checkpoint=checkpoint if cfg.checkpoint_every else None,
-                        on_progress=on_progress, log=log if main else None)
+                        on_progress=on_progress, log=log if main else None, layout=layout)
+        peak_mb, peak_method = parallel.peak_memory_mb(device)
+        tic = time.perf_counter()
+        # where a forward needs every rank, every rank evaluates (rank 0 keeps the scores)
+        scores = _final_scores(model, spec, data, train, test) if state["status"] == "ok" and (
+            main or layout.collective) else {}
         if not main:
             return None
         result = {
@@ -520,29 +548,14 @@ def fit(
             "train_loss": (state["loss_sum"] / state["loss_count"] if state["loss_count"]
                            else state["history"][-1]["train_loss"] if state["history"] else None),
             "test_accuracy": None, "test_loss": None, "fewshot_accuracy": None,
-            "fewshot_l2": None,
+            "fewshot_l2": None, **scores,
         }
-        tic = time.perf_counter()
-        if state["status"] == "ok":
-            scores = evaluate(model, test, batch_size=cfg.eval_batch_size,
-                              precision=cfg.precision)
-            result["test_accuracy"] = scores.pop("accuracy")
-            result["test_loss"] = scores.pop("loss")
-            result.update(scores)
-            if cfg.fewshot_shots:
-                labels = getattr(data.train, "labels", None)
-                if labels is None:
-                    labels = torch.tensor([data.train[i][1] for i in range(len(data.train))])
-                picked = fewshot_indices(labels, cfg.fewshot_shots, data.num_classes,
-                                         spec.data.seed)
-                fx, fy = features(model, train, picked, batch_size=cfg.eval_batch_size,
-                                  precision=cfg.precision)
-                tx, ty = features(model, test, torch.arange(len(test)),
-                                  batch_size=cfg.eval_batch_size, precision=cfg.precision)
-                acc, l2 = ridge_probe(fx, fy, tx, ty, data.num_classes)
-                result.update(fewshot_accuracy=acc, fewshot_l2=l2)
         result.update(history=list(state["history"]), train_time_s=state["train_time_s"],
-                      eval_time_s=time.perf_counter() - tic)
+                      eval_time_s=time.perf_counter() - tic, **layout.record(),
+                      all_to_all_share=(state["all_to_all_s"] / state["train_time_s"]
+                                        if layout.experts_sharded and state["train_time_s"]
+                                        else None),
+                      peak_memory_rank_mb=peak_mb, peak_memory_rank_method=peak_method)
         if log is not None:
             log(state["step"], {f"final/{key}": value for key, value in result.items()
                                 if key.startswith(("test_", "fewshot_accuracy", "router_"))})
@@ -550,6 +563,40 @@ def fit(
     finally:
         train.close()
         test.close()
+
+
+def _final_scores(model: nn.Module, spec, data, train: Loader, test: Loader) -> dict[str, Any]:
+    """Test accuracy and loss, router metrics and the few-shot probe of the trained model."""
+    cfg = spec.train
+    scores = evaluate(model, test, batch_size=cfg.eval_batch_size, precision=cfg.precision)
+    out = {"test_accuracy": scores.pop("accuracy"), "test_loss": scores.pop("loss"), **scores}
+    if cfg.fewshot_shots:
+        labels = getattr(data.train, "labels", None)
+        if labels is None:
+            labels = torch.tensor([data.train[i][1] for i in range(len(data.train))])
+        picked = fewshot_indices(labels, cfg.fewshot_shots, data.num_classes, spec.data.seed)
+        fx, fy = features(model, train, picked, batch_size=cfg.eval_batch_size,
+                          precision=cfg.precision)
+        tx, ty = features(model, test, torch.arange(len(test)),
+                          batch_size=cfg.eval_batch_size, precision=cfg.precision)
+        acc, l2 = ridge_probe(fx, fy, tx, ty, data.num_classes)
+        out.update(fewshot_accuracy=acc, fewshot_l2=l2)
+    return out
+
+
+def _remove_unreferenced_shards(ckpt_path: Path) -> None:
+    """Delete the sharded checkpoint folders that neither the checkpoint nor the previous one
+    names (older ones, or one left by a run killed while writing)."""
+    keep = set()
+    for candidate in (ckpt_path, previous_checkpoint(ckpt_path)):
+        if candidate.is_file():
+            try:
+                keep.add(torch.load(candidate, weights_only=False).get("sharded"))
+            except Exception:  # noqa: BLE001 - unreadable: it names nothing
+                pass
+    for folder in (ckpt_path.parent / SHARDED_DIR).glob("step-*"):
+        if f"{SHARDED_DIR}/{folder.name}" not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_id(spec) -> str:

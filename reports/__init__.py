@@ -3,7 +3,7 @@
 * ``reports.metrics``   column roles and the one table of metric directions;
 * ``reports.aggregate`` ``load_records`` (store -> polars), ``aggregate`` (over seeds),
   ``problems`` (failed / diverged / unreadable runs, never dropped);
-* ``reports.pareto``    ``pareto_mask`` / ``pareto_front``, vectorised, per group;
+* ``reports.pareto``    ``pareto_mask``, vectorised, per group;
 * ``reports.figures``   one plotly figure per function (fronts, scaling, router diagnostics);
 * ``reports.html``      ``write_report``: one self-contained HTML page (plotly.js embedded);
 * ``reports.scaling``   fitted quality-against-cost curves, compute multipliers, matches;

@@ -58,11 +58,6 @@ def bench_report_detailed(
         }
 
 
-def bench_report(n_records: int = 10_000, **kwargs) -> float:
-    """Seconds to generate the report of ``n_records`` synthetic records (store to page)."""
-    return bench_report_detailed(n_records, **kwargs)["total_s"]
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     n = int(argv[0]) if argv else 10_000

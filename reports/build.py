@@ -8,17 +8,11 @@ from harness.store import Store
 from harness.study import Study
 
 
-def extra_sections(study: Study, store: Store, frame) -> list[str]:
-    """Sections beyond the generic page: tuning history, the paper's figures and claims."""
-    return tuning_sections(study, store) + paper_sections(frame)
-
-
-def tuning_sections(study: Study, store: Store) -> list[str]:
-    if getattr(study, "tune", None) is None:  # (test doubles may lack it)
-        return []
+def tuning_sections(store: Store) -> list[str]:
+    """The tuning section, from the summary ``moe-harness tune`` left in the store."""
     from reports.tuning import tuning_section
 
-    tuning = tuning_section(study, store)  # None until `moe-harness tune` made a storage
+    tuning = tuning_section(store)  # None until `moe-harness tune` wrote its summary
     return [tuning] if tuning else []
 
 
@@ -88,8 +82,7 @@ def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
     tune_only = getattr(study, "tune", None) and not getattr(study, "grid", None)
     grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
-    text = Path(study.source).read_text() if study.source else None
     answers, sections = paper_parts(frame)
     return write_report(frame, Path(out or store.dir / "report.html"), study_name=study.name,
-                        study_text=text, pending=pending, answers=answers,
-                        extra_sections=tuning_sections(study, store) + sections)
+                        study_text=store.study_text(), pending=pending, answers=answers,
+                        extra_sections=tuning_sections(store) + sections)

@@ -4,7 +4,7 @@
   record, every status, typed columns, timestamps as UTC datetimes, the training history as a
   nested ``list<struct<step, train_loss, test_accuracy>>`` column in Parquet, JSON text in
   CSV) and the **aggregated** table (one row per configuration, mean / std / n over seeds,
-  as the report computes it). Reading them: ``docs/exports.md``.
+  as the report computes it). Reading them: ``docs/tracking.md``.
 * :func:`export_mlflow` logs one MLflow run per record into the study's experiment (see
   ``harness.tracking``): parameters are the run spec, metrics the record's numbers (at the
   last step) and its history (``history/<key>`` at each step), tags the identity and

@@ -91,19 +91,3 @@ def pareto_mask(
     mask[front[_I].to_numpy()] = True
     return pl.Series("pareto", mask)
 
-
-def pareto_front(
-    df: pl.DataFrame,
-    cost: str,
-    quality: str,
-    cost_lower_is_better: bool | None = None,
-    quality_higher_is_better: bool | None = None,
-    by: str | Sequence[str] | None = None,
-) -> pl.DataFrame:
-    """The rows of ``df`` on the front (per ``by`` group), sorted by group then cost.
-
-    Same arguments as :func:`pareto_mask`. Sorting by cost ascending makes each group's rows
-    the vertices of its front line, in drawing order (quality rises with cost along it).
-    """
-    mask = pareto_mask(df, cost, quality, cost_lower_is_better, quality_higher_is_better, by)
-    return df.filter(mask).sort([*_by_list(by), cost, quality], nulls_last=True)

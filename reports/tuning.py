@@ -1,120 +1,124 @@
-"""The report's tuning section: the Optuna study of a study's ``tune:`` section.
+"""The report's tuning section, drawn from the tuning summary in the store.
 
-:func:`tuning_section` reads the study's tuning storage (the one ``moe-harness tune`` used,
-see ``runners.tune``) and returns one HTML snippet: trial counts, the best trial or the Pareto
-set as a table, the optimisation history of each objective, the Pareto front of the trials
-(several objectives) and parameter importances (fANOVA). Figures are Optuna's plotly
-visualisations, embedded like every other figure of the page (``reports.html.figure_html``:
-figure JSON in a ``<script>``, plotly.js once in the page head). Without a ``tune`` section or
-a storage it returns None, and the page has no tuning section.
+``moe-harness tune`` writes ``RESULTS/STUDY/tune/summary.json`` (``harness.tune_summary``), and
+``report`` refreshes it from the Optuna storage first; :func:`tuning_section` reads that file
+alone and returns one HTML snippet: trial counts, the best trial or the Pareto set as a table,
+the optimisation history of each objective, the Pareto front of the trials (two objectives)
+and parameter importances (fANOVA). Figures are embedded like every other figure of the page
+(``reports.html.figure_html``). Without a summary it returns None, and the page has no tuning
+section.
 """
 
 from __future__ import annotations
 
-import warnings
+import html
+
+import plotly.graph_objects as go
 
 from harness.store import Store
-from harness.study import Study
+from harness.tune_summary import Trial, TuneSummary, read_summary
+
+BEST_COLOR, OTHER_COLOR = "#d62728", "#1f77b4"
 
 
-def tuning_section(study: Study, store: Store, storage: str | None = None) -> str | None:
-    if study.tune is None:
-        return None
-    from runners.tune import load_tuning
-
-    loaded = load_tuning(study, store.root, storage)
-    if loaded is None:
-        return None
-    cfg, ostudy, url = loaded
-    return render(study, cfg, ostudy, url)
+def tuning_section(store: Store) -> str | None:
+    summary = read_summary(store.dir)
+    return render(summary) if summary is not None else None
 
 
-def render(study: Study, cfg, ostudy, url: str) -> str:
+def render(s: TuneSummary) -> str:
     from reports.html import esc, figure_html
-    from runners.tune import _without_password, best_trials, counts, describe_params
 
-    trials = ostudy.get_trials(deepcopy=False)
-    c = counts(trials)
+    c = s.counts
     parts = [
-        f'<p class="meta">Optuna study <b>{esc(ostudy.study_name)}</b> in '
-        f"<code>{esc(_without_password(url))}</code>: {c['finished']} trials finished "
-        f"({c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed), "
-        f"{c['stale']} stale (their worker died; parameters queued again), {c['running']} "
-        f"running, {c['waiting']} queued. Objectives: "
-        + esc(", ".join(f"{o.direction} {o.metric}" for o in cfg.objectives))
-        + (". Constraints: " + esc(", ".join(_constraint_text(k) for k in cfg.constraints))
-           if cfg.constraints else "")
+        f'<p class="meta">Optuna study <b>{esc(s.study)}</b> in <code>{esc(s.storage)}</code>: '
+        f"{c['finished']} trials finished ({c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['failed']} failed), {c['stale']} stale (their worker died; parameters queued "
+        f"again), {c['running']} running, {c['waiting']} queued. Objectives: "
+        + esc(", ".join(f"{o.direction} {o.metric}" for o in s.objectives))
+        + (". Constraints: " + esc(", ".join(s.constraints)) if s.constraints else "")
         + ". Each trial is also a run record (column <code>tune_trial</code>), so tuned runs "
         "appear in the tables and fronts above.</p>"
     ]
-    best = best_trials(ostudy, cfg)
+    best = s.best_trials()
     if best:
-        head = ["trial", *cfg.metrics, "parameters", "run_id"]
+        head = ["trial", *s.metrics, "parameters", "run_id"]
         rows = "".join(
             "<tr>" + f"<td>{t.number}</td>"
-            + "".join(f'<td class="num">{v:.4g}</td>' for v in t.values)
-            + f"<td>{esc(describe_params(study, cfg, t.params))}</td>"
-            + f"<td><code>{esc(t.user_attrs.get('run_id'))}</code></td></tr>" for t in best)
-        title = "Best trial" if not cfg.multi else (
+            + "".join(f'<td class="num">{v:.4g}</td>' for v in t.values or [])
+            + f"<td>{esc(t.params)}</td>"
+            + f"<td><code>{esc(t.run_id)}</code></td></tr>" for t in best)
+        title = "Best trial" if not s.multi else (
             f"Pareto set ({len(best)} trial{'s' if len(best) != 1 else ''})")
         parts.append(f"<h3>{title}</h3><table><tr>"
                      + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{rows}</table>")
-    for fig_id, fig in figures(cfg, ostudy):
+    for fig_id, fig in figures(s):
         parts.append(figure_html(fig_id, fig))
-    return ('<section id="tuning"><h2>Tuning</h2>' + "".join(parts) + "</section>")
+    return '<section id="tuning"><h2>Tuning</h2>' + "".join(parts) + "</section>"
 
 
-def _constraint_text(k) -> str:
-    bits = []
-    if k.max is not None:
-        bits.append(f"{k.metric} <= {k.max:g}")
-    if k.min is not None:
-        bits.append(f"{k.metric} >= {k.min:g}")
-    return " and ".join(bits)
-
-
-def figures(cfg, ostudy) -> list[tuple[str, object]]:
-    """(id, plotly figure) pairs; a figure Optuna cannot draw yet is left out."""
-    import optuna.visualization as vis
-    from optuna.trial import TrialState
-
-    out = []
-    complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+def figures(s: TuneSummary) -> list[tuple[str, go.Figure]]:
+    """(id, plotly figure) pairs: history per objective, the Pareto front (two objectives),
+    importances per objective; none before a trial is complete."""
+    complete = [t for t in s.trials if t.state == "COMPLETE" and t.values]
     if not complete:
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, metric in enumerate(cfg.metrics):
-            target = (lambda t, i=i: t.values[i]) if cfg.multi else None
-            fig = _try(vis.plot_optimization_history, ostudy, target=target, target_name=metric)
-            if fig is not None:
-                fig.update_layout(title=f"Optimisation history: {metric}")
-                out.append((f"fig-tune-history-{metric}", fig))
-        if cfg.multi and len(cfg.metrics) in (2, 3):
-            fig = _try(vis.plot_pareto_front, ostudy, target_names=cfg.metrics)
-            if fig is not None:
-                fig.update_layout(title="Pareto front of the trials")
-                out.append(("fig-tune-pareto", fig))
-        if len(complete) >= 2:
-            for i, metric in enumerate(cfg.metrics):
-                target = (lambda t, i=i: t.values[i]) if cfg.multi else None
-                fig = _try(vis.plot_param_importances, ostudy, target=target,
-                           target_name=metric,
-                           evaluator=_evaluator())
-                if fig is not None:
-                    fig.update_layout(title=f"Parameter importances for {metric} (fANOVA)")
-                    out.append((f"fig-tune-importance-{metric}", fig))
+        return []
+    out = [(f"fig-tune-history-{m}", fig_history(s, complete, i))
+           for i, m in enumerate(s.metrics)]
+    if len(s.metrics) == 2:
+        out.append(("fig-tune-pareto", fig_pareto_front(s, complete)))
+    out += [(f"fig-tune-importance-{m}", fig_importances(s, m)) for m in s.importances]
     return out
 
 
-def _evaluator():
-    import optuna
-
-    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+def _hover(t: Trial) -> str:
+    return f"trial {t.number}<br>{html.escape(t.params)}<br>run {html.escape(str(t.run_id))}"
 
 
-def _try(plot, *args, **kwargs):
-    try:
-        return plot(*args, **kwargs)
-    except (ValueError, RuntimeError, ZeroDivisionError):  # too few or constant trials
-        return None
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", height=420, hovermode="closest",
+                      xaxis_title=x, yaxis_title=y, margin={"l": 60, "r": 20, "t": 60, "b": 50})
+    return fig
+
+
+def fig_history(s: TuneSummary, complete: list[Trial], i: int) -> go.Figure:
+    """Each complete trial's value of objective ``i`` by trial number, and the best so far."""
+    metric, sign = s.metrics[i], 1 if s.objectives[i].direction == "maximize" else -1
+    fig = go.Figure(go.Scatter(
+        x=[t.number for t in complete], y=[t.values[i] for t in complete], mode="markers",
+        name="trial", marker={"color": OTHER_COLOR}, text=[_hover(t) for t in complete],
+        hovertemplate="%{text}<br>" + metric + " %{y:.4g}<extra></extra>"))
+    best, running = [], None
+    for t in complete:
+        running = t.values[i] if running is None else sign * max(sign * running,
+                                                                 sign * t.values[i])
+        best.append(running)
+    fig.add_trace(go.Scatter(x=[t.number for t in complete], y=best, mode="lines",
+                             name="best so far", line={"color": BEST_COLOR, "shape": "hv"},
+                             hoverinfo="skip"))
+    return _layout(fig, f"Optimisation history: {metric}", "trial", metric)
+
+
+def fig_pareto_front(s: TuneSummary, complete: list[Trial]) -> go.Figure:
+    """The complete trials in the plane of the two objectives, the Pareto set marked."""
+    on_front = set(s.best)
+    fig = go.Figure()
+    for name, color, group in (
+            ("trial", OTHER_COLOR, [t for t in complete if t.number not in on_front]),
+            ("Pareto set", BEST_COLOR, [t for t in complete if t.number in on_front])):
+        fig.add_trace(go.Scatter(
+            x=[t.values[0] for t in group], y=[t.values[1] for t in group], mode="markers",
+            name=name, marker={"color": color, "size": 9}, text=[_hover(t) for t in group],
+            hovertemplate="%{text}<extra></extra>"))
+    return _layout(fig, "Pareto front of the trials", *s.metrics)
+
+
+def fig_importances(s: TuneSummary, metric: str) -> go.Figure:
+    """The share of the objective's variance each parameter explains (fANOVA)."""
+    shares = sorted(s.importances[metric].items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in shares], y=[k for k, _ in shares], orientation="h",
+                           marker={"color": OTHER_COLOR},
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    _layout(fig, f"Parameter importances for {metric} (fANOVA)", "importance", "")
+    fig.update_layout(height=160 + 32 * len(shares), yaxis_automargin=True)
+    return fig

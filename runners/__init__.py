@@ -7,14 +7,15 @@ with ``rerun``), hands them to the runner named by ``executor`` (``local``, ``de
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
 from harness.store import DONE, Store
 from harness.study import RunSpec, Study
+from runners.executors import EXECUTORS, check_executor
 
-EXECUTORS = ("local", "debug", "slurm")
+__all__ = ["EXECUTORS", "Plan", "Summary", "check_executor", "dispatch", "plan"]
 
 
 @dataclass
@@ -49,39 +50,42 @@ def plan(study: Study, store: Store, *, rerun: bool = False, retry_failed: bool 
 @dataclass
 class Summary:
     submitted: int = 0
-    ok: int = 0
-    failed: int = 0
-    diverged: int = 0
-    pruned: int = 0
     skipped: int = 0  # held by another process (a second sweep of the study)
     job_ids: list[str] = field(default_factory=list)
     waited: bool = True
+    statuses: Counter = field(default_factory=Counter)  # finished runs by record status
 
     def count(self, record: dict) -> None:
-        status = record.get("status", "failed")
-        setattr(self, status, getattr(self, status) + 1)
+        self.statuses[record.get("status", "failed")] += 1
 
+    @property
+    def ok(self) -> int:
+        return self.statuses["ok"]
 
-def check_executor(name: str, where: str = "--executor") -> str:
-    if name not in EXECUTORS:
-        raise HarnessError(f"{where} {name!r}: allowed: {', '.join(EXECUTORS)}")
-    return name
+    @property
+    def failed(self) -> int:
+        return self.statuses["failed"]
 
-
-def make_runner(name: str, study: Study, store: Store, **options):
-    check_executor(name)
-    if name in ("local", "debug"):
-        from runners.local import LocalRunner
-
-        return LocalRunner(study, store, debug=name == "debug", **options)
-    if name == "slurm":
-        from runners.slurm import SlurmRunner
-
-        return SlurmRunner(study, store, **options)
+    @property
+    def diverged(self) -> int:
+        return self.statuses["diverged"]
 
 
 def dispatch(study: Study, specs: list[RunSpec], *, results_root: Path, executor: str | None = None,
-             **options) -> Summary:
+             max_parallel: int | None = None, wait: bool = False,
+             show_progress: bool = True) -> Summary:
+    """Run ``specs`` with ``executor`` (default: the study's). ``max_parallel`` applies to the
+    local executor (the debug one runs one at a time), ``wait`` to SLURM (local runs are
+    always waited for)."""
     store = Store(results_root, study.name)
-    runner = make_runner(executor or study.executor.name, study, store, **options)
+    name = check_executor(executor or study.executor.name)
+    if name == "slurm":
+        from runners.slurm import SlurmRunner
+
+        runner = SlurmRunner(study, store, wait=wait, show_progress=show_progress)
+    else:
+        from runners.local import LocalRunner
+
+        runner = LocalRunner(study, store, debug=name == "debug", max_parallel=max_parallel,
+                             show_progress=show_progress)
     return runner.run(specs)

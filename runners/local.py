@@ -14,14 +14,13 @@ import signal
 import time
 from contextlib import contextmanager
 
-import submitit
-
 from harness.errors import HarnessError, Interrupted
 from harness.lifeline import Tethered, kill_tree
-from harness.run import execute, now
+from harness.run import execute, failed_record, now
 from harness.store import Store
 from harness.study import RunSpec, Study
-from runners.progress import SweepProgress
+from harness.views.progress import SweepProgress
+from runners.executors import make_executor
 
 
 @contextmanager
@@ -43,17 +42,14 @@ def thread_env(threads: int):
 class LocalRunner:
     def __init__(self, study: Study, store: Store, *, debug: bool = False,
                  max_parallel: int | None = None, max_retries: int | None = None,
-                 show_progress: bool = True, timeout_min: int = 24 * 60, **_ignored):
+                 show_progress: bool = True, timeout_min: int = 24 * 60):
         self.study, self.store, self.debug = study, store, debug
         self.max_parallel = 1 if debug else (max_parallel or study.executor.max_parallel)
         self.max_retries = study.executor.max_retries if max_retries is None else max_retries
         self.show_progress = show_progress
-        folder = store.dir / "submitit" / "%j"
-        if debug:
-            self.executor = submitit.DebugExecutor(folder=folder)
-        else:
-            self.executor = submitit.LocalExecutor(folder=folder)
-            self.executor.update_parameters(timeout_min=timeout_min)
+        kind = "debug" if debug else "local"
+        self.executor = make_executor(kind, store.jobs_folder(kind), study,
+                                      timeout_min=timeout_min)
 
     def run(self, specs: list[RunSpec]):
         from runners import Summary
@@ -119,11 +115,10 @@ class LocalRunner:
             record = self.store.read(spec.run_id)
             if record is not None and (record.get("started_at") or "") >= submitted:
                 return record  # it wrote its record, then died: keep what it recorded
-            record = {**spec.flat(), "status": "failed", "started_at": None,
-                      "finished_at": now(), "spec_json": spec.canonical_json(),
-                      "error": f"job {job.job_id} ended without a record: "
-                               f"{type(err).__name__}: {str(err).strip().splitlines()[0]}",
-                      "log_path": str(job.paths.stderr)}
+            record = failed_record(
+                spec, f"job {job.job_id} ended without a record: "
+                      f"{type(err).__name__}: {str(err).strip().splitlines()[0]}",
+                log_path=str(job.paths.stderr))
             self.store.write(record)
             return record
 

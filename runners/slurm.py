@@ -8,8 +8,9 @@ with live jobs just follows them.
 The study's ``executor.slurm`` section (``harness.config.SlurmConfig``) gives partition,
 account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parallelism, extra
 sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
-With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model with
-DistributedDataParallel; rank 0 writes the record (``harness.distributed``).
+With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model across
+them (the layout of ``train.layout``), spread evenly over ``nodes`` nodes (N / nodes tasks and
+GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.distributed``).
 
 Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
 ``signal_delay_s`` before the time limit (``--signal``), and before a preemption where
@@ -42,10 +43,11 @@ from pathlib import Path
 import submitit
 
 from harness.errors import HarnessError
-from harness.run import execute, now
+from harness.run import execute, failed_record, now
 from harness.store import Store, atomic_write_json
 from harness.study import RunSpec, Study
-from runners.progress import SweepProgress
+from harness.views.progress import SweepProgress
+from runners.executors import make_executor
 
 # squeue states of jobs not finished yet, mapped to what ``status`` shows. A pending job that
 # has run before (RestartCnt > 0) shows as "requeued".
@@ -95,25 +97,25 @@ def executor_parameters(study: Study) -> dict:
     optional = {"slurm_partition": cfg.partition, "slurm_account": cfg.account,
                 "slurm_qos": cfg.qos, "slurm_constraint": cfg.constraint, "mem_gb": cfg.mem_gb}
     params.update({k: v for k, v in optional.items() if v is not None})
-    if cfg.gpus_per_run:  # one task per GPU: DDP across them, rank 0 writes the record
-        params.update(gpus_per_node=cfg.gpus_per_run, tasks_per_node=cfg.gpus_per_run)
+    if cfg.gpus_per_run:  # one task per GPU, on cfg.nodes nodes; rank 0 writes the record
+        per_node = cfg.gpus_per_run // cfg.nodes
+        params.update(gpus_per_node=per_node, tasks_per_node=per_node)
+        if cfg.nodes > 1:
+            params["nodes"] = cfg.nodes
     return params
 
 
 class SlurmRunner:
     def __init__(self, study: Study, store: Store, *, wait: bool = False,
-                 show_progress: bool = True, poll_s: float = 2.0, **_ignored):
+                 show_progress: bool = True, poll_s: float = 2.0):
         if not shutil.which("sbatch"):
             raise HarnessError("--executor slurm: 'sbatch' is not on PATH; is this a SLURM "
                                "login node (or is SLURM_CONF set)?")
         self.study, self.store = study, store
         self.wait_, self.show_progress, self.poll_s = wait, show_progress, poll_s
-        self.folder = store.dir / "slurm"
 
     def executor(self) -> submitit.AutoExecutor:
-        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
-        executor.update_parameters(**executor_parameters(self.study))
-        return executor
+        return make_executor("slurm", self.store.jobs_folder("slurm"), self.study)
 
     def run(self, specs: list[RunSpec]):
         from runners import Summary
@@ -134,8 +136,9 @@ class SlurmRunner:
                       f"logs: {Path(jobs[0].paths.stderr).parent}/")
             else:
                 array = jobs[0].job_id.split("_")[0]
+                logs = self.store.jobs_folder("slurm").parent
                 print(f"submitted {len(jobs)} runs as job array {array} ({jobs[0].job_id} .. "
-                      f"{jobs[-1].job_id}); logs: {self.folder}/{array}_*/")
+                      f"{jobs[-1].job_id}); logs: {logs}/{array}_*/")
             print(f"follow them with: moe-harness status {self.study.source or self.study.name}"
                   f" --results {self.store.root}  (or 'cancel' them)")
         if self.wait_:
@@ -162,7 +165,7 @@ class SlurmRunner:
             index[spec.run_id] = {"job_id": job.job_id, "submitted_at": submitted,
                                   "stdout": str(job.paths.stdout),
                                   "stderr": str(job.paths.stderr)}
-        atomic_write_json(jobs_file(self.store), index)
+        atomic_write_json(self.store.slurm_jobs_file, index)
         return jobs
 
     def follow(self, specs: list[RunSpec], summary) -> None:
@@ -237,23 +240,17 @@ def job_vanished(store: Store, spec: RunSpec, entry: dict) -> dict:
     record = store.read(spec.run_id)
     if record is not None and record_of_job(record, entry):
         return record  # it landed after all
-    record = {**spec.flat(), "status": "failed", "finished_at": now(), "started_at": None,
-              "spec_json": spec.canonical_json(), "slurm_job_id": entry["job_id"],
-              "log_path": entry["stderr"],
-              "error": f"SLURM job {entry['job_id']} ended without a record "
-                       f"(killed, out of memory or time?); see {entry['stderr']}"}
+    record = failed_record(spec, f"SLURM job {entry['job_id']} ended without a record "
+                                 f"(killed, out of memory or time?); see {entry['stderr']}",
+                          slurm_job_id=entry["job_id"], log_path=entry["stderr"])
     store.write(record)
     return record
 
 
 # --- the scheduler's view --------------------------------------------------------------------
-def jobs_file(store: Store) -> Path:
-    return store.dir / "slurm" / "jobs.json"
-
-
 def load_jobs(store: Store) -> dict[str, dict]:
     try:
-        return json.loads(jobs_file(store).read_text())
+        return json.loads(store.slurm_jobs_file.read_text())
     except FileNotFoundError:
         return {}
 

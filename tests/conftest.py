@@ -1,6 +1,8 @@
 """Fixtures shared by several test modules."""
 
 import pytest
+from fixtures.browser import chromium_executable, chromium_launch, test_output_dir  # noqa: F401
+from fixtures.postgres import pg_url, postgres  # noqa: F401
 
 
 @pytest.fixture(scope="module")

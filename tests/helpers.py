@@ -28,3 +28,29 @@ def processes_with(*needles: str) -> list[int]:
             if all(needle in cmd for needle in needles):
                 pids.append(int(proc.name))
     return pids
+
+
+PROVISION = Path(__file__).resolve().parent / "provision.sh"
+
+
+def provision(*components: str) -> str | None:
+    """Install the Debian packages of ``components`` where missing (``tests/provision.sh``).
+    None when they are there; the reason when they cannot be installed here (not root, no
+    apt-get), for the caller to skip (or fail under CI); a failed apt-get fails the test."""
+    import pytest
+
+    proc = subprocess.run(["bash", str(PROVISION), *components], capture_output=True,
+                          text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    if proc.returncode == 3:
+        return proc.stderr.strip().splitlines()[-1].removeprefix("provision: ")
+    if proc.returncode != 0:
+        pytest.fail(f"tests/provision.sh {' '.join(components)} failed ({proc.returncode}):\n"
+                    f"{proc.stderr[-3000:]}", pytrace=False)
+    return None
+
+
+def in_memory(data) -> bool:
+    """Whether both sets of ``harness.data.load_data``'s result are held as tensors."""
+    from harness.data import InMemoryImages
+
+    return isinstance(data.train, InMemoryImages) and isinstance(data.test, InMemoryImages)

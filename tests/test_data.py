@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import in_memory
 from PIL import Image
 
 from harness.config import DataConfig
@@ -17,7 +18,7 @@ SMALL = dict(train_size=300, test_size=100)
 # --- synthetic ---------------------------------------------------------------------------------
 def test_synthetic_shapes_and_labels():
     data = load_data(DataConfig(num_classes=5, **SMALL))
-    assert data.num_classes == 5 and data.in_chans == 3 and data.in_memory
+    assert data.num_classes == 5 and data.in_chans == 3 and in_memory(data)
     assert data.train.images.shape == (300, 3, 16, 16)
     assert data.train.images.dtype == torch.float32
     assert data.test.labels.shape == (100,)
@@ -117,7 +118,7 @@ def test_imagefolder_reads_lazily_and_resizes(tmp_path):
     make_folder(tmp_path, "val", ["cat", "eel"], 2)
     Image.new("L", (5, 5), 255).save(tmp_path / "train" / "dog" / "grey.png")  # -> RGB
     data = load_data(DataConfig(name="imagefolder", path=str(tmp_path), image_size=8))
-    assert data.num_classes == 3 and not data.in_memory
+    assert data.num_classes == 3 and not in_memory(data)
     assert len(data.train) == 13 and len(data.test) == 4
     assert sorted(set(data.test.labels.tolist())) == [0, 2]  # cat, eel
     image, label = data.train[len(data.train) - 1]

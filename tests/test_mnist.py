@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import fashion_mnist_dir
-from helpers import cli
+from helpers import cli, in_memory
 
 from harness.config import DataConfig
 from harness.data import IDX_FILES, load_data, read_idx
@@ -43,7 +43,7 @@ def write_idx(root, n_train=12, n_test=5, gz=True, size=28):
 def test_idx_files_load_exactly(tmp_path, gz):
     arrays = write_idx(tmp_path, gz=gz)
     data = load_data(DataConfig(name="mnist", path=str(tmp_path), image_size=28))
-    assert data.num_classes == 10 and data.in_memory
+    assert data.num_classes == 10 and in_memory(data)
     x, y = arrays["train"]
     assert data.train.images.shape == (12, 3, 28, 28)
     expected = torch.from_numpy(x.astype(np.float32) / 255.0 * 2 - 1)

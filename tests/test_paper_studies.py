@@ -309,8 +309,8 @@ def test_plan_table_of_every_study_and_profile(name, profile, tmp_path):
     from rich.console import Console
 
     from harness.store import Store
+    from harness.views.runs import plan_table
     from runners import plan
-    from runners.views import plan_table
 
     s = study(name, profile, "data.path=/nonexistent")
     console = Console(width=250, record=True)

@@ -8,8 +8,8 @@ from rich.console import Console
 
 from harness.store import Store
 from harness.study import load
+from harness.views.runs import status_table
 from reports.build import build_report
-from runners.views import status_table
 
 STUDY = """
 name: p

@@ -7,7 +7,13 @@ import polars as pl
 import pytest
 
 from harness.errors import HarnessError
-from harness.store import Store, results_root
+from harness.store import DONE, Store, results_root
+from reports.aggregate import load_records
+from reports.export import runs_table
+
+
+def statuses_in(store: Store, *allowed: str) -> set[str]:
+    return {run_id for run_id, status in store.statuses().items() if status in allowed}
 
 
 def _writer(root: str, worker: int, records: int) -> None:
@@ -33,27 +39,28 @@ def test_sixteen_concurrent_writers_lose_nothing(tmp_path):
     for path in files:
         json.loads(path.read_text())  # every file is whole
     assert store.read("shared")["payload"] == "y" * 5000
-    assert len(store.done_ids()) == 16 * 40 + 1
+    assert len(statuses_in(store, *DONE)) == 16 * 40 + 1
 
 
 def test_load_has_a_stable_schema_when_keys_are_missing(tmp_path):
     store = Store(tmp_path, "s")
     store.write({"run_id": "a", "status": "ok", "test_accuracy": 0.9, "new_metric": 1.5})
     store.write({"run_id": "b", "status": "failed", "error": "boom"})  # an old, short record
-    frame = store.load()
+    frame = runs_table(load_records(store.runs_dir))
     assert frame.schema["test_accuracy"] == pl.Float64
     assert frame.schema["num_experts"] == pl.Int64
     assert frame.filter(pl.col("run_id") == "b")["test_accuracy"].to_list() == [None]
     assert frame.filter(pl.col("run_id") == "a")["new_metric"].to_list() == [1.5]
-    assert Store(tmp_path, "empty").load().columns[:3] == ["study", "run_id", "status"]
+    empty = runs_table(load_records(Store(tmp_path, "empty").runs_dir))
+    assert empty.columns[:3] == ["study", "run_id", "status"]
 
 
 def test_status_sets(tmp_path):
     store = Store(tmp_path, "s")
     for run_id, status in [("a", "ok"), ("b", "failed"), ("c", "diverged")]:
         store.write({"run_id": run_id, "status": status})
-    assert store.done_ids() == {"a", "c"}
-    assert store.failed_ids() == {"b"}
+    assert statuses_in(store, *DONE) == {"a", "c"}
+    assert statuses_in(store, "failed") == {"b"}
     with pytest.raises(ValueError, match="status must be one of"):
         store.write({"run_id": "d", "status": "maybe"})
 
@@ -70,7 +77,7 @@ def test_results_root_from_env(tmp_path, monkeypatch):
 
 
 def test_status_error_column_takes_the_first_line():
-    from runners.views import first_line
+    from harness.views.runs import first_line
 
     assert first_line("boom\n  Traceback ...") == "boom"
     assert first_line(None) == first_line("") == first_line(" \n ") == ""  # blank errors too
@@ -116,3 +123,17 @@ def test_invalid_records_are_problems_not_crashes(tmp_path, content, says):
     store.write({"run_id": "bad", "status": "ok"})  # a new record: the invalid file is kept aside
     assert store.read("bad")["status"] == "ok"
     assert [p.read_bytes() for p in store.history("bad")] == [content]
+
+
+def test_the_store_names_every_path_of_the_study_folder(tmp_path):
+    store = Store(tmp_path, "s")
+    study = (tmp_path / "s").resolve()
+    assert store.progress_path("r1") == study / "work" / "r1" / "progress.json"
+    assert store.workdir("r1") == study / "work" / "r1" and (study / "work" / "r1").is_dir()
+    assert store.slurm_jobs_file == study / "slurm" / "jobs.json"
+    assert store.tune_dir == study / "tune"
+    assert {kind: str(store.jobs_folder(kind).relative_to(study))
+            for kind in ("local", "debug", "slurm", "tune")} == {
+        "local": "submitit/%j", "debug": "submitit/%j", "slurm": "slurm/%j",
+        "tune": "tune/submitit/%j"}
+    assert not (study / "slurm").exists() and not (study / "tune").exists()  # named, not made

@@ -4,43 +4,25 @@ storages, stale-trial detection, and the worker loop in-process with a fake ``ex
 
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
+from fixtures.studies import fake_execute, tiny_tune_study, write_study
 
 from harness.errors import HarnessError
 from harness.study import load
 from runners import tune as T
 
-STUDY = """
-name: tt
-data: {name: synthetic, image_size: 16, num_classes: 10, train_size: 64, test_size: 32}
-train: {steps: 5, batch_size: 8, eval_every: 0}
-measure: {time: false, memory: false}
-fixed: {model: vit-w32d4h4m64/4, router: soft, num_experts: 4}
-tune:
-  space:
-    slots_per_expert: {low: 1, high: 4}
-    moe_layers: {type: per_block}
-    lr: {low: 0.0003, high: 0.003, log: true}
-  objectives:
-    - {metric: test_accuracy, direction: maximize}
-    - {metric: gflops_per_image, direction: minimize}
-"""
 
-
-def write(tmp_path: Path, mutate=None, text: str = STUDY) -> Path:
-    raw = yaml.safe_load(textwrap.dedent(text))
+def write(tmp_path: Path, mutate=None, raw: dict | None = None) -> Path:
+    """The tiny tune study ``tt`` (or ``raw``), its tune section changed by ``mutate``."""
+    raw = raw or tiny_tune_study("tt")
     if mutate:
         mutate(raw["tune"])
-    path = tmp_path / "tt.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_study(tmp_path, raw)
 
 
 def parse_err(tmp_path, mutate) -> str:
@@ -118,7 +100,7 @@ def test_reporter_reports_a_smoothed_value_in_the_objective_direction():
     reported, verdicts = [], iter([False, True])
     trial = SimpleNamespace(report=lambda v, s: reported.append((s, v)),
                             should_prune=lambda: next(verdicts))
-    on_progress = T._reporter(trial, cfg)
+    on_progress = T.reporter(trial, cfg)
     on_progress({"step": 2, "steps": 10, "loss": 2.0})
     with pytest.raises(Pruned) as stop:
         on_progress({"step": 4, "steps": 10, "loss": 1.0})
@@ -157,11 +139,10 @@ def test_shorthands_and_trial_to_spec(tmp_path):
 
 
 def test_placement_choices_and_grid_base(tmp_path):
-    text = STUDY.replace("fixed: {model: vit-w32d4h4m64/4, router: soft, num_experts: 4}",
-                         "fixed: {model: vit-w32d4h4m64/4, num_experts: 4}\n"
-                         "grid: {router: [soft, dense]}")
+    raw = tiny_tune_study("tt", grid={"router": ["soft", "dense"]})
+    del raw["fixed"]["router"]
     study = load(write(tmp_path, lambda t: t["space"].__setitem__(
-        "moe_layers", [[2, 3], "last:1", "every:2"]), text=text))
+        "moe_layers", [[2, 3], "last:1", "every:2"]), raw=raw))
     cfg = T.parse(study)
     assert T.base_point(study)["router"] == "soft"  # the first grid value is the base
     assert cfg.space["moe_layers"].choices == [[2, 3], "last:1", "every:2"]
@@ -175,7 +156,7 @@ def test_storage_urls(tmp_path):
     assert T.storage_kind("postgresql+psycopg2://u:secret@h:5432/db") == "rdb"
     with pytest.raises(HarnessError, match="expected an SQLAlchemy URL"):
         T.storage_kind("y.db")
-    assert T._without_password("postgresql+psycopg2://u:secret@h:5432/db") == \
+    assert T.without_password("postgresql+psycopg2://u:secret@h:5432/db") == \
         "postgresql+psycopg2://u@h:5432/db"
     study = load(write(tmp_path))
     cfg = T.parse(study)
@@ -197,7 +178,7 @@ def test_stale_reason(tmp_path):
     import socket
 
     host, now = socket.gethostname(), time.time()
-    me = dict(worker_host=host, worker_pid=os.getpid(), worker_started=T._proc_start(os.getpid()))
+    me = dict(worker_host=host, worker_pid=os.getpid(), worker_started=T.proc_start(os.getpid()))
     assert T.stale_reason(_trial(**me, heartbeat_at=now), 30) is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -218,36 +199,19 @@ def test_stale_reason(tmp_path):
 def test_pareto_and_constraints():
     mk = lambda n, a, g: SimpleNamespace(number=n, values=[a, g])  # noqa: E731
     trials = [mk(0, 0.5, 1.0), mk(1, 0.6, 2.0), mk(2, 0.4, 1.5), mk(3, 0.6, 1.0)]
-    front = T._pareto(trials, ["maximize", "minimize"])
+    front = T.pareto(trials, ["maximize", "minimize"])
     assert [t.number for t in front] == [3]
     trials.append(mk(4, 0.7, 3.0))
-    assert [t.number for t in T._pareto(trials, ["maximize", "minimize"])] == [4, 3]
+    assert [t.number for t in T.pareto(trials, ["maximize", "minimize"])] == [4, 3]
     cfg = T.TuneConfig.model_validate({
         "space": {}, "objectives": [{"metric": "test_accuracy", "direction": "maximize"}],
         "constraints": [{"metric": "gflops_per_image", "max": 0.5},
                         {"metric": "test_accuracy", "min": 0.2}]})
-    assert T._constraint_values({"gflops_per_image": 0.3, "test_accuracy": 0.1}, cfg) == \
+    assert T.constraint_values({"gflops_per_image": 0.3, "test_accuracy": 0.1}, cfg) == \
         pytest.approx({"gflops_per_image<=0.5": -0.2, "test_accuracy>=0.2": 0.1})
 
 
 # --- the worker loop, in process, with a fake execute ----------------------------------------
-def fake_execute(calls):
-    """A stand-in for harness.run.execute: a record from the spec, no training."""
-    from harness.store import Store
-
-    def execute(spec, results_root, *, on_progress=None, tags=None):
-        calls.append(spec.run_id)
-        acc = 0.5 + 0.1 * (spec.slots_per_expert or 0) - 20 * abs(spec.train.lr - 1e-3)
-        record = {**spec.flat(), **(tags or {}), "status": "ok", "test_accuracy": acc,
-                  "gflops_per_image": 0.01 * len((spec.moe_layers or "").split(","))}
-        if spec.slots_per_expert == 3:
-            record.update(status="failed", error="boom", test_accuracy=None)
-        Store(results_root, spec.study).write(record)
-        return record
-
-    return execute
-
-
 def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
     import harness.run
 
@@ -290,7 +254,7 @@ def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
     assert "Pareto set" in text and "10 trials finished" in text
     from reports.tuning import tuning_section
 
-    html = tuning_section(study, store)
+    html = tuning_section(store)
     assert 'id="fig-tune-pareto"' in html and 'id="fig-tune-history-test_accuracy"' in html
 
 
@@ -316,8 +280,39 @@ def test_surplus_trial_is_refused():
     attrs = {}
     trial = SimpleNamespace(number=4, study=study,
                             set_user_attr=lambda k, v: attrs.__setitem__(k, v))
-    T._check_surplus(trial, trials=4)  # 0, 1, 3 and 4 make four: fine
-    with pytest.raises(T._Surplus):
-        T._check_surplus(trial, trials=3)
+    T.check_surplus(trial, trials=4)  # 0, 1, 3 and 4 make four: fine
+    with pytest.raises(T.Surplus):
+        T.check_surplus(trial, trials=3)
     assert attrs["outcome"] == "surplus"
     assert T.counts([*others])["finished"] == 2 and T.counts(others)["stale"] == 1
+
+
+def test_the_report_reads_the_tuning_summary_in_the_store(tmp_path, monkeypatch):
+    """Each tune call leaves its summary in the store; the report's tuning section is drawn
+    from that file alone (the Optuna storage may be gone, or on a server out of reach)."""
+    import harness.run
+    from harness.store import Store
+    from harness.tune_summary import read_summary, summary_path
+    from reports.tuning import tuning_section
+
+    monkeypatch.setattr(harness.run, "execute", fake_execute([]))
+    root = tmp_path / "results"
+    study = load(write(tmp_path, lambda t: t["space"].update(slots_per_expert=[1, 2, 3])))
+    T.tune(study, results_root=root, trials=5, executor="debug", show_progress=False)
+    store = Store(root, "tt")
+    summary = read_summary(store.dir)
+    assert summary.counts["finished"] == 5 and len(summary.trials) == 5
+    assert summary.metrics == ["test_accuracy", "gflops_per_image"] and summary.multi
+    ostudy = T.load_tuning(study, root)[1]
+    assert summary.best == [t.number for t in T.best_trials(ostudy, T.parse(study))]
+    assert summary.storage == f"sqlite:///{store.dir / 'tune' / 'optuna.db'}"
+    (store.dir / "tune" / "optuna.db").unlink()
+    html = tuning_section(store)
+    assert 'id="fig-tune-pareto"' in html and 'id="fig-tune-history-gflops_per_image"' in html
+    assert f"{summary.counts['finished']} trials finished" in html
+    summary_path(store.dir).write_text('{"study": "tt"}')
+    with pytest.raises(HarnessError) as err:
+        tuning_section(store)
+    assert str(err.value).startswith(f"{summary_path(store.dir)}: storage: Field required")
+    assert "\n" not in str(err.value)
+    assert tuning_section(Store(root, "never-tuned")) is None

@@ -101,7 +101,6 @@ class VisionTransformer(nn.Module):
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.pool_kind = pool
         self.map_head = (MAPHead(width, heads, mlp_dim, attention, gelu=gelu) if pool == "map"
                          else None)
         self.head = nn.Linear(width, num_classes)

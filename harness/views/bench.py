@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from harness.flops import CONVENTION
+from harness.views.console import wide_console
 
 
 def print_layers(result: dict[str, Any]) -> None:
     """The ``bench layers`` table."""
-    import sys
-
-    from rich.console import Console
     from rich.table import Table
 
     machine, rows = result["machine"], result["rows"]
@@ -41,7 +39,7 @@ def print_layers(result: dict[str, Any]) -> None:
                       f"{row['fwd_ms']:.1f}", f"{row['fwd_bwd_ms']:.1f}",
                       opt(row, "ref_fwd_ms", "{:.1f}"), opt(row, "ref_fwd_bwd_ms", "{:.1f}"),
                       speed["fwd"], speed["fwd_bwd"], rates, share, over)
-    console = Console(width=None if sys.stdout.isatty() else 250)
+    console = wide_console()
     console.print(table)
     r0 = rows[0] if rows else {}
     console.print(
@@ -66,9 +64,6 @@ def print_layers(result: dict[str, Any]) -> None:
 
 def print_train(result: dict[str, Any]) -> None:
     """The ``bench train`` table and its footnote."""
-    import sys
-
-    from rich.console import Console
     from rich.table import Table
 
     machine, rows = result["machine"], result["rows"]
@@ -89,7 +84,7 @@ def print_train(result: dict[str, Any]) -> None:
             cells += [f"{row['step_vs_first']:.2f}", "-"]
         cells.append("flagged" if row["timing_flagged"] else "ok")
         table.add_row(*cells)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = wide_console()
     console.print(table)
     peak = (f"peak {machine['peak_tflops']:g} TFLOP/s ({machine['peak_source']})"
             if machine["peak_tflops"] else
@@ -108,7 +103,6 @@ def print_train(result: dict[str, Any]) -> None:
 
 
 def print_data(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"Input pipeline, {result['image_size']} px, augment "
@@ -125,4 +119,4 @@ def print_data(result: dict) -> None:
                          f"run on the device, not counted). Wall rates depend on the machine's "
                          f"load. Preparing {result['images']} + val images took "
                          f"{result['prepare_s']:.1f} s")
-    Console(width=120).print(table)
+    wide_console().print(table)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-
-def _console():
-    import sys
-
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 250)
+from harness.views.console import wide_console
 
 
 def print_inspect(rows: list[dict]) -> None:
@@ -40,7 +34,7 @@ def print_inspect(rows: list[dict]) -> None:
                       f"{row['train_images_per_s']:.1f}{flag}", f"{row['train_step_ms']:.1f}",
                       f"{row['peak_memory_mb']:.0f}"]
         table.add_row(*cells)
-    console = _console()
+    console = wide_console()
     console.print(table)
     if timed:
         batch = rows[0].get("timing_batch_size")
@@ -76,7 +70,7 @@ def print_paper_table(rows: list[dict]) -> None:
             f"{row['train_exaflops_ratio']:.3f}", f"{row['train_exaflops']:.1f}",
             row["counted_by"] + ("" if _agrees(row) else " (differs from closed form!)"),
         )
-    console = _console()
+    console = wide_console()
     console.print(table)
     console.print(
         "FLOPs: 2 per multiply-add (matrix products; elementwise ops not counted). Train EF: "

@@ -1,7 +1,7 @@
 """The report in headless Chromium: it draws every plot, offline, without a console error.
 
-Needs Debian chromium (installed by ``chromium_executable`` in conftest.py when root) and
-playwright from PyPI, which drives it through ``executable_path`` (no browser download).
+Needs Debian chromium (installed by ``chromium_executable`` of tests/fixtures/browser.py when
+root) and playwright from PyPI, which drives it through ``executable_path`` (no browser download).
 Leaves ``test-output/reports/report.html`` and ``report.png`` (a full-page screenshot) at the
 repository root, for people and CI artifacts.
 """

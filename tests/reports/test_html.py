@@ -161,6 +161,9 @@ def test_build_report_counts_pending_runs(tmp_path, records):
         def load(self):
             return load_records(self.runs_dir)
 
+        def study_text(self):
+            return None
+
     write_store(records[:40], Store.runs_dir)
     path = build_report(Study(), Store())
     assert path == Store.dir / "report.html"
@@ -199,3 +202,21 @@ def test_odd_stores_still_render(case, tmp_path):
         assert "Nothing to draw yet" in text
     if case == "unknown_router":
         assert "<b>new</b>" not in text
+
+
+def test_build_report_shows_the_study_file_the_store_kept(tmp_path):
+    """The page shows the study as it ran (kept in the store), never the file as it is now."""
+    from harness.store import Store
+    from harness.study import load
+
+    path = tmp_path / "kept.yaml"
+    path.write_text("name: kept\ndata: {name: synthetic, image_size: 16}\n"
+                    "fixed: {model: vit-w32d2h2m64/4}  # as it ran\n")
+    study = load(path)
+    store = Store(tmp_path / "results", "kept")
+    assert store.study_text() is None
+    assert "Study file" not in build_report(study, store).read_text()
+    store.keep_study(path.read_text())
+    path.write_text("name: kept  # edited since\n")
+    page = build_report(study, store).read_text()
+    assert "Study file" in page and "# as it ran" in page and "edited since" not in page

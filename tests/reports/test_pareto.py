@@ -6,11 +6,19 @@ import random
 import polars as pl
 import pytest
 
-from reports.pareto import pareto_front, pareto_mask
+from reports.pareto import pareto_mask
 
 
 def mask(df, *args, **kwargs):
     return pareto_mask(df, *args, **kwargs).to_list()
+
+
+def pareto_front(df, cost, quality, *, by=None):
+    """The rows on the front (per ``by`` group), sorted by group then cost: each group's rows
+    are then the vertices of its front line, in drawing order."""
+    by = [by] if isinstance(by, str) else list(by or [])
+    return df.filter(pareto_mask(df, cost, quality, by=by or None)).sort(
+        [*by, cost, quality], nulls_last=True)
 
 
 def brute_force(costs, qualities, cost_lower, quality_higher):

@@ -6,7 +6,7 @@
 #
 # What it does:
 #   - installs Debian's slurmctld, slurmd, slurm-client and munge if they are missing
-#     (apt-get update once, then apt-get install; Debian 12 has slurm-wlm 22.05.8);
+#     (tests/provision.sh slurm; Debian 12 has slurm-wlm 22.05.8);
 #   - writes munge's key, slurm.conf, all state, spool, logs and pid files into ONE folder,
 #     $MOE_SLURM_DIR (default /tmp/moe-harness-slurm); nothing is written to /etc:
 #     every SLURM client honours the SLURM_CONF variable, so callers export
@@ -130,26 +130,10 @@ fi
 T0=$(date +%s.%N)
 
 # ---------------------------------------------------------------- packages
-install_missing() {  # install_missing PKG... (only those whose status is not "installed")
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-    done
-    ((${#missing[@]})) || return 0
-    command -v apt-get >/dev/null || { log "missing packages ${missing[*]} and no apt-get"; return 1; }
-    if [[ -z ${APT_UPDATED:-} ]]; then
-        log "apt-get update"
-        apt-get update -q >&2 || { log "apt-get update failed"; return 1; }
-        APT_UPDATED=1
-    fi
-    log "apt-get install ${missing[*]}"
-    # The packages' postinst scripts may try to start Debian's own services; those use
-    # /etc/slurm and /run/munge, not our folder or ports... except the default ports: we
-    # stop them below if they did start.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-        || { log "apt-get install ${missing[*]} failed"; return 1; }
-}
-install_missing slurmctld slurmd slurm-client munge || die "cannot install the SLURM packages"
+# The packages' postinst scripts may try to start Debian's own services; those use /etc/slurm
+# and /run/munge, not our folder or ports... except the default ports: we stop them below if
+# they did start.
+bash "$HERE/../provision.sh" slurm || die "cannot install the SLURM packages"
 
 # ---------------------------------------------------------------- layout and config
 mkdir -p "$DIR"/{etc,run,log,state,spool,munge,db}
@@ -305,7 +289,7 @@ stop_recorded() {
 start_accounting() {
     local t0 db=$DIR/db sock=$DIR/db/mysqld.sock pass
     t0=$(date +%s)
-    install_missing mariadb-server slurmdbd || return 1
+    bash "$HERE/../provision.sh" slurm-accounting || return 1
     local p
     for p in "$DB_PORT" "$DBD_PORT"; do
         port_free "$p" || { log "port $p is in use; set MOE_SLURM_DB_PORT/MOE_SLURM_DBD_PORT"; return 1; }

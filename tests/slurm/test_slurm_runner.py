@@ -110,7 +110,7 @@ def test_live_view_leaves_out_runs_whose_job_only_exits(tmp_path, monkeypatch):
     index = {run: {"job_id": job, "submitted_at": "2026-01-01T00:00:00",
                    "stdout": f"{job}.out", "stderr": f"{job}.err"}
              for run, job in (("done", "11"), ("retried", "12"), ("busy", "13"))}
-    S.atomic_write_json(S.jobs_file(store), index)
+    S.atomic_write_json(store.slurm_jobs_file, index)
     store.write({"run_id": "done", "status": "ok", "slurm_job_id": "11",
                  "slurm_restarts": 0})
     store.write({"run_id": "retried", "status": "failed", "slurm_job_id": "7"})
@@ -372,5 +372,38 @@ def test_two_task_job_trains_one_run_with_ddp(slurm_cluster, tmp_path):
     [spec] = load(study).expand()
     single = execute(spec.model_copy(update={"study": "single"}), tmp_path / "single")
     assert record["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
+    for a, b in zip(record["history"], single["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_task_job_with_experts_sharded_equals_one_process(slurm_cluster, tmp_path):
+    """``train.layout: experts`` over a job's 2 tasks: each rank holds 2 of the 4 experts of
+    every MoE layer and the slots travel by all-to-all. One record, with the layout it used
+    and the all-to-all share, and the single-process run's losses and test scores."""
+    from harness.run import execute
+
+    results = tmp_path / "results"
+    train = {"steps": 8, "batch_size": 32, "eval_every": 4, "checkpoint_every": 4,
+             "layout": "experts"}
+    study = write_study(tmp_path, "ep", grid={"seed": [0]}, train=train,
+                        fixed={"router": "soft", "num_experts": 4},
+                        slurm={"partition": slurm_cluster.partition, "mem_gb": 2,
+                               "extra_sbatch": {"ntasks_per_node": 2}})
+    out = cli("run", study, "--executor", "slurm", "--wait", "--quiet", results=results)
+    assert "1 runs: 1 ok" in out, out
+    [record] = records(results, "ep").values()
+    assert record["status"] == "ok" and record["world_size"] == 2
+    assert record["layout"] == "experts" and record["ranks"] == 2
+    assert 0 < record["all_to_all_share"] < 1
+    assert record["peak_memory_rank_mb"] > 0
+
+    [spec] = load(study).expand()
+    single = execute(spec.model_copy(update={"study": "single"}), tmp_path / "single")
+    assert single["layout"] == "experts" and single["ranks"] == 1
+    assert single["all_to_all_share"] is None
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert record[key] == pytest.approx(single[key], rel=1e-5), key
     for a, b in zip(record["history"], single["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

@@ -2,13 +2,12 @@
 
 The tuner (``runners.tune``, with a stand-in for training so that trials take no time) fills
 each storage; ``optuna-dashboard``, launched as ``moe-harness tune --show`` prints it, serves
-it on 127.0.0.1 and a free port; Debian chromium (Playwright, the report tests' set-up) finds
-the study, its objective names and its trials. The dashboard is stopped at the end.
+it on 127.0.0.1 and a free port; Debian chromium (Playwright, ``tests/fixtures/browser.py``)
+finds the study, its objective names and its trials. The dashboard is stopped at the end.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,27 +19,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_tune import fake_execute, write
+from fixtures.studies import fake_execute, tiny_tune_study, write_study
 
 import runners.tune as T
 from harness.study import load
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 pytest.importorskip("optuna_dashboard", reason="the dashboard extra is not installed")
-
-
-def _browser_fixtures():
-    """The report tests' chromium fixtures (Debian chromium, offline flags), reused."""
-    path = Path(__file__).parents[1] / "reports" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("report_browser_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _browser_fixtures()
-chromium_executable = _fixtures.chromium_executable
-chromium_launch = _fixtures.chromium_launch
 
 
 def _free_port() -> int:
@@ -58,7 +43,9 @@ def tuned(request, tmp_path, monkeypatch):
     url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'optuna.db'}",
            "journal": lambda: f"journal:{tmp_path / 'optuna.journal'}",
            "postgres": lambda: request.getfixturevalue("pg_url")}[request.param]()
-    study = load(write(tmp_path, lambda t: t["space"].update(slots_per_expert=[1, 2, 3])))
+    raw = tiny_tune_study("tt")
+    raw["tune"]["space"].update(slots_per_expert=[1, 2, 3])
+    study = load(write_study(tmp_path, raw))
     summary = T.tune(study, results_root=tmp_path / "results", trials=4, executor="debug",
                      storage=url, show_progress=False)
     assert summary["after"]["finished"] == 4

@@ -2,7 +2,7 @@
 journal file or a real PostgreSQL, resuming, pruning, and a worker killed mid-trial.
 
 The storage-parametrized tests run on a journal file and, marked ``postgres``, on the private
-PostgreSQL server of ``conftest.py`` (Optuna's RDB storage with heartbeats).
+PostgreSQL server of ``tests/fixtures/postgres.py`` (Optuna's RDB storage with heartbeats).
 """
 
 from __future__ import annotations
@@ -11,48 +11,39 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from fixtures.studies import tiny_tune_study, write_study
 from helpers import cli
 
-from harness.store import Store
+from harness.store import DONE, Store
 from harness.study import load
 from runners import tune as T
 
 pytestmark = pytest.mark.slow
 
-# 16 px images, 4 px patches: 16 tokens; a 4-block, 32-wide ViT; 6 steps: ~1 s of training.
-STUDY = """
-name: tw
-data: {name: synthetic, image_size: 16, num_classes: 10, train_size: 256, test_size: 128}
-train: {steps: 6, batch_size: 16, warmup_steps: 0, eval_every: 0, checkpoint_every: 0,
-        fewshot_shots: 0, eval_batch_size: 128, threads: 1}
-measure: {time: false, memory: false}
-fixed: {model: vit-w32d4h4m64/4, router: soft, num_experts: 4}
-tune:
-  space:
-    slots_per_expert: {low: 1, high: 4}
-    moe_layers: {type: per_block}
-    lr: {low: 0.0003, high: 0.01, log: true}
-  objectives:
-    - {metric: test_accuracy, direction: maximize}
-    - {metric: gflops_per_image, direction: minimize}
-  sampler: {startup_trials: 4}
-  heartbeat: {interval_s: 1, grace_s: 6}
-"""
 GRACE_S = 6
 
 
-def write(tmp_path: Path, text: str = STUDY, **tune) -> Path:
-    raw = yaml.safe_load(textwrap.dedent(text))
+def study(steps: int = 6) -> dict:
+    """The tiny tune study ``tw``: 256 training images, 6 steps of 16 (~1 s of training), a
+    wider learning-rate range, heartbeats every second."""
+    raw = tiny_tune_study(
+        "tw", tune={"sampler": {"startup_trials": 4},
+                    "heartbeat": {"interval_s": 1, "grace_s": GRACE_S}},
+        data={"train_size": 256, "test_size": 128},
+        train={"steps": steps, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 0,
+               "fewshot_shots": 0, "eval_batch_size": 128, "threads": 1})
+    raw["tune"]["space"]["lr"]["high"] = 0.01
+    return raw
+
+
+def write(tmp_path: Path, raw: dict | None = None, **tune) -> Path:
+    raw = raw or study()
     raw["tune"].update(tune)
-    path = tmp_path / "tw.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_study(tmp_path, raw)
 
 
 @pytest.fixture(params=["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -81,7 +72,7 @@ def check_trials(ostudy, store: Store, finished: int) -> list:
     surplus = [t for t in trials if t.user_attrs.get("outcome") == "surplus"]
     assert len(trials) == finished + c["stale"] + len(surplus)  # none lost
     for t in trials:
-        if (t.state in (S.COMPLETE, S.PRUNED) or T._ran(t)) and "run_id" in t.user_attrs:
+        if (t.state in (S.COMPLETE, S.PRUNED) or T.ran(t)) and "run_id" in t.user_attrs:
             record = store.read(t.user_attrs["run_id"])
             assert record is not None, f"trial {t.number} has no record"
             if "reused_record" not in t.user_attrs:
@@ -171,8 +162,8 @@ def _running_trial(path: Path, storage: str, proc, timeout: float = 300):
 def test_pruning_stops_bad_trials_and_records_them(tmp_path):
     """One objective; learning rates from 1e-6 (hopeless in 30 steps) to 1e-2; a median
     pruner judging the smoothed training loss: some trials are pruned, recorded as such."""
-    text = STUDY.replace("steps: 6,", "steps: 30,")
-    path = write(tmp_path, text, space={"lr": {"low": 1e-6, "high": 1e-2, "log": True}},
+    path = write(tmp_path, study(steps=30), space={"lr": {"low": 1e-6, "high": 1e-2,
+                                                              "log": True}},
                  objectives=[{"metric": "test_accuracy", "direction": "maximize"}],
                  pruner={"name": "median", "startup_trials": 2, "warmup_steps": 4})
     root = tmp_path / "results"
@@ -191,8 +182,11 @@ def test_pruning_stops_bad_trials_and_records_them(tmp_path):
         assert record["status"] == "pruned" and record["tune_trial"] == t.number
         assert 4 <= record["pruned_step"] < 30 and t.intermediate_values
         assert record["params_total"] > 0  # what was measured before training is kept
-    assert store.done_ids() >= {t.user_attrs["run_id"] for t in pruned}  # counted as done
+    done = {run_id for run_id, status in store.statuses().items() if status in DONE}
+    assert done >= {t.user_attrs["run_id"] for t in pruned}  # counted as done
     # the report's tuning section
     cli("report", path, "--results", root)
     html = (root / "tw" / "report.html").read_text()
     assert 'id="tuning"' in html and 'id="fig-tune-history-test_accuracy"' in html
+    assert "Study file" in html and "name: tw" in html  # kept in the store by `tune`
+    assert (root / "tw" / "tune" / "summary.json").is_file()

@@ -41,9 +41,11 @@ def plan_table(study: Study, plan) -> Table:
     Settings shared by every run (seed, lr, steps, batch) go in the title, not in columns.
     """
     from harness.estimate import CONVENTIONS, describe, study_costs, totals
+    from harness.memory import on_gpu
 
     costs = study_costs(study, plan.specs)
     todo = {s.run_id for s in plan.todo}
+    gpu = {s.run_id for s in plan.specs if on_gpu(study, s)}  # GPU-hours of GPU runs only
     knobs = {"seed": lambda s: str(s.seed), "lr": lambda s: f"{s.train.lr:g}",
              "steps": lambda s: f"{s.train.steps:,}", "batch": lambda s: f"{s.train.batch_size:,}"}
     values = {name: [get(s) for s in plan.specs] for name, get in knobs.items()}
@@ -66,15 +68,23 @@ def plan_table(study: Study, plan) -> Table:
                       *(values[n][i] for n in varying),
                       f"[{STATE_STYLE.get(state.split()[0], '')}]{state}",
                       _num(cost.gflops_per_image), _num(cost.train_exaflops),
-                      _num(cost.train_exaflops_paper), _num(cost.gpu_hours))
+                      _num(cost.train_exaflops_paper),
+                      _num(cost.gpu_hours) if spec.run_id in gpu else "-")
     rows = [("total", totals(costs))]
     if plan.todo and len(plan.todo) != len(plan.specs):
         rows.append(("to run", totals(c for c in costs if c.run_id in todo)))
     table.add_section()
     for name, t in rows:
+        hours = totals(c for c in costs if c.run_id in gpu).gpu_hours
+        if name == "to run":
+            hours = totals(c for c in costs if c.run_id in gpu & todo).gpu_hours
         table.add_row("", name, f"{t.runs} runs", *([""] * len(varying)), "", "",
-                      _num(t.train_exaflops), _num(t.train_exaflops_paper), _num(t.gpu_hours))
+                      _num(t.train_exaflops), _num(t.train_exaflops_paper),
+                      _num(hours) if gpu else "-")
     notes = [CONVENTIONS, describe(study.estimate)]
+    if len(gpu) < len(costs):
+        notes.append("GPU-h est. '-': CPU runs (train.device cpu, or auto outside a SLURM "
+                     "study with executor.slurm.gpus_per_run).")
     gpus = sorted({c.gpus for c in costs})
     if gpus and gpus != [1]:
         notes.append(f"{' or '.join(str(g) for g in gpus)} GPUs per run (train.gpus): a run's "

@@ -1,6 +1,6 @@
 """A live view of a sweep: runs done / failed / left, and each running run's step and loss.
 
-Runs report progress by writing ``STUDY/work/RUN_ID/progress.json`` (``harness.run``); this
+Runs report progress by writing ``Store.progress_path`` (``harness.run``); this
 reads those files, so it works the same for subprocesses and for SLURM jobs. On a terminal it
 is a live display with an ETA; elsewhere (a log file, CI, a SLURM log) it prints one plain line
 per run started or finished and a summary line every ``summary_every_s`` seconds.
@@ -123,6 +123,6 @@ class SweepProgress:
 
 def read_progress(store: Store, run_id: str) -> dict | None:
     try:
-        return json.loads((store.dir / "work" / run_id / "progress.json").read_text())
+        return json.loads(store.progress_path(run_id).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None

@@ -1,0 +1,169 @@
+"""``moe-harness tune``: open (or continue) the Optuna study, recover trials left RUNNING by
+dead workers, launch K workers through submitit (``debug``, ``local`` or ``slurm``; SLURM
+reuses ``executor.slurm``), follow them, and write the tuning's summary into the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.study import Study
+from harness.tune_summary import write_summary
+from runners.executors import check_executor, make_executor
+from runners.tune.config import parse
+from runners.tune.liveness import counts, recover_stale
+from runners.tune.results import summarise
+from runners.tune.storage import (
+    open_storage,
+    open_study,
+    record_storage,
+    resolve_storage,
+    storage_kind,
+    without_password,
+)
+from runners.tune.worker import run_worker
+
+
+def _executor(name: str, study: Study, folder: Path, workers: int, timeout_min: int):
+    executor = make_executor(name, folder, study, timeout_min=timeout_min)
+    if name == "slurm":  # the study's executor.slurm settings, as for `run`; one task a worker
+        executor.update_parameters(
+            name=f"tune-{study.name}", tasks_per_node=1,
+            slurm_array_parallelism=min(workers, study.executor.slurm.array_parallelism))
+    return executor
+
+
+def tune(study: Study, *, results_root: Path, trials: int | None = None,
+         workers: int | None = None, executor: str | None = None, storage: str | None = None,
+         wait: bool | None = None, show_progress: bool = True, console=None,
+         timeout_min: int = 24 * 60) -> dict[str, Any]:
+    """Run (or continue) the study's tuning until ``trials`` trials are finished.
+
+    Returns a summary: storage, counts before and after, stale trials recovered, job ids and
+    worker errors. Local workers are always waited for; SLURM workers only with ``wait``.
+    """
+    import optuna
+    from rich.console import Console
+
+    from harness.lifeline import Tethered
+    from harness.store import Store
+    from harness.views.tune import follow_trials
+    from runners.local import sigint_ignored, stop_local_jobs, thread_env
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    console = console or Console(stderr=True)
+    cfg = parse(study)
+    where = study.source or study.name
+    trials = trials or cfg.trials
+    if not trials:
+        raise HarnessError(f"{where}: --trials: missing; give --trials N (or tune.trials)")
+    workers = workers or cfg.workers
+    executor = executor or study.executor.name
+    check_executor(executor)
+    store = Store(results_root, study.name)
+    url = resolve_storage(study, cfg, store.dir, storage, executor)
+    kind = storage_kind(url)
+    if executor == "slurm" and url.startswith("sqlite:"):
+        console.print("[yellow]warning[/]: SQLite on a shared file system is unsafe with "
+                      "workers on several nodes; prefer journal:PATH or a PostgreSQL URL")
+    opened = open_storage(url, cfg)
+    ostudy = open_study(study, cfg, url, storage=opened, create=True)
+    record_storage(store.dir, url)
+    summary: dict[str, Any] = {"storage": without_password(url), "kind": kind,
+                               "trials": trials, "workers": workers, "executor": executor,
+                               "stale": recover_stale(ostudy, opened, cfg), "job_ids": [],
+                               "worker_errors": []}
+    before = counts(ostudy.get_trials(deepcopy=False))
+    summary["before"] = before
+    _say_stale(console, cfg, summary["stale"])
+    if before["finished"] >= trials:
+        summary["after"] = before
+        console.print(f"{study.name}: {before['finished']} of {trials} trials already finished "
+                      f"({without_password(url)}); nothing to do")
+        write_summary(store.dir, summarise(study, cfg, ostudy, url))
+        return summary
+    workers = max(1, min(workers, trials - before["finished"]))
+    ex = _executor(executor, study, store.jobs_folder("tune"), workers, timeout_min)
+    console.print(f"{study.name}: {before['finished']} of {trials} trials finished; "
+                  f"{workers} {executor} worker{'s' if workers > 1 else ''} on "
+                  f"{without_password(url)}")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    worker_fn = functools.partial(run_worker, study, cfg, url, trials,
+                                  results_root=str(store.root),
+                                  resumed_at=len(ostudy.get_trials(deepcopy=False)))
+    if executor == "local":  # workers die with this process; Ctrl-C reaches this one alone
+        worker_fn = Tethered(worker_fn)
+    with thread_env(threads), sigint_ignored():
+        jobs = ex.map_array(worker_fn, list(range(workers)))
+    summary["job_ids"] = [str(j.job_id) for j in jobs]
+    if executor == "slurm" and not wait:
+        console.print(f"submitted SLURM job{'s' if len(jobs) > 1 else ''} "
+                      f"{', '.join(summary['job_ids'])}; follow with "
+                      f"'moe-harness tune {where} --show'")
+        summary["after"] = before
+        write_summary(store.dir, summarise(study, cfg, ostudy, url))
+        return summary
+    try:
+        if executor == "debug":  # the workers run in here, now
+            for job in jobs:
+                _finish(job)
+        else:
+            follow_trials(jobs, lambda: counts(ostudy.get_trials(deepcopy=False)), trials,
+                          before, console, show_progress)
+    except KeyboardInterrupt:
+        if executor == "local":
+            stop_local_jobs(jobs)
+        for job in jobs:
+            job.cancel(check=False)
+        console.print("interrupted: workers cancelled; their running trials end FAILED; "
+                      "'moe-harness tune' again continues the study")
+        raise
+    for i, job in enumerate(jobs):
+        try:
+            job.result()
+        except Exception as err:  # noqa: BLE001 - killed, timed out, crashed: say so, go on
+            line = _job_error(err)
+            summary["worker_errors"].append(f"worker {i} (job {job.job_id}): {line}")
+            console.print(f"[red]worker {i}[/] (job {job.job_id}) ended early: {line[:300]} "
+                          f"(log: {job.paths.stderr})")
+    del jobs, job  # submitit's LocalJob.__del__ must run now, not at interpreter exit
+    gc.collect()
+    late = recover_stale(ostudy, opened, cfg)
+    _say_stale(console, cfg, late)
+    summary["stale"] += late
+    after = counts(ostudy.get_trials(deepcopy=False))
+    summary["after"] = after
+    console.print(f"{study.name}: {after['finished']} of {trials} trials finished "
+                  f"({after['complete']} complete, {after['pruned']} pruned, {after['failed']} "
+                  f"failed; {after['stale']} stale, {after['waiting']} queued, "
+                  f"{after['running']} running) -> records in {store.runs_dir}")
+    write_summary(store.dir, summarise(study, cfg, ostudy, url))
+    return summary
+
+
+def _say_stale(console, cfg, stale: list[tuple[int, str]]) -> None:
+    for number, reason in stale:
+        console.print(f"[yellow]trial {number}[/] was left RUNNING ({reason}): marked failed"
+                      + (", its parameters queued again" if cfg.heartbeat.retries else ""))
+
+
+def _finish(job) -> None:
+    """Wait for a job; an error is reported by the caller, from ``job.result()`` again."""
+    try:
+        job.result()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _job_error(err: Exception) -> str:
+    """One line for a worker job that raised or died."""
+    text = [t.strip() for t in str(err).splitlines() if t.strip()]
+    if "has not produced any output" in str(err):
+        state = str(err).split("(state: ", 1)[-1].split(")", 1)[0]
+        return f"the worker process ended without a result ({state.lower()}): killed?"
+    return text[-1] if text else type(err).__name__
