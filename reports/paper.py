@@ -47,22 +47,22 @@ from reports.figures import (
     ROW,
     SHARED,
     Hover,
-    _base_layout,
-    _best_per,
-    _floats,
-    _hover,
-    _power_ticks,
-    _std,
+    base_layout,
+    best_per,
     config_label,
     flagged_timing,
+    floats,
     fmt,
+    hover_kwargs,
     hover_texts,
+    power_ticks,
     primary_quality,
     ptext,
     router_color,
     router_name,
     sorted_routers,
     spec_columns,
+    std_of,
     with_rows,
 )
 from reports.metrics import label
@@ -198,7 +198,7 @@ def fig_experts_slots_heatmap(
                       & pl.col(f"{quality}_mean").is_not_null())
     if data.height == 0:
         return None
-    best = _best_per(data, ["model", "router", "num_experts", SLOTS_PER_TOKEN], quality)
+    best = best_per(data, ["model", "router", "num_experts", SLOTS_PER_TOKEN], quality)
     panels = [(m, r) for (m, r), cells in sorted(
         best.group_by(["model", "router"]), key=lambda g: (str(g[0][0]),
                                                            GRID_ROUTERS.index(g[0][1])))
@@ -241,7 +241,7 @@ def fig_experts_slots_heatmap(
                          categoryarray=xs, row=i)
         fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys, row=i)
         fig.update_yaxes(title_text="slots per token", row=i, col=1)
-    _base_layout(fig, f"{label(metric)} over experts x slots per token (best configuration "
+    base_layout(fig, f"{label(metric)} over experts x slots per token (best configuration "
                  "per cell)", height=380 * len(models) + 60)
     return fig
 
@@ -291,25 +291,25 @@ def fig_fronts(
             rest, front = sub.filter(~pl.col("_rf")), sub.filter("_rf").sort(col)
             if rest.height:
                 fig.add_trace(go.Scatter(
-                    x=_floats(rest[col]), y=_floats(rest[qcol]), mode="markers",
+                    x=floats(rest[col]), y=floats(rest[qcol]), mode="markers",
                     name=ptext(router_name(router)), legendgroup=str(router), showlegend=False,
                     marker={"color": color, "size": 6, "opacity": 0.35,
-                            "symbol": _symbols(rest, cost)}, **_hover(rest, hover),
+                            "symbol": _symbols(rest, cost)}, **hover_kwargs(rest, hover),
                 ), row=1, col=i)
-            std = _std(front, quality)
+            std = std_of(front, quality)
             fig.add_trace(go.Scatter(
-                x=_floats(front[col]), y=_floats(front[qcol]), mode="lines+markers",
+                x=floats(front[col]), y=floats(front[qcol]), mode="lines+markers",
                 name=ptext(router_name(router)), legendgroup=str(router), showlegend=i == 1,
                 marker={"color": color, "size": 9, "line": {"color": "black", "width": 1},
                         "symbol": _symbols(front, cost)},
                 line={"color": color, "width": 2},
                 error_y={"type": "data", "array": std if std is not None else [],
                          "visible": std is not None, "thickness": 1},
-                **_hover(front, hover),
+                **hover_kwargs(front, hover),
             ), row=1, col=i)
         overall = data.filter("_f").sort(col)
         fig.add_trace(go.Scatter(
-            x=_floats(overall[col]), y=_floats(overall[qcol]), mode="lines",
+            x=floats(overall[col]), y=floats(overall[qcol]), mode="lines",
             name="front, all routers", legendgroup="_all", showlegend=i == 1,
             hoverinfo="skip", line={"color": "black", "width": 1.2, "dash": "dash"},
         ), row=1, col=i)
@@ -318,7 +318,7 @@ def fig_fronts(
         fig.add_trace(go.Scatter(  # a legend entry only
             x=[None], y=[None], mode="markers", name=ptext(FLAGGED_LABEL), hoverinfo="skip",
             marker={"color": "grey", "size": 8, "symbol": FLAGGED_SYMBOL}), row=1, col=1)
-    _base_layout(fig, title or f"{label(quality)}: Pareto fronts", height=460,
+    base_layout(fig, title or f"{label(quality)}: Pareto fronts", height=460,
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"})
     fig.update_yaxes(title_text=ptext(label(quality)), col=1)
     return fig
@@ -363,7 +363,7 @@ def fig_slots_per_expert(
                       & pl.col(qcol).is_not_null())
     if soft.height == 0:
         return None
-    best = _best_per(soft, ["model", "num_experts", "slots_per_expert"], quality)
+    best = best_per(soft, ["model", "num_experts", "slots_per_expert"], quality)
     lines = (best.group_by(["model", "num_experts"])
              .agg(pl.col("slots_per_expert").n_unique().alias("n"))
              .filter(pl.col("n") >= 2).sort(["model", "num_experts"]))
@@ -379,25 +379,25 @@ def fig_slots_per_expert(
         xs_all += sub["slots_per_expert"].to_list()
         color = palette[i % len(palette)]
         name = f"{model}, {experts} experts"
-        std = _std(sub, quality)
+        std = std_of(sub, quality)
         fig.add_trace(go.Scatter(
-            x=_floats(sub["slots_per_expert"]), y=_floats(sub[qcol]), mode="lines+markers",
+            x=floats(sub["slots_per_expert"]), y=floats(sub[qcol]), mode="lines+markers",
             name=ptext(f"{label(quality)}: {name}"), marker={"color": color, "size": 8},
             line={"color": color},
             error_y={"type": "data", "array": std if std is not None else [],
                      "visible": std is not None, "thickness": 1},
-            **_hover(sub, hover),
+            **hover_kwargs(sub, hover),
         ), secondary_y=False)
         if step:
             fig.add_trace(go.Scatter(
-                x=_floats(sub["slots_per_expert"]), y=_floats(sub["train_step_ms_mean"]),
+                x=floats(sub["slots_per_expert"]), y=floats(sub["train_step_ms_mean"]),
                 mode="lines+markers", name=ptext(f"step time: {name}"),
                 marker={"color": color, "size": 7, "symbol": "diamond-open"},
-                line={"color": color, "dash": "dash"}, **_hover(sub, hover),
+                line={"color": color, "dash": "dash"}, **hover_kwargs(sub, hover),
             ), secondary_y=True)
     dense = agg.filter((pl.col("router") == "dense") & pl.col(qcol).is_not_null())
     models = set(lines["model"].to_list())
-    for row in _best_per(dense, ["model"], quality).iter_rows(named=True) if dense.height else ():
+    for row in best_per(dense, ["model"], quality).iter_rows(named=True) if dense.height else ():
         if row["model"] in models:
             x = [min(xs_all), max(xs_all)]
             fig.add_trace(go.Scatter(
@@ -405,9 +405,9 @@ def fig_slots_per_expert(
                 line={"color": router_color("dense"), "dash": "dot"},
                 hovertemplate=ptext(f"dense {row['model']}: {fmt(row[qcol])}") + "<extra></extra>",
             ), secondary_y=False)
-    _base_layout(fig, f"Soft MoE: {label(quality)} and step time against slots per expert",
+    base_layout(fig, f"Soft MoE: {label(quality)} and step time against slots per expert",
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"}, height=480)
-    fig.update_xaxes(type="log", title_text="slots per expert", **_power_ticks(xs_all))
+    fig.update_xaxes(type="log", title_text="slots per expert", **power_ticks(xs_all))
     fig.update_yaxes(title_text=ptext(label(quality)), secondary_y=False)
     if step:
         fig.update_yaxes(title_text=ptext(label("train_step_ms")), secondary_y=True,
@@ -419,10 +419,10 @@ def fig_slots_per_expert(
 
 
 def _bar_trace(sub: pl.DataFrame, x: list[str], quality: str, hover: Hover, **kw) -> go.Bar:
-    std = _std(sub, quality)
-    h = _hover(sub, hover)
+    std = std_of(sub, quality)
+    h = hover_kwargs(sub, hover)
     return go.Bar(
-        x=x, y=_floats(sub[f"{quality}_mean"]),
+        x=x, y=floats(sub[f"{quality}_mean"]),
         error_y={"type": "data", "array": std if std is not None else [],
                  "visible": std is not None, "thickness": 1},
         textposition="none", **h, **kw,
@@ -448,7 +448,7 @@ def fig_placement(
                      & pl.col(qcol).is_not_null())
     if moe.height == 0:
         return None
-    best = _best_per(moe, ["model", BLOCKS], quality)
+    best = best_per(moe, ["model", BLOCKS], quality)
     counts = best.group_by("model").agg(pl.len().alias("n")).filter(pl.col("n") >= 2)
     models = sorted(counts["model"].to_list(), key=str)
     if not models:
@@ -475,7 +475,7 @@ def fig_placement(
         dense = agg.filter((pl.col("router") == "dense") & (pl.col("model") == model)
                            & pl.col(qcol).is_not_null())
         if dense.height:
-            value = _best_per(dense, ["model"], quality)[qcol][0]
+            value = best_per(dense, ["model"], quality)[qcol][0]
             fig.add_trace(go.Scatter(
                 x=[x[0], x[-1]], y=[value, value], mode="lines", name="dense",
                 legendgroup="dense", showlegend="dense" not in shown,
@@ -484,7 +484,7 @@ def fig_placement(
             ), row=i, col=1)
             shown.add("dense")
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=x, row=i, col=1)
-    _base_layout(fig, f"{label(quality)} by MoE placement ({{blocks}} x experts per block)",
+    base_layout(fig, f"{label(quality)} by MoE placement ({{blocks}} x experts per block)",
                  height=380 * len(models) + 80, barmode="group")
     fig.update_yaxes(title_text=ptext(label(quality)))
     return fig
@@ -513,7 +513,7 @@ def fig_ablations(
         ablations.select(context).unique(), on=context, how="semi", nulls_equal=True)
     models = ablations["model"].unique().to_list()
     dense = data.filter((pl.col("router") == "dense") & pl.col("model").is_in(models))
-    best = _best_per(pl.concat([soft, ablations, dense]), ["model", "router"], quality)
+    best = best_per(pl.concat([soft, ablations, dense]), ["model", "router"], quality)
     fig = go.Figure()
     present = [r for r in ABLATION_ORDER if r in set(best["router"].to_list())]
     for model in sorted(set(best["model"].to_list()), key=str):
@@ -525,7 +525,7 @@ def fig_ablations(
             name=ptext(str(model)),
             marker={"color": [router_color(r) for r in sub["router"].to_list()]},
         ))
-    _base_layout(fig, f"{label(quality)}: Soft MoE against its fixed-routing ablations",
+    base_layout(fig, f"{label(quality)}: Soft MoE against its fixed-routing ablations",
                  barmode="group", height=440)
     fig.update_xaxes(type="category", categoryorder="array",
                      categoryarray=[router_name(r) for r in present])
@@ -630,14 +630,14 @@ def fig_training_curves(frame: pl.DataFrame, *, max_lines: int = 24) -> go.Figur
             if part.height == 0:
                 continue
             fig.add_trace(go.Scatter(
-                x=_floats(part["step"]), y=_floats(part[metric]), mode="lines+markers",
+                x=floats(part["step"]), y=floats(part[metric]), mode="lines+markers",
                 name=ptext(router_name(router)), legendgroup=str(router),
                 showlegend=router not in shown, marker={"color": color, "size": 5},
                 line={"color": color, "width": 1.5}, opacity=0.85,
                 hovertemplate=f"{name}<br>step %{{x}}: %{{y:.4g}}<extra></extra>",
             ), row=1, col=col)
             shown.add(router)
-    _base_layout(fig, "Quality over training (mean over seeds per configuration)", height=460,
+    base_layout(fig, "Quality over training (mean over seeds per configuration)", height=460,
                  margin={"l": 60, "r": 20, "t": 90, "b": 50},
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"})
     fig.update_xaxes(title_text="step")
@@ -680,19 +680,19 @@ def fig_dropped_tokens(agg: pl.DataFrame, *, hover: Hover = None) -> go.Figure |
                 else f"c={_g(row.get('capacity_factor'))}")
         name = f"{router_name(router)} {knob}" + (f", {row['model']}" if several else "")
         n = seen[router] = seen.get(router, -1) + 1
-        std = _std(sweep, "router_dropped_fraction")
+        std = std_of(sweep, "router_dropped_fraction")
         xs += sweep["num_experts"].to_list()
         fig.add_trace(go.Scatter(
-            x=_floats(sweep["num_experts"]), y=_floats(sweep[col]), mode="lines+markers",
+            x=floats(sweep["num_experts"]), y=floats(sweep[col]), mode="lines+markers",
             name=ptext(name), legendgroup=str(router),
             marker={"color": router_color(router, routers), "size": 8},
             line={"color": router_color(router, routers), "dash": dashes[n % len(dashes)]},
             error_y={"type": "data", "array": std if std is not None else [],
                      "visible": std is not None, "thickness": 1},
-            **_hover(sweep, hover),
+            **hover_kwargs(sweep, hover),
         ))
-    _base_layout(fig, "Dropped tokens against experts (sparse routers; one line per sweep)",
-                 xaxis={"type": "log", "title": {"text": "experts"}, **_power_ticks(xs)},
+    base_layout(fig, "Dropped tokens against experts (sparse routers; one line per sweep)",
+                 xaxis={"type": "log", "title": {"text": "experts"}, **power_ticks(xs)},
                  yaxis={"title": {"text": ptext(label("router_dropped_fraction"))},
                         "rangemode": "tozero"},
                  legend={"orientation": "h", "y": -0.25, "x": 0, "yanchor": "top"},

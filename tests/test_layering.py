@@ -8,14 +8,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-# Private imports that other work in progress still has to replace with public seams.
-PENDING = {
-    ("harness/bench_train.py", "harness.bench._device_name"),
-    ("harness/prepared.py", "harness.data._cap"),
-    ("harness/prepared.py", "harness.data._root"),
-    *(("reports/paper.py", f"reports.figures.{name}") for name in (
-        "_base_layout", "_best_per", "_floats", "_hover", "_power_ticks", "_std")),
-}
 
 
 def modules(package: str) -> list[Path]:
@@ -56,7 +48,7 @@ def test_no_module_imports_another_modules_private_names():
                 if top(name) in ("harness", "runners", "reports") and last.startswith("_") \
                         and not last.startswith("__"):
                     found.add((str(path.relative_to(ROOT)), name))
-    assert found - PENDING == set()
+    assert found == set()
 
 
 def test_tuning_reaches_into_no_private_attribute():
