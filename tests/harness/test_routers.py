@@ -1,6 +1,6 @@
 """The router registry: lookups, the fields records derive from it, and a new router added as
 one registry entry plus its layer class, without touching any other file. (Each layer's
-buffers and router parameters against the closed forms: tests/test_moe_layer.py.)"""
+buffers and router parameters against the closed forms: tests/harness/test_moe_layer.py.)"""
 
 import json
 import textwrap

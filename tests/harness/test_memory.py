@@ -23,7 +23,7 @@ from harness.memory import (
 from harness.models import parse_model_spec
 from harness.study import load
 
-PAPER = Path(__file__).parents[1] / "studies" / "paper"
+PAPER = Path(__file__).parents[2] / "studies" / "paper"
 STUDIES = ("pareto", "experts_slots", "slots_per_expert", "placement", "ablations", "inference")
 KINDS = ("soft", "tokens_choice", "experts_choice")
 TINY = "vit-w64d4h4m256/4@32"  # 64 tokens, 4 blocks, MoE in the last 2

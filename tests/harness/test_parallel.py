@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import cli
 
 from harness.config import TrainConfig
 from harness.errors import HarnessError
 from harness.moe import BatchedExperts
 from harness.parallel import ShardedExperts, resolve_layout
-from tests.helpers import cli
 
 
 def test_layout_resolution_and_micro_batches():
