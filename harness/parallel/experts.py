@@ -77,7 +77,3 @@ def shard_experts(model: nn.Module, group=None) -> list[ShardedExperts]:
             layer.experts = ShardedExperts(layer.experts, rank, world, group)
         sharded.append(layer.experts)
     return sharded
-
-
-def is_sharded_expert(module: nn.Module) -> bool:
-    return isinstance(module, ShardedExperts)
