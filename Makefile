@@ -31,6 +31,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check harness runners reports tests
+	$(VENV)/bin/vulture
 
 # Refresh requirements.lock: today's newest versions that pyproject.toml allows, resolved in a
 # throw-away venv beside torch 2.13.0 (CPU); torch and the project itself are not in the lock.

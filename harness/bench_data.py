@@ -129,25 +129,3 @@ def bench_data(path: Path | None = None, *, image_size: int = 224, resolution: i
     return {"image_size": image_size, "resolution": resolution, "augment": aug,
             "images": n, "batch": batch, "cpus": len(os.sched_getaffinity(0)),
             "prepare_s": prepare_s, "rows": rows}
-
-
-def print_data(result: dict) -> None:
-    from rich.table import Table
-
-    from harness.views.console import wide_console
-
-    table = Table(title=f"Input pipeline, {result['image_size']} px, augment "
-                        f"{result['augment']}, batch {result['batch']}, {result['cpus']} CPUs")
-    for col in ("source", "images per CPU-s", "workers", "images/s (wall)"):
-        table.add_column(col, justify="right" if col != "source" else "left")
-    for row in result["rows"]:
-        table.add_row(row["source"], f"{row['images_per_cpu_s']:,.0f}", str(row["workers"]),
-                      f"{row['images_per_s']:,.0f}")
-    core = {r["source"]: r["images_per_cpu_s"] for r in result["rows"]}
-    if "jpeg" in core and "prepared" in core:
-        table.caption = (f"Per CPU core (a worker's CPU time): prepared shards "
-                         f"{core['prepared'] / core['jpeg']:.0f}x JPEG (their crop and resize "
-                         f"run on the device, not counted). Wall rates depend on the machine's "
-                         f"load. Preparing {result['images']} + val images took "
-                         f"{result['prepare_s']:.1f} s")
-    wide_console().print(table)

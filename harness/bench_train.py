@@ -1,7 +1,7 @@
 """``moe-harness bench train``: training throughput and model-FLOPs utilisation (MFU).
 
 For each model spec: the median time of one training step (forward and loss under the
-chosen precision, backward, AdamW step at lr 0; ``harness.bench.time_train_step``, retimed
+chosen precision, backward, AdamW step at lr 0; ``harness.timing.time_train_step``, retimed
 while the machine is disturbed), steps/s and images/s, the achieved training FLOP rate
 (3 x forward FLOPs x batch per step, 2 FLOPs per multiply-add: the convention of the dry
 run's GPU-hour estimate), and that rate as a share of a reference:
@@ -51,7 +51,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def matmul_tflops(device: torch.device, precision: str, repeats: int = 5,
                   size: tuple[int, int, int] | None = None) -> float:
     """The device's measured rate on one large matmul in the precision's dtype."""
-    from harness.bench import plain_matmul_gflops
+    from harness.timing import plain_matmul_gflops
 
     size = size or MATMUL_SIZE["cuda" if device.type == "cuda" else "cpu", precision]
     return plain_matmul_gflops(device, size, repeats=repeats, dtype=DTYPES[precision]) / 1e3
@@ -67,14 +67,14 @@ def bench_train(specs: Sequence[str], *, batch_size: int = 32, precision: str = 
     "rows": [...]}``, every row flat; ``mfu`` is None where no peak is known (a CPU, unless
     ``peak_tflops`` is given, or a GPU the table lacks)."""
     from harness import peaks
-    from harness.bench import _device_name, torch_threads
+    from harness.timing import device_name, torch_threads
 
     dev = pick_device(device, "--device")
     precision = resolve_precision(precision, dev)
     say = progress or (lambda _msg: None)
     started = time.time()
     with torch_threads(threads) as used_threads:
-        name = _device_name(dev)
+        name = device_name(dev)
         machine: dict[str, Any] = {
             "device": name, "device_type": dev.type, "precision": precision,
             "threads": used_threads, "torch_version": torch.__version__,
@@ -112,9 +112,9 @@ def bench_train(specs: Sequence[str], *, batch_size: int = 32, precision: str = 
 def _bench_one(spec: str, device: torch.device, precision: str, batch_size: int, repeats: int,
                warmup: int, rounds: int, counter: str, num_classes: int,
                seed: int) -> dict[str, Any]:
-    from harness.bench import random_batch, time_train_step, timing_state
     from harness.flops import count_flops
     from harness.models import build, parse_model_spec
+    from harness.timing import random_batch, time_train_step, timing_state
 
     cfg = parse_model_spec(spec, num_classes=num_classes)
     torch.manual_seed(seed)
@@ -151,45 +151,3 @@ def _progress_line(row: dict[str, Any]) -> str:
     return (f"{row['spec']}: {row['step_ms']:.1f} ms/step, {row['images_per_s']:.1f} img/s, "
             f"{row['achieved_tflops']:.3g} TFLOP/s" + (" (flagged)" if row["timing_flagged"]
                                                        else ""))
-
-
-def print_train(result: dict[str, Any]) -> None:
-    """The ``bench train`` table and its footnote."""
-    from rich.table import Table
-
-    from harness.views.console import wide_console
-
-    machine, rows = result["machine"], result["rows"]
-    ref = "MFU (of peak)" if machine["peak_tflops"] else "% of matmul"
-    table = Table(title=f"Training step, batch {machine['batch_size']}, {machine['precision']}")
-    for name in ("model", "GFLOP/img", "ms/step [p10-p90]", "steps/s", "images/s",
-                 "TFLOP/s", ref, "% of matmul" if machine["peak_tflops"] else "x first",
-                 "x first" if machine["peak_tflops"] else "peak MB", "timing"):
-        table.add_column(name, justify="left" if name == "model" else "right")
-    for row in rows:
-        cells = [row["spec"], f"{row['gflops_per_image']:.3f}",
-                 f"{row['step_ms']:.1f} [{row['step_ms_p10']:.1f}-{row['step_ms_p90']:.1f}]",
-                 f"{row['steps_per_s']:.2f}", f"{row['images_per_s']:.1f}",
-                 f"{row['achieved_tflops']:.3g}", f"{100 * row['share_of_reference']:.1f}%"]
-        if machine["peak_tflops"]:
-            cells += [f"{100 * row['share_of_matmul']:.1f}%", f"{row['step_vs_first']:.2f}"]
-        else:
-            cells += [f"{row['step_vs_first']:.2f}", "-"]
-        cells.append("flagged" if row["timing_flagged"] else "ok")
-        table.add_row(*cells)
-    console = wide_console()
-    console.print(table)
-    peak = (f"peak {machine['peak_tflops']:g} TFLOP/s ({machine['peak_source']})"
-            if machine["peak_tflops"] else
-            "no peak table for this device: the reference is the measured matmul rate"
-            + (" (give --peak-tflops for an MFU)" if machine["device_type"] == "cuda" else ""))
-    console.print(
-        f"{machine['device']}, torch {machine['torch_version']}, {machine['threads']} threads; "
-        f"large matmul {machine['matmul_tflops_before']:.3g} / {machine['matmul_tflops_after']:.3g}"
-        f" TFLOP/s before / after ({machine['precision']}); {peak}. TFLOP/s = 3 x forward FLOPs "
-        f"x batch / step time ({CONVENTION}); step = forward + loss, backward, AdamW (lr 0); "
-        f"median of {rows[0]['repeats'] if rows else '-'} after warm-up, timed up to "
-        f"{machine['rounds']} times "
-        f"while the spread or other processes' CPU use is high ('flagged' if still so); load "
-        f"average {machine['loadavg_before']:.2f} before, {machine['loadavg_after']:.2f} after; "
-        f"{machine['seconds']:.0f} s.")

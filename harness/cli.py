@@ -70,11 +70,14 @@ def inspect(
 
     from harness import cost
     from harness.models import parse_model_spec
+    from harness.views.cost import print_inspect, print_paper_table
 
     output_file(json_out, "--json")
     if paper:
-        rows = cost.paper_table("meta" if counter == "auto" else counter)
-        cost.print_paper_table(rows)
+        from harness.paper import paper_table
+
+        rows = paper_table("meta" if counter == "auto" else counter)
+        print_paper_table(rows)
     else:
         if not specs:
             raise typer.BadParameter("give at least one model spec, or --paper")
@@ -86,7 +89,7 @@ def inspect(
             counter=counter, timing=time_, batch_size=batch_size, repeats=repeats,
             threads=threads)
             for spec in specs]
-        cost.print_inspect(rows)
+        print_inspect(rows)
     save_json(json_out, rows)
 
 
@@ -145,6 +148,7 @@ def bench_layers(
     against soft-moe-pytorch (interleaved, median of per-pair ratios); expert matmul rates."""
 
     from harness import bench
+    from harness.views.bench import print_layers
 
     output_file(out, "--out")
     result = bench.bench_layers(
@@ -154,7 +158,7 @@ def bench_layers(
         compare_reference=reference, device=_bench_device(device),
         precision=_choice(precision, ("fp32", "bf16"), "--precision"),
         progress=lambda line: print(line, flush=True))
-    bench.print_layers(result)
+    print_layers(result)
     save_json(out, result)
 
 
@@ -199,7 +203,7 @@ def bench_train(
     on a CPU, of the measured large-matmul rate)."""
 
     from harness.bench_train import bench_train as run_bench
-    from harness.bench_train import print_train
+    from harness.views.bench import print_train
 
     _choice(counter, ("analytic", "fvcore", "torch"), "--counter")
     output_file(out, "--out")
@@ -242,7 +246,7 @@ def bench_data(
     through N DataLoader worker processes; with 1 worker, one CPU core's rate."""
 
     from harness.bench_data import bench_data as run_bench
-    from harness.bench_data import print_data
+    from harness.views.bench import print_data
 
     output_file(out, "--out")
     result = run_bench(path, image_size=image_size, resolution=resolution, images=images,

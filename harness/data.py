@@ -139,7 +139,7 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.5
 
 
-def _cap(n: int, cap: int | None, seed: int, salt: int) -> np.ndarray:
+def capped(n: int, cap: int | None, seed: int, salt: int) -> np.ndarray:
     """Sorted indices of a seeded random subset of ``cap`` of ``n`` items (all if no cap)."""
     if cap is None or cap >= n:
         return np.arange(n)
@@ -233,13 +233,13 @@ def _digits(cfg: DataConfig) -> Datasets:
     order = torch.from_numpy(np.random.default_rng([cfg.seed, 7]).permutation(len(y)))
     n_test = len(y) // 4
     test, train = order[:n_test], order[n_test:]
-    train = train[_cap(len(train), cfg.train_size, cfg.seed, 1)]
-    test = test[_cap(len(test), cfg.test_size, cfg.seed, 2)]
+    train = train[capped(len(train), cfg.train_size, cfg.seed, 1)]
+    test = test[capped(len(test), cfg.test_size, cfg.seed, 2)]
     return Datasets(InMemoryImages(x[train], y[train]), InMemoryImages(x[test], y[test]), 10)
 
 
 # --- local folders -----------------------------------------------------------------------------
-def _root(cfg: DataConfig, layout: str) -> Path:
+def data_root(cfg: DataConfig, layout: str) -> Path:
     if cfg.path is None:
         raise HarnessError(f"data.path: missing; {cfg.name} reads a local folder ({layout})")
     root = Path(cfg.path).expanduser()
@@ -250,7 +250,7 @@ def _root(cfg: DataConfig, layout: str) -> Path:
 
 def _imagefolder(cfg: DataConfig) -> Datasets:
     layout = "root/train/CLASS/*.jpg|png and root/val/CLASS/... (or root/test/CLASS/...)"
-    root = _root(cfg, layout)
+    root = data_root(cfg, layout)
     train_dir = root / "train"
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -274,7 +274,7 @@ def _imagefolder(cfg: DataConfig) -> Datasets:
         if not samples:
             raise HarnessError(f"data.path: no images ({', '.join(IMAGE_EXTENSIONS)}) under "
                                f"{folder}")
-        return [samples[i] for i in _cap(len(samples), cap, cfg.seed, salt)]
+        return [samples[i] for i in capped(len(samples), cap, cfg.seed, salt)]
 
     augment = cfg.augment == "crop_flip"
     train = ImageFiles(scan(train_dir, cfg.train_size, 1), cfg.image_size, augment, classes)
@@ -284,7 +284,7 @@ def _imagefolder(cfg: DataConfig) -> Datasets:
 
 def _cifar10(cfg: DataConfig) -> Datasets:
     layout = "the python batches data_batch_1..5 and test_batch"
-    root = _root(cfg, layout)
+    root = data_root(cfg, layout)
     if not (root / "test_batch").is_file() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -300,7 +300,7 @@ def _cifar10(cfg: DataConfig) -> Datasets:
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
         x, y = np.concatenate(xs), np.concatenate(ys)
-        keep = _cap(len(y), cap, cfg.seed, salt)
+        keep = capped(len(y), cap, cfg.seed, salt)
         images = torch.from_numpy(x[keep]).float() / 255.0
         if cfg.image_size != 32:
             images = torch.nn.functional.interpolate(
@@ -347,7 +347,7 @@ def _mnist(cfg: DataConfig) -> Datasets:
     """The IDX family: 28 x 28 grey images, 60k train / 10k test, resized to image_size."""
     layout = ("the IDX files " + ", ".join(f"{s}[.gz]" for pair in IDX_FILES.values()
                                              for s in pair))
-    root = _root(cfg, layout)
+    root = data_root(cfg, layout)
     sets, classes = {}, 0
     for split, cap, salt in (("train", cfg.train_size, 1), ("test", cfg.test_size, 2)):
         images_file, labels_file = (_idx_file(root, s, layout) for s in IDX_FILES[split])
@@ -355,7 +355,7 @@ def _mnist(cfg: DataConfig) -> Datasets:
         if len(x) != len(y):
             raise HarnessError(f"data.path: {images_file} has {len(x)} images but "
                                f"{labels_file} has {len(y)} labels")
-        keep = _cap(len(y), cap, cfg.seed, salt)
+        keep = capped(len(y), cap, cfg.seed, salt)
         images = torch.from_numpy(x[keep].astype(np.float32) / 255.0).unsqueeze(1)
         if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
             images = torch.nn.functional.interpolate(

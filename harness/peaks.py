@@ -9,7 +9,7 @@ gets while TF32 is off (PyTorch's default for matmuls); ``tf32`` the tensor-core
 gets with ``torch.backends.cuda.matmul.allow_tf32 = True``.
 
 On a CPU there is no table: the reference is the machine's measured large-matmul rate
-(``harness.bench.plain_matmul_gflops``), measured in the same run.
+(``harness.timing.plain_matmul_gflops``), measured in the same run.
 
 No torch here: ``harness.study`` reads saved bench results through this module.
 """

@@ -221,9 +221,9 @@ class Shards(Dataset):
 
 
 def load_prepared(cfg: DataConfig):
-    from harness.data import Datasets, _cap, _root
+    from harness.data import Datasets, capped, data_root
 
-    root = _root(cfg, "the output of moe-harness data prepare")
+    root = data_root(cfg, "the output of moe-harness data prepare")
     manifest = read_manifest(root)
     res = manifest["resolution"]
     if cfg.image_size > res:
@@ -233,7 +233,7 @@ def load_prepared(cfg: DataConfig):
     for split, cap, salt in (("train", cfg.train_size, 1), ("test", cfg.test_size, 2)):
         info = manifest["splits"][split]
         sets[split] = Shards(root, info, res, cfg.image_size, cfg.augment == "crop_flip",
-                             _cap(info["count"], cap, cfg.seed, salt))
+                             capped(info["count"], cap, cfg.seed, salt))
     return Datasets(sets["train"], sets["test"], len(manifest["classes"]))
 
 

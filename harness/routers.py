@@ -22,9 +22,7 @@ counts, estimates, study validation, tuning and reports look routers up here and
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,9 +113,10 @@ class Router:
         """Experts' parameters one token uses on average: all expert rows over the tokens."""
         return s.num_experts * self.expert_rows(s, tokens) / tokens
 
-    def slots_per_token(self, s: Settings, tokens: int) -> float:
-        """Expert work per input token, as the reports compare routers."""
-        return self.experts_per_token(s, tokens)
+    def slots_per_token(self, s: Settings, tokens: int | None) -> float | None:
+        """Expert work per input token, as the reports compare routers (None when it needs
+        the token count and ``tokens`` is None: a record that does not say)."""
+        return None if tokens is None else self.experts_per_token(s, tokens)
 
     def router_params(self, s: Settings, dim: int) -> int:
         return 0
@@ -201,7 +200,7 @@ class Sparse(Router):
             return float(s.k)
         return super().experts_per_token(s, tokens)
 
-    def slots_per_token(self, s: Settings, tokens: int) -> float:
+    def slots_per_token(self, s: Settings, tokens: int | None) -> float:
         """The nominal figure: K x c (Tokens Choice), c (Experts Choice)."""
         return float((s.k or 1) * s.capacity_factor)
 
@@ -244,16 +243,6 @@ def register(router: Router) -> Router:
         raise ConfigError(f"router {router.name!r}: axes must be among {', '.join(FIELDS)}")
     ROUTERS[router.name] = router
     return router
-
-
-@contextlib.contextmanager
-def registered(router: Router) -> Iterator[Router]:
-    """``router`` registered inside the block only (tests, experiments in a notebook)."""
-    register(router)
-    try:
-        yield router
-    finally:
-        ROUTERS.pop(router.name, None)
 
 
 def get(name: str) -> Router:

@@ -37,7 +37,7 @@ from harness.config import (
     TrainConfig,
 )
 from harness.errors import ConfigError, HarnessError, shorten
-from harness.models import MODEL_NAME, PLACEMENT_HELP, ModelConfig
+from harness.models import MODEL_NAME, PLACEMENT_HELP, ModelConfig, derived_fields
 
 # Axes of the model; their defaults apply when neither grid nor fixed names them.
 AXES: dict[str, Any] = {
@@ -115,11 +115,13 @@ class RunSpec(Section):
         return f"{self.model_config_().spec}#seed{self.seed}"
 
     def flat(self) -> dict[str, Any]:
-        """The spec as flat record columns (the spec's axes plus the key training knobs)."""
+        """The spec as flat record columns: the spec's axes, the key training knobs and the
+        columns derived from them (``harness.models.DERIVED_FIELDS``)."""
         out = {key: getattr(self, key) for key in AXES}
         out.update({key: getattr(self.train, key) for key in TRAIN_AXES})
         out.update(study=self.study, run_id=self.run_id, data=self.data.name,
                    image_size=self.data.image_size, spec=self.model_config_().spec)
+        out.update(derived_fields(out))
         return out
 
 
@@ -266,7 +268,7 @@ class Study(Section):
             study=self.name, model=f"vit-{cfg.size}/{cfg.patch_size}", router=cfg.router,
             num_experts=cfg.num_experts, slots_per_expert=cfg.slots_per_expert, k=cfg.k,
             capacity_factor=cfg.capacity_factor,
-            moe_layers=cfg.moe_layers if cfg.router != "dense" else "none",
+            moe_layers=cfg.moe_layers if cfg.moe_blocks else "none",
             pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size, gelu=cfg.gelu,
             capacity_rounding=cfg.capacity_rounding, router_noise=cfg.router_noise,
             seed=point["seed"], data=self.data, train=train, measure=self.measure,

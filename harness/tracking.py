@@ -260,16 +260,18 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
 
     import torch.utils.tensorboard  # noqa: F401 - imported once, outside the timed loops
 
+    from harness import routers
     from harness.config import DataConfig, MeasureConfig, TrackingConfig, TrainConfig
     from harness.data import load_data
     from harness.models import build
     from harness.study import RunSpec
     from harness.train import fit, seed_everything
 
+    fields = routers.get(router).settings(num_experts=num_experts)
     spec = RunSpec(
-        study="bench-tracking", model=model, router=router,
-        num_experts=None if router == "dense" else num_experts,
-        slots_per_expert=1 if router.startswith("soft") else None, moe_layers="last:2",
+        study="bench-tracking", model=model, router=router, num_experts=fields.num_experts,
+        slots_per_expert=fields.slots_per_expert, k=fields.k,
+        capacity_factor=fields.capacity_factor, moe_layers="last:2",
         data=DataConfig(image_size=image_size, num_classes=100, train_size=20_000,
                         test_size=1_000),
         train=TrainConfig(steps=steps, batch_size=batch_size, eval_every=0,

@@ -23,6 +23,7 @@ import polars as pl
 
 from harness.store import BadRecord, read_record
 from reports.metrics import (
+    DERIVED_KEYS,
     ENVIRONMENT_KEYS,
     IDENTITY_KEYS,
     METRICS,
@@ -126,7 +127,8 @@ def metric_columns(df: pl.DataFrame, keys: Sequence[str] = ()) -> list[str]:
     like a measurement (``*_ms``, ``router_*``, ...). Other unknown columns are carried.
     """
     known = [m for m in METRICS if m in df.columns]
-    taken = {*keys, SEED_KEY, *IDENTITY_KEYS, *ENVIRONMENT_KEYS, *PER_RUN_KEYS, *known}
+    taken = {*keys, SEED_KEY, *IDENTITY_KEYS, *ENVIRONMENT_KEYS, *PER_RUN_KEYS, *DERIVED_KEYS,
+             *known}
     extra = []
     for name, dtype in df.schema.items():
         if name in taken:
@@ -162,13 +164,16 @@ def aggregate(
     :func:`spec_keys` (nulls group together: a dense run's ``num_experts`` is null). Output
     columns: the keys; ``n_runs``; ``seeds`` and ``run_ids`` (lists); for each metric ``M``,
     ``M_mean``, ``M_std`` (sample std, null with one seed) and ``M_n`` (non-null count);
-    then every other column (environment, unknown text) as its distinct values joined by
-    ``", "``. Rows are sorted by the keys.
+    the derived columns (``DERIVED_KEYS``, one value per group); then every other column
+    (environment, unknown text) as its distinct values joined by ``", "``. Rows are sorted
+    by the keys.
     """
     ok = ok_runs(df)
     keys = spec_keys(ok, spec)
     metrics = metric_columns(ok, keys)
-    skipped = {*keys, *metrics, SEED_KEY, "run_id", "status", "error", "diverged_step"}
+    derived = [name for name in DERIVED_KEYS if name in ok.columns]
+    skipped = {*keys, *metrics, *derived, SEED_KEY, "run_id", "status", "error",
+               "diverged_step"}
     carried = [
         name
         for name, dtype in ok.schema.items()
@@ -186,6 +191,7 @@ def aggregate(
             col.std().alias(f"{m}_std"),
             col.count().alias(f"{m}_n"),
         ]
+    aggs += [pl.col(name).first() for name in derived]  # functions of the group's spec
     for name in carried:
         if name in ("started_at", "finished_at"):  # the span of the group's runs
             pick = pl.col(name).min() if name == "started_at" else pl.col(name).max()

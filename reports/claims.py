@@ -69,7 +69,7 @@ MIN_DROP_RISE = 0.01  # sparse routers: at least 1 point more tokens dropped
 MIN_COMPUTE_MULTIPLIER = 2.0  # Soft MoE: dense quality at >= 2x less training compute
 MAX_LISTED = 6  # groups or violations spelled out in one verdict
 
-PARETO_RIVALS = ("dense", "tokens_choice", "experts_choice")
+PARETO_RIVALS = ("dense", *SPARSE_ROUTERS)
 ABLATIONS = ("soft_uniform", "uniform_soft", "uniform", "identity")
 THROUGHPUT = "train_images_per_s"
 DROPPED = "router_dropped_fraction"

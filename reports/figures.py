@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from harness.routers import ROUTERS
 from reports.metrics import (
     COST_AXES,
     METRICS,
@@ -34,13 +35,6 @@ from reports.pareto import pareto_mask
 
 ROW = "_row"  # index of a row of the aggregated frame, to look up its hover text
 
-ROUTER_ORDER = ("dense", "soft", "tokens_choice", "experts_choice", "soft_uniform",
-                "uniform_soft", "uniform", "identity")
-ROUTER_NAMES = {
-    "dense": "Dense", "soft": "Soft MoE", "tokens_choice": "Tokens Choice",
-    "experts_choice": "Experts Choice", "soft_uniform": "Soft / Uniform",
-    "uniform_soft": "Uniform / Soft", "uniform": "Uniform", "identity": "Identity",
-}
 _PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#d62728")
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon", "cross")
@@ -59,22 +53,25 @@ def ptext(value: Any) -> str:
 
 
 def router_name(router: str | None) -> str:
-    return ROUTER_NAMES.get(router or "", str(router))
+    """The router's label in ``harness.routers`` (its name if it is not registered)."""
+    return ROUTERS[router].label if router in ROUTERS else str(router)
 
 
 def router_color(router: str | None, routers: Sequence[str | None] = ()) -> str:
-    if router in ROUTER_ORDER:
-        return _PALETTE[ROUTER_ORDER.index(router)]
-    others = [r for r in routers if r not in ROUTER_ORDER]
+    """One colour per registered router (by registration order), then the unknown ones."""
+    order = list(ROUTERS)
+    if router in order:
+        return _PALETTE[order.index(router) % len(_PALETTE)]
+    others = [r for r in routers if r not in order]
     i = others.index(router) if router in others else 0
-    return _PALETTE[(len(ROUTER_ORDER) + i) % len(_PALETTE)]
+    return _PALETTE[(len(order) + i) % len(_PALETTE)]
 
 
 def sorted_routers(values: Sequence[str | None]) -> list[str | None]:
-    """Routers in the page's fixed order (known ones first), each once."""
+    """Routers in the page's fixed order (registered ones first, as registered), each once."""
+    order = list(ROUTERS)
     unique = list(dict.fromkeys(values))
-    return sorted(unique, key=lambda r: (ROUTER_ORDER.index(r) if r in ROUTER_ORDER
-                                         else len(ROUTER_ORDER), str(r)))
+    return sorted(unique, key=lambda r: (order.index(r) if r in order else len(order), str(r)))
 
 
 def with_rows(agg: pl.DataFrame) -> pl.DataFrame:
@@ -157,12 +154,12 @@ def hover_texts(agg: pl.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _floats(series: pl.Series) -> np.ndarray:
+def floats(series: pl.Series) -> np.ndarray:
     """Float64 array, nulls as NaN (plotly leaves NaN points undrawn)."""
     return series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
 
 
-def _std(agg: pl.DataFrame, metric: str) -> np.ndarray | None:
+def std_of(agg: pl.DataFrame, metric: str) -> np.ndarray | None:
     """Standard deviations as an array (0 where a single seed), None when there are none."""
     col = f"{metric}_std"
     if col not in agg.columns or agg[col].null_count() == agg.height:
@@ -178,7 +175,7 @@ SHARED: Literal["shared"] = "shared"
 HOVER_META = "hover-rows"
 
 
-def _hover(sub: pl.DataFrame, hover: Hover) -> dict[str, Any]:
+def hover_kwargs(sub: pl.DataFrame, hover: Hover) -> dict[str, Any]:
     """Trace keyword arguments that show a row's hover text."""
     rows = sub[ROW].to_list()  # a plain list: the page's script reads it before plotly does
     template = "%{text}<extra></extra>"
@@ -221,7 +218,7 @@ def expected_points(fig: go.Figure) -> int:
     return total
 
 
-def _power_ticks(values: Sequence[Any]) -> dict[str, Any]:
+def power_ticks(values: Sequence[Any]) -> dict[str, Any]:
     """Log-axis ticks at the values present (expert and slot counts: 8, 16, 32, ...)."""
     ticks = sorted({float(v) for v in values if v is not None and v == v and v > 0})
     if len(ticks) > 12:  # too many labels: keep every other one
@@ -229,7 +226,7 @@ def _power_ticks(values: Sequence[Any]) -> dict[str, Any]:
     return {"tickvals": ticks, "ticktext": [fmt(int(t) if t.is_integer() else t) for t in ticks]}
 
 
-def _base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
+def base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
     base: dict[str, Any] = {
         "title": {"text": ptext(title)},
         "template": "plotly_white",
@@ -247,7 +244,7 @@ def _base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 #: Costs measured by timing: a configuration's point is marked when one of its runs' timings
 #: was flagged (taken while other processes loaded the machine, or too widely spread; see
-#: ``harness.bench.time_stable``), since its position then says more about the machine.
+#: ``harness.timing.time_stable``), since its position then says more about the machine.
 TIMED_COSTS = ("train_step_ms", "train_images_per_s", "infer_latency_ms", "infer_images_per_s",
                "infer_latency_ms_b1")
 FLAGGED_SYMBOL = "circle-x"
@@ -291,7 +288,7 @@ def fig_pareto(
         data = data.with_columns(pl.lit(None, dtype=pl.String).alias("router"))
     routers = sorted_routers(data["router"].to_list())
     # error bars on cost only where cost varies between seeds (timings do, params do not)
-    cost_std = _std(data, cost)
+    cost_std = std_of(data, cost)
     cost_varies = cost_std is not None and bool((cost_std > 0).any())
 
     fig = go.Figure()
@@ -308,10 +305,10 @@ def fig_pareto(
             color = router_color(router, routers)
             sub = framed.filter(pl.col("router").eq_missing(router))
             front = sub.filter("_rf").sort(cost_col)
-            qstd = _std(sub, q)
-            cstd = _std(sub, cost)
+            qstd = std_of(sub, q)
+            cstd = std_of(sub, cost)
             fig.add_trace(go.Scatter(
-                x=_floats(sub[cost_col]), y=_floats(sub[qcol]), mode="markers", name=name,
+                x=floats(sub[cost_col]), y=floats(sub[qcol]), mode="markers", name=name,
                 legendgroup=str(router), visible=i == 0,
                 marker={"color": color, "size": 8, "opacity": 0.8,
                         "symbol": np.where(flagged_timing(sub, cost), FLAGGED_SYMBOL, "circle"),
@@ -321,16 +318,16 @@ def fig_pareto(
                          "visible": qstd is not None, "thickness": 1},
                 error_x={"type": "data", "array": cstd if cstd is not None else [],
                          "visible": cost_varies, "thickness": 1},
-                **_hover(sub, hover),
+                **hover_kwargs(sub, hover),
             ))
             fig.add_trace(go.Scatter(
-                x=_floats(front[cost_col]), y=_floats(front[qcol]), mode="lines",
+                x=floats(front[cost_col]), y=floats(front[qcol]), mode="lines",
                 name=f"{name} front", legendgroup=str(router), showlegend=False,
                 hoverinfo="skip", visible=i == 0, line={"color": color, "width": 2},
             ))
         front = framed.filter("_f").sort(cost_col)
         fig.add_trace(go.Scatter(
-            x=_floats(front[cost_col]), y=_floats(front[qcol]), mode="lines",
+            x=floats(front[cost_col]), y=floats(front[qcol]), mode="lines",
             name="front, all routers", hoverinfo="skip", visible=i == 0,
             line={"color": "black", "width": 1.5, "dash": "dash"},
         ))
@@ -346,7 +343,7 @@ def fig_pareto(
     def title(q: str) -> str:
         return ptext(f"{label(q)} against {label(cost)}")
 
-    _base_layout(
+    base_layout(
         fig, f"{label(axes[0])} against {label(cost)}",
         xaxis={"type": "log", "title": {"text": ptext(label(cost))}},
         yaxis={"title": {"text": ptext(label(axes[0]))}},
@@ -367,7 +364,7 @@ def fig_pareto(
     return fig
 
 
-def _best_per(
+def best_per(
     data: pl.DataFrame, keys: list[str], quality: str,
 ) -> pl.DataFrame:
     """The best configuration (by mean ``quality``, direction-aware) of each ``keys`` group."""
@@ -389,7 +386,7 @@ def _facets(models: list[Any], title: str, x_title: str, y_title: str) -> go.Fig
         rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.04,
         vertical_spacing=0.12, subplot_titles=[ptext(str(m)) for m in models],
     )
-    _base_layout(fig, title, height=360 * rows + 80)
+    base_layout(fig, title, height=360 * rows + 80)
     fig.update_xaxes(type="log", title_text=ptext(x_title))
     fig.update_yaxes(title_text=ptext(y_title), col=1)
     return fig
@@ -419,17 +416,17 @@ def fig_scaling(
         return None
     router_col = pl.col("router") if "router" in moe.columns else pl.lit(None)
     moe = moe.with_columns(router_col.alias("router"))
-    best = _best_per(moe, ["model", "router", x], quality).sort(["model", "router", x])
+    best = best_per(moe, ["model", "router", x], quality).sort(["model", "router", x])
     models = sorted(best["model"].unique().to_list(), key=str)
     routers = sorted_routers(best["router"].to_list())
     dense = (agg.filter(pl.col("router") == "dense") if "router" in agg.columns
              else agg.clear())
-    dense_best = _best_per(dense, ["model"], quality) if dense.height else dense
+    dense_best = best_per(dense, ["model"], quality) if dense.height else dense
     x_label = SPEC_LABELS.get(x, x.replace("_", " "))
     fig = _facets(models, f"{label(quality)} against {x_label} (best configuration at each "
                   "point)", x_label, label(quality))
     cols = min(len(models), 3)
-    fig.update_xaxes(**_power_ticks(best[x].to_list()))
+    fig.update_xaxes(**power_ticks(best[x].to_list()))
     shown: set[Any] = set()
     x_range = (best[x].min(), best[x].max())
     for i, model in enumerate(models):
@@ -438,16 +435,16 @@ def fig_scaling(
             sub = best.filter((pl.col("model") == model) & pl.col("router").eq_missing(router))
             if sub.height == 0:
                 continue
-            std = _std(sub, quality)
+            std = std_of(sub, quality)
             fig.add_trace(go.Scatter(
-                x=_floats(sub[x]), y=_floats(sub[qcol]), mode="lines+markers",
+                x=floats(sub[x]), y=floats(sub[qcol]), mode="lines+markers",
                 name=ptext(router_name(router)), legendgroup=str(router),
                 showlegend=router not in shown,
                 marker={"color": router_color(router, routers), "size": 7},
                 line={"color": router_color(router, routers)},
                 error_y={"type": "data", "array": std if std is not None else [],
                          "visible": std is not None, "thickness": 1},
-                **_hover(sub, hover),
+                **hover_kwargs(sub, hover),
             ), row=row, col=col)
             shown.add(router)
         ref = dense_best.filter(pl.col("model") == model) if dense_best.height else dense_best
@@ -499,21 +496,21 @@ def fig_router_diagnostic(
                               & pl.col("model").eq_missing(model)).sort("num_experts")
             if sub.height == 0:
                 continue
-            std = _std(sub, metric)
+            std = std_of(sub, metric)
             fig.add_trace(go.Scatter(
-                x=_floats(sub["num_experts"]), y=_floats(sub[col]), mode="markers",
+                x=floats(sub["num_experts"]), y=floats(sub[col]), mode="markers",
                 name=ptext(f"{router_name(router)}, {model}"),
                 marker={"color": router_color(router, present), "size": 8,
                         "symbol": _SYMBOLS[j % len(_SYMBOLS)], "opacity": 0.8},
                 error_y={"type": "data", "array": std if std is not None else [],
                          "visible": std is not None, "thickness": 1},
-                **_hover(sub, hover),
+                **hover_kwargs(sub, hover),
             ))
     which = ", ".join(router_name(r) for r in present)
-    _base_layout(
+    base_layout(
         fig, f"{label(metric)} ({which})",
         xaxis={"type": "log", "title": {"text": "experts"},
-               **_power_ticks(data["num_experts"].to_list())},
+               **power_ticks(data["num_experts"].to_list())},
         yaxis={"title": {"text": ptext(label(metric))}},
         legend={"orientation": "h", "y": -0.25, "x": 0, "yanchor": "top"},
         height=460,

@@ -4,6 +4,7 @@ Record columns fall into roles:
 
 * identity: who the run is (``run_id``, ``status``, ``error``, ...); never grouped on;
 * spec: what was run; the aggregation groups on every spec key except ``seed``;
+* derived: what the harness computed from the spec (tokens, MoE blocks, ...); one per group;
 * metrics: what was measured (cost, quality, router diagnostics); averaged over seeds;
 * environment: where it ran; shown in the page footer, carried as sets of values.
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+
+from harness.models import DERIVED_FIELDS
 
 IDENTITY_KEYS: tuple[str, ...] = ("study", "run_id", "status", "error", "diverged_step")
 SEED_KEY = "seed"
@@ -48,6 +51,9 @@ SPEC_KEYS: tuple[str, ...] = (
     "image_size",
     "spec",
 )
+#: Columns the harness derives from the spec (tokens, MoE blocks, slots per token, ...):
+#: constant per configuration, so the aggregate keeps one value of each.
+DERIVED_KEYS: tuple[str, ...] = DERIVED_FIELDS
 ENVIRONMENT_KEYS: tuple[str, ...] = (
     "device",
     "torch_version",

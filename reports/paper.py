@@ -20,8 +20,8 @@ data, not the study's name:
 All but the training curves take the aggregated frame (:func:`reports.aggregate.aggregate`);
 the curves need the per-run ``history``, which the aggregate leaves out, so they take the
 records. :func:`derive` adds the columns the figures and the claims check share (tokens per
-image, slots per token, MoE blocks, placement kind), computed from the spec columns without
-importing the model code (a report never imports torch).
+image, slots per token, MoE blocks, placement kind), read from the records, which the harness
+writes them into (``harness.models.DERIVED_FIELDS``; torch-free, as a report must be).
 
 "Slots per token" is the expert work per input token, comparable across routers: Soft MoE
 n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c.
@@ -30,7 +30,6 @@ n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,42 +38,40 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from harness import routers
+from harness.errors import ConfigError
+from harness.models import derived_fields, resolve_placement
 from reports.figures import (
     FLAGGED_LABEL,
     FLAGGED_SYMBOL,
     ROW,
     SHARED,
     Hover,
-    _base_layout,
-    _best_per,
-    _floats,
-    _hover,
-    _power_ticks,
-    _std,
+    base_layout,
+    best_per,
     config_label,
     flagged_timing,
+    floats,
     fmt,
+    hover_kwargs,
     hover_texts,
+    power_ticks,
     primary_quality,
     ptext,
     router_color,
     router_name,
     sorted_routers,
     spec_columns,
+    std_of,
     with_rows,
 )
 from reports.metrics import label
 from reports.pareto import pareto_mask
 
-SOFT_ROUTERS = ("soft", "soft_uniform", "uniform_soft", "uniform", "identity")
-SPARSE_ROUTERS = ("tokens_choice", "experts_choice")
-GRID_ROUTERS = ("soft", "tokens_choice", "experts_choice")
-ABLATION_ORDER = ("soft", "soft_uniform", "uniform_soft", "uniform", "identity", "dense")
-
-#: Depth of the named backbones (harness.models.SIZES; a test keeps the two in step).
-DEPTHS = {"ti": 12, "s": 12, "b": 12, "l": 24, "h": 32}
-_MODEL = re.compile(r"vit-([a-z0-9]+)/(\d+)")
-_CUSTOM = re.compile(r"w\d+d(\d+)h\d+m\d+")
+SOFT_ROUTERS = routers.names("soft")  # Soft MoE and its fixed-routing ablations
+SPARSE_ROUTERS = routers.names("sparse")
+GRID_ROUTERS = ("soft", *SPARSE_ROUTERS)
+ABLATION_ORDER = (*SOFT_ROUTERS, "dense")
 
 #: Derived columns (see :func:`derive`).
 TOKENS, SLOTS_PER_TOKEN, TOTAL_SLOTS = "_tokens", "_slots_per_token", "_total_slots"
@@ -86,34 +83,18 @@ DEPTH, BLOCKS, N_BLOCKS, PLACEMENT = "_depth", "_moe_blocks", "_n_moe_blocks", "
 
 def model_depth(model: str | None) -> int | None:
     """Blocks of a ``vit-SIZE/PATCH`` backbone name, or None when unknown."""
-    m = _MODEL.match(str(model or ""))
-    if not m:
-        return None
-    if m.group(1) in DEPTHS:
-        return DEPTHS[m.group(1)]
-    custom = _CUSTOM.fullmatch(m.group(1))
-    return int(custom.group(1)) if custom else None
-
-
-def model_patch(model: str | None) -> int | None:
-    m = _MODEL.match(str(model or ""))
-    return int(m.group(2)) if m else None
+    return derived_fields({"model": model})["depth"]
 
 
 def moe_blocks(moe_layers: str | None, depth: int | None) -> tuple[int, ...] | None:
-    """The MoE block indices of a placement (as ``harness.models.resolve_placement``)."""
-    if moe_layers is None or depth is None or moe_layers in ("", "none"):
+    """The MoE block indices of a placement (``harness.models.resolve_placement``), or None
+    when the placement or the depth is unknown."""
+    if moe_layers in (None, "", "none") or depth is None:
         return None
-    text = str(moe_layers)
-    if text == "last_half":
-        return tuple(range(depth - depth // 2, depth))
-    if m := re.fullmatch(r"last:(\d+)", text):
-        return tuple(range(depth - int(m.group(1)), depth))
-    if m := re.fullmatch(r"every:(\d+)", text):
-        return tuple(range(int(m.group(1)) - 1, depth, int(m.group(1))))
-    if re.fullmatch(r"\d+(,\d+)*", text):
-        return tuple(sorted({int(i) for i in text.split(",")}))
-    return None
+    try:
+        return resolve_placement(moe_layers, depth)
+    except ConfigError:
+        return None
 
 
 def placement_kind(blocks: Sequence[int] | None, depth: int | None) -> str | None:
@@ -127,47 +108,31 @@ def placement_kind(blocks: Sequence[int] | None, depth: int | None) -> str | Non
     return "last" if consecutive and blocks[-1] == depth - 1 else "spread"
 
 
-def slots_per_token(row: dict[str, Any]) -> float | None:
-    router = row.get("router")
-    if router in SOFT_ROUTERS:
-        n, p, m = row.get("num_experts"), row.get("slots_per_expert") or 1, row.get(TOKENS)
-        return n * p / m if n and m else None
-    if router == "tokens_choice":
-        return float((row.get("k") or 1) * (row.get("capacity_factor") or 1.0))
-    if router == "experts_choice":
-        cf = row.get("capacity_factor")
-        return float(cf) if cf is not None else 1.0
-    return None
+def _record_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The record's derived columns (``harness.models.DERIVED_FIELDS``); for records written
+    before the harness wrote them, computed from their spec columns the same way."""
+    if row.get("router_family") is not None:
+        return row
+    return derived_fields(row)
 
 
 def derive(agg: pl.DataFrame) -> pl.DataFrame:
-    """``agg`` with the shared derived columns (nulls where the spec does not say)."""
-    if agg.height == 0:
-        return agg.with_columns(
-            pl.lit(None, dtype=pl.Int64).alias(TOKENS),
-            pl.lit(None, dtype=pl.Float64).alias(SLOTS_PER_TOKEN),
-            pl.lit(None, dtype=pl.Int64).alias(TOTAL_SLOTS),
-            pl.lit(None, dtype=pl.Int64).alias(DEPTH),
-            pl.lit(None, dtype=pl.String).alias(BLOCKS),
-            pl.lit(None, dtype=pl.Int64).alias(N_BLOCKS),
-            pl.lit(None, dtype=pl.String).alias(PLACEMENT),
-        )
+    """``agg`` with the shared derived columns (nulls where the spec does not say): the
+    records' tokens, slots per token, MoE blocks and depth, Soft MoE's total slots (experts x
+    rows per expert) and the placement kind."""
     tokens, sigma, total, depth, blocks, nblocks, kind = [], [], [], [], [], [], []
     for row in agg.iter_rows(named=True):
-        model = row.get("model")
-        patch, size, d = model_patch(model), row.get("image_size"), model_depth(model)
-        m = (int(size) // patch) ** 2 if patch and size else None
-        row = {**row, TOKENS: m}
-        tokens.append(m)
-        sigma.append(slots_per_token(row))
-        router = row.get("router")
-        n, p = row.get("num_experts"), row.get("slots_per_expert") or 1
-        total.append(n * p if router in SOFT_ROUTERS and n else None)
-        b = moe_blocks(row.get("moe_layers"), d) if router not in (None, "dense") else None
-        depth.append(d)
-        blocks.append(",".join(map(str, b)) if b else None)
-        nblocks.append(len(b) if b else None)
-        kind.append(placement_kind(b, d))
+        f = _record_fields(row)
+        b = moe_blocks(f["moe_blocks"], f["depth"])
+        rows = f["expert_rows"]
+        tokens.append(f["tokens"])
+        sigma.append(f["slots_per_token"])
+        total.append(round(row["num_experts"] * rows)
+                     if f["router_family"] == "soft" and rows is not None else None)
+        depth.append(f["depth"])
+        blocks.append(f["moe_blocks"])
+        nblocks.append(f["n_moe_blocks"] or None)
+        kind.append(placement_kind(b, f["depth"]))
     return agg.with_columns(
         pl.Series(TOKENS, tokens, dtype=pl.Int64),
         pl.Series(SLOTS_PER_TOKEN, sigma, dtype=pl.Float64),
@@ -233,7 +198,7 @@ def fig_experts_slots_heatmap(
                       & pl.col(f"{quality}_mean").is_not_null())
     if data.height == 0:
         return None
-    best = _best_per(data, ["model", "router", "num_experts", SLOTS_PER_TOKEN], quality)
+    best = best_per(data, ["model", "router", "num_experts", SLOTS_PER_TOKEN], quality)
     panels = [(m, r) for (m, r), cells in sorted(
         best.group_by(["model", "router"]), key=lambda g: (str(g[0][0]),
                                                            GRID_ROUTERS.index(g[0][1])))
@@ -276,7 +241,7 @@ def fig_experts_slots_heatmap(
                          categoryarray=xs, row=i)
         fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys, row=i)
         fig.update_yaxes(title_text="slots per token", row=i, col=1)
-    _base_layout(fig, f"{label(metric)} over experts x slots per token (best configuration "
+    base_layout(fig, f"{label(metric)} over experts x slots per token (best configuration "
                  "per cell)", height=380 * len(models) + 60)
     return fig
 
@@ -326,25 +291,25 @@ def fig_fronts(
             rest, front = sub.filter(~pl.col("_rf")), sub.filter("_rf").sort(col)
             if rest.height:
                 fig.add_trace(go.Scatter(
-                    x=_floats(rest[col]), y=_floats(rest[qcol]), mode="markers",
+                    x=floats(rest[col]), y=floats(rest[qcol]), mode="markers",
                     name=ptext(router_name(router)), legendgroup=str(router), showlegend=False,
                     marker={"color": color, "size": 6, "opacity": 0.35,
-                            "symbol": _symbols(rest, cost)}, **_hover(rest, hover),
+                            "symbol": _symbols(rest, cost)}, **hover_kwargs(rest, hover),
                 ), row=1, col=i)
-            std = _std(front, quality)
+            std = std_of(front, quality)
             fig.add_trace(go.Scatter(
-                x=_floats(front[col]), y=_floats(front[qcol]), mode="lines+markers",
+                x=floats(front[col]), y=floats(front[qcol]), mode="lines+markers",
                 name=ptext(router_name(router)), legendgroup=str(router), showlegend=i == 1,
                 marker={"color": color, "size": 9, "line": {"color": "black", "width": 1},
                         "symbol": _symbols(front, cost)},
                 line={"color": color, "width": 2},
                 error_y={"type": "data", "array": std if std is not None else [],
                          "visible": std is not None, "thickness": 1},
-                **_hover(front, hover),
+                **hover_kwargs(front, hover),
             ), row=1, col=i)
         overall = data.filter("_f").sort(col)
         fig.add_trace(go.Scatter(
-            x=_floats(overall[col]), y=_floats(overall[qcol]), mode="lines",
+            x=floats(overall[col]), y=floats(overall[qcol]), mode="lines",
             name="front, all routers", legendgroup="_all", showlegend=i == 1,
             hoverinfo="skip", line={"color": "black", "width": 1.2, "dash": "dash"},
         ), row=1, col=i)
@@ -353,7 +318,7 @@ def fig_fronts(
         fig.add_trace(go.Scatter(  # a legend entry only
             x=[None], y=[None], mode="markers", name=ptext(FLAGGED_LABEL), hoverinfo="skip",
             marker={"color": "grey", "size": 8, "symbol": FLAGGED_SYMBOL}), row=1, col=1)
-    _base_layout(fig, title or f"{label(quality)}: Pareto fronts", height=460,
+    base_layout(fig, title or f"{label(quality)}: Pareto fronts", height=460,
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"})
     fig.update_yaxes(title_text=ptext(label(quality)), col=1)
     return fig
@@ -398,7 +363,7 @@ def fig_slots_per_expert(
                       & pl.col(qcol).is_not_null())
     if soft.height == 0:
         return None
-    best = _best_per(soft, ["model", "num_experts", "slots_per_expert"], quality)
+    best = best_per(soft, ["model", "num_experts", "slots_per_expert"], quality)
     lines = (best.group_by(["model", "num_experts"])
              .agg(pl.col("slots_per_expert").n_unique().alias("n"))
              .filter(pl.col("n") >= 2).sort(["model", "num_experts"]))
@@ -414,25 +379,25 @@ def fig_slots_per_expert(
         xs_all += sub["slots_per_expert"].to_list()
         color = palette[i % len(palette)]
         name = f"{model}, {experts} experts"
-        std = _std(sub, quality)
+        std = std_of(sub, quality)
         fig.add_trace(go.Scatter(
-            x=_floats(sub["slots_per_expert"]), y=_floats(sub[qcol]), mode="lines+markers",
+            x=floats(sub["slots_per_expert"]), y=floats(sub[qcol]), mode="lines+markers",
             name=ptext(f"{label(quality)}: {name}"), marker={"color": color, "size": 8},
             line={"color": color},
             error_y={"type": "data", "array": std if std is not None else [],
                      "visible": std is not None, "thickness": 1},
-            **_hover(sub, hover),
+            **hover_kwargs(sub, hover),
         ), secondary_y=False)
         if step:
             fig.add_trace(go.Scatter(
-                x=_floats(sub["slots_per_expert"]), y=_floats(sub["train_step_ms_mean"]),
+                x=floats(sub["slots_per_expert"]), y=floats(sub["train_step_ms_mean"]),
                 mode="lines+markers", name=ptext(f"step time: {name}"),
                 marker={"color": color, "size": 7, "symbol": "diamond-open"},
-                line={"color": color, "dash": "dash"}, **_hover(sub, hover),
+                line={"color": color, "dash": "dash"}, **hover_kwargs(sub, hover),
             ), secondary_y=True)
     dense = agg.filter((pl.col("router") == "dense") & pl.col(qcol).is_not_null())
     models = set(lines["model"].to_list())
-    for row in _best_per(dense, ["model"], quality).iter_rows(named=True) if dense.height else ():
+    for row in best_per(dense, ["model"], quality).iter_rows(named=True) if dense.height else ():
         if row["model"] in models:
             x = [min(xs_all), max(xs_all)]
             fig.add_trace(go.Scatter(
@@ -440,9 +405,9 @@ def fig_slots_per_expert(
                 line={"color": router_color("dense"), "dash": "dot"},
                 hovertemplate=ptext(f"dense {row['model']}: {fmt(row[qcol])}") + "<extra></extra>",
             ), secondary_y=False)
-    _base_layout(fig, f"Soft MoE: {label(quality)} and step time against slots per expert",
+    base_layout(fig, f"Soft MoE: {label(quality)} and step time against slots per expert",
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"}, height=480)
-    fig.update_xaxes(type="log", title_text="slots per expert", **_power_ticks(xs_all))
+    fig.update_xaxes(type="log", title_text="slots per expert", **power_ticks(xs_all))
     fig.update_yaxes(title_text=ptext(label(quality)), secondary_y=False)
     if step:
         fig.update_yaxes(title_text=ptext(label("train_step_ms")), secondary_y=True,
@@ -454,10 +419,10 @@ def fig_slots_per_expert(
 
 
 def _bar_trace(sub: pl.DataFrame, x: list[str], quality: str, hover: Hover, **kw) -> go.Bar:
-    std = _std(sub, quality)
-    h = _hover(sub, hover)
+    std = std_of(sub, quality)
+    h = hover_kwargs(sub, hover)
     return go.Bar(
-        x=x, y=_floats(sub[f"{quality}_mean"]),
+        x=x, y=floats(sub[f"{quality}_mean"]),
         error_y={"type": "data", "array": std if std is not None else [],
                  "visible": std is not None, "thickness": 1},
         textposition="none", **h, **kw,
@@ -483,7 +448,7 @@ def fig_placement(
                      & pl.col(qcol).is_not_null())
     if moe.height == 0:
         return None
-    best = _best_per(moe, ["model", BLOCKS], quality)
+    best = best_per(moe, ["model", BLOCKS], quality)
     counts = best.group_by("model").agg(pl.len().alias("n")).filter(pl.col("n") >= 2)
     models = sorted(counts["model"].to_list(), key=str)
     if not models:
@@ -510,7 +475,7 @@ def fig_placement(
         dense = agg.filter((pl.col("router") == "dense") & (pl.col("model") == model)
                            & pl.col(qcol).is_not_null())
         if dense.height:
-            value = _best_per(dense, ["model"], quality)[qcol][0]
+            value = best_per(dense, ["model"], quality)[qcol][0]
             fig.add_trace(go.Scatter(
                 x=[x[0], x[-1]], y=[value, value], mode="lines", name="dense",
                 legendgroup="dense", showlegend="dense" not in shown,
@@ -519,7 +484,7 @@ def fig_placement(
             ), row=i, col=1)
             shown.add("dense")
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=x, row=i, col=1)
-    _base_layout(fig, f"{label(quality)} by MoE placement ({{blocks}} x experts per block)",
+    base_layout(fig, f"{label(quality)} by MoE placement ({{blocks}} x experts per block)",
                  height=380 * len(models) + 80, barmode="group")
     fig.update_yaxes(title_text=ptext(label(quality)))
     return fig
@@ -548,7 +513,7 @@ def fig_ablations(
         ablations.select(context).unique(), on=context, how="semi", nulls_equal=True)
     models = ablations["model"].unique().to_list()
     dense = data.filter((pl.col("router") == "dense") & pl.col("model").is_in(models))
-    best = _best_per(pl.concat([soft, ablations, dense]), ["model", "router"], quality)
+    best = best_per(pl.concat([soft, ablations, dense]), ["model", "router"], quality)
     fig = go.Figure()
     present = [r for r in ABLATION_ORDER if r in set(best["router"].to_list())]
     for model in sorted(set(best["model"].to_list()), key=str):
@@ -560,7 +525,7 @@ def fig_ablations(
             name=ptext(str(model)),
             marker={"color": [router_color(r) for r in sub["router"].to_list()]},
         ))
-    _base_layout(fig, f"{label(quality)}: Soft MoE against its fixed-routing ablations",
+    base_layout(fig, f"{label(quality)}: Soft MoE against its fixed-routing ablations",
                  barmode="group", height=440)
     fig.update_xaxes(type="category", categoryorder="array",
                      categoryarray=[router_name(r) for r in present])
@@ -665,14 +630,14 @@ def fig_training_curves(frame: pl.DataFrame, *, max_lines: int = 24) -> go.Figur
             if part.height == 0:
                 continue
             fig.add_trace(go.Scatter(
-                x=_floats(part["step"]), y=_floats(part[metric]), mode="lines+markers",
+                x=floats(part["step"]), y=floats(part[metric]), mode="lines+markers",
                 name=ptext(router_name(router)), legendgroup=str(router),
                 showlegend=router not in shown, marker={"color": color, "size": 5},
                 line={"color": color, "width": 1.5}, opacity=0.85,
                 hovertemplate=f"{name}<br>step %{{x}}: %{{y:.4g}}<extra></extra>",
             ), row=1, col=col)
             shown.add(router)
-    _base_layout(fig, "Quality over training (mean over seeds per configuration)", height=460,
+    base_layout(fig, "Quality over training (mean over seeds per configuration)", height=460,
                  margin={"l": 60, "r": 20, "t": 90, "b": 50},
                  legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"})
     fig.update_xaxes(title_text="step")
@@ -715,19 +680,19 @@ def fig_dropped_tokens(agg: pl.DataFrame, *, hover: Hover = None) -> go.Figure |
                 else f"c={_g(row.get('capacity_factor'))}")
         name = f"{router_name(router)} {knob}" + (f", {row['model']}" if several else "")
         n = seen[router] = seen.get(router, -1) + 1
-        std = _std(sweep, "router_dropped_fraction")
+        std = std_of(sweep, "router_dropped_fraction")
         xs += sweep["num_experts"].to_list()
         fig.add_trace(go.Scatter(
-            x=_floats(sweep["num_experts"]), y=_floats(sweep[col]), mode="lines+markers",
+            x=floats(sweep["num_experts"]), y=floats(sweep[col]), mode="lines+markers",
             name=ptext(name), legendgroup=str(router),
             marker={"color": router_color(router, routers), "size": 8},
             line={"color": router_color(router, routers), "dash": dashes[n % len(dashes)]},
             error_y={"type": "data", "array": std if std is not None else [],
                      "visible": std is not None, "thickness": 1},
-            **_hover(sweep, hover),
+            **hover_kwargs(sweep, hover),
         ))
-    _base_layout(fig, "Dropped tokens against experts (sparse routers; one line per sweep)",
-                 xaxis={"type": "log", "title": {"text": "experts"}, **_power_ticks(xs)},
+    base_layout(fig, "Dropped tokens against experts (sparse routers; one line per sweep)",
+                 xaxis={"type": "log", "title": {"text": "experts"}, **power_ticks(xs)},
                  yaxis={"title": {"text": ptext(label("router_dropped_fraction"))},
                         "rangemode": "tozero"},
                  legend={"orientation": "h", "y": -0.25, "x": 0, "yanchor": "top"},

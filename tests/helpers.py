@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (importable everywhere: pytest's pythonpath has tests/)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,14 @@ def in_memory(data) -> bool:
     from harness.data import InMemoryImages
 
     return isinstance(data.train, InMemoryImages) and isinstance(data.test, InMemoryImages)
+
+
+def free_ports(n: int) -> tuple[int, ...]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return tuple(s.getsockname()[1] for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()

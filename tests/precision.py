@@ -1,8 +1,9 @@
 """Every MLP kind on a device and precision against a CPU float64 reference, forward and
-backward. Shared by tests/test_precision.py (CPU) and tests/gpu/ (CUDA).
+backward. Shared by tests/harness/test_precision.py (CPU) and tests/gpu/ (CUDA).
 
 The reference is the same layer (same weights) in float64 on the CPU, whose fast paths
-tests/test_bench.py and tests/test_moe.py hold to the paper's equations at 1e-10. Errors are
+tests/harness/test_bench.py and tests/harness/test_moe.py hold to the paper's equations at
+1e-10. Errors are
 relative in the Frobenius norm, over the output, the input's gradient and each parameter's
 gradient (the worst parameter). Tolerances per precision:
 

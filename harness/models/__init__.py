@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from harness import routers
 from harness.errors import ConfigError
@@ -192,7 +194,7 @@ class ModelConfig:
     def spec(self) -> str:
         """The compact spec string that parses back to this config (sizes and data aside)."""
         parts = [self.name]
-        if self.router != "dense":
+        if routers.get(self.router).is_moe:
             parts += [self.router, f"e{self.num_experts}"]
             if self.slots_per_expert is not None:
                 parts.append(f"s{self.slots_per_expert}")
@@ -267,6 +269,56 @@ def _parse_token(spec: str, tok: str) -> dict:
     )
 
 
+# --- what a record carries beside its spec ------------------------------------------------------
+DERIVED_FIELDS = ("tokens", "depth", "moe_blocks", "n_moe_blocks", "router_family",
+                  "expert_capacity", "expert_rows", "active_experts_per_token",
+                  "slots_per_token")
+"""Record columns derived from the spec (``derived_fields``), written into every record so
+that reports read them instead of re-deriving them: tokens per image, blocks, the MoE block
+indices ("8,9,10,11") and their count, the router's family, and per MoE layer and image its
+capacity (buffer rows per expert and group), rows per expert, experts per token (the active
+parameter count's) and slots per token (the expert work per token reports compare)."""
+
+
+def derived_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`DERIVED_FIELDS` of a record's spec columns (model, image_size, router and
+    its fields, moe_layers, group_size). Each is None where the columns do not tell it (an
+    unknown size or router, no image_size: a record written before these fields existed)."""
+    out: dict[str, Any] = dict.fromkeys(DERIVED_FIELDS)
+    name = MODEL_NAME.fullmatch(str(row.get("model") or ""))
+    image = row.get("image_size") or (name and name.group(3))
+    tokens = (int(image) // int(name.group(2))) ** 2 if name and image else None
+    try:
+        depth = lookup_size(name.group(1)).depth if name else None
+    except ConfigError:
+        depth = None
+    out.update(tokens=tokens, depth=depth)
+    router = routers.ROUTERS.get(row.get("router"))
+    if router is None:
+        return out
+    out["router_family"] = router.family
+    if not router.is_moe:
+        out["n_moe_blocks"] = 0
+        return out
+    try:
+        s = router.settings(group_size=row.get("group_size"),
+                            **{f: row.get(f) for f in routers.FIELDS})
+    except ConfigError:
+        return out
+    try:
+        blocks = resolve_placement(row.get("moe_layers"), depth) if depth else None
+    except ConfigError:
+        blocks = None
+    out.update(moe_blocks=",".join(map(str, blocks)) if blocks else None,
+               n_moe_blocks=len(blocks) if blocks else None,
+               slots_per_token=router.slots_per_token(s, tokens))
+    if tokens:
+        out.update(expert_capacity=router.capacity(s, tokens),
+                   expert_rows=router.expert_rows(s, tokens),
+                   active_experts_per_token=router.experts_per_token(s, tokens))
+    return out
+
+
 def build(cfg: ModelConfig | str, *, on_moe_layer=None, **overrides):
     """Build the VisionTransformer for a config (or a spec string).
 
@@ -299,5 +351,5 @@ def build(cfg: ModelConfig | str, *, on_moe_layer=None, **overrides):
     )
 
 
-__all__ = ["SIZES", "ModelConfig", "ViTSize", "build", "parse_model_spec", "register_size",
-           "resolve_placement"]
+__all__ = ["DERIVED_FIELDS", "SIZES", "ModelConfig", "ViTSize", "build", "derived_fields",
+           "parse_model_spec", "register_size", "resolve_placement"]

@@ -89,6 +89,3 @@ def shard_experts(model: nn.Module, group=None) -> list[ShardedExperts]:
         shard_layer(layer, group=group)
     return [layer.experts for layer in layers]
 
-
-def is_sharded_expert(module: nn.Module) -> bool:
-    return isinstance(module, ShardedExperts)

@@ -11,7 +11,7 @@ from harness.data import load_data
 from harness.models import build
 from harness.parallel.checkpoint import full_model_state
 from harness.train import fit, seed_everything
-from tests.test_layouts import CASES, assert_equal_runs, spec_of
+from tests.harness.test_layouts import CASES, assert_equal_runs, spec_of
 
 
 def _free_port() -> int:

@@ -162,11 +162,11 @@ def test_json_schema_is_exported_and_current():
     schema = json_schema()
     assert {"name", "data", "train", "grid", "exclude", "executor", "profiles"} <= set(
         schema["properties"])
-    committed = Path(__file__).parents[1] / "studies" / "study.schema.json"
+    committed = Path(__file__).parents[2] / "studies" / "study.schema.json"
     assert json.loads(committed.read_text()) == schema, "run: moe-harness schema --out " + str(
         committed)
 
 
 def test_every_study_file_validates():
-    for path in sorted((Path(__file__).parents[1] / "studies").rglob("*.yaml")):
+    for path in sorted((Path(__file__).parents[2] / "studies").rglob("*.yaml")):
         assert load(path).expand(), path

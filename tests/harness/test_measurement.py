@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from harness import bench
+from harness import timing
 from harness.cost import inspect_model, measure
 from harness.models import parse_model_spec
 
@@ -27,13 +27,13 @@ def scripted(monkeypatch, rounds):
         calls.append(kw)
         return next(script)
 
-    monkeypatch.setattr(bench, "time_call", fake_time_call)
+    monkeypatch.setattr(timing, "time_call", fake_time_call)
     return calls
 
 
 def test_a_wide_round_is_timed_again_and_a_clean_one_kept(monkeypatch):
     calls = scripted(monkeypatch, [fake_round(10, 0.9), fake_round(8, 0.05)])
-    out = bench.time_stable(lambda: None, repeats=5, warmup=3, rounds=3)
+    out = timing.time_stable(lambda: None, repeats=5, warmup=3, rounds=3)
     assert out["rounds"] == 2 and not out["flagged"] and out["median_ms"] == 8
     assert [c["warmup"] for c in calls] == [3, 1]  # warm already after the first round
 
@@ -41,13 +41,13 @@ def test_a_wide_round_is_timed_again_and_a_clean_one_kept(monkeypatch):
 def test_a_busy_machine_is_timed_again_then_flagged(monkeypatch):
     scripted(monkeypatch, [fake_round(12, 0.1, others=0.9), fake_round(9, 0.4),
                            fake_round(11, 0.1, others=0.5)])
-    out = bench.time_stable(lambda: None, rounds=3)
+    out = timing.time_stable(lambda: None, rounds=3)
     assert out["rounds"] == 3 and out["flagged"]
     assert out["median_ms"] == 9  # the least disturbed round: contention only adds time
 
 
 def test_time_call_measures_contention_and_spread():
-    out = bench.time_call(lambda: sum(range(20000)), repeats=5, warmup=1)
+    out = timing.time_call(lambda: sum(range(20000)), repeats=5, warmup=1)
     assert out["method"] == "time.perf_counter"
     assert 0.0 <= out["others_cpu"] <= 1.0
     assert out["spread"] == pytest.approx((out["p90_ms"] - out["p10_ms"]) / out["median_ms"])

@@ -1,70 +1,13 @@
-"""Timing protocol, memory, the layer benchmark, and the fast Soft MoE / experts kernels: the
-hand-written backwards equal autograd on the plain formulation (float64)."""
-
-import json
-import math
+"""The fast Soft MoE / experts kernels: the hand-written backwards equal autograd on the plain
+formulation (float64)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
-from harness import bench
-from harness.cli import app
 from harness.moe import BatchedExperts, SoftMoE
 from harness.moe.experts import _PACKED, _ExpertsFunction, drop_packed, mm_nt, new_buffer, onednn_ok
 from harness.moe.soft import _SoftCombine, _SoftDispatch
-
-
-# --- the protocol ----------------------------------------------------------------------------
-def test_time_call_warms_up_then_takes_the_median(monkeypatch):
-    calls = []
-    scripted = iter([0.005, 0.001, 0.003, 0.002, 0.004])
-    monkeypatch.setattr(bench, "time_once", lambda fn, device: (fn(), next(scripted))[1])
-    result = bench.time_call(lambda: calls.append(1), repeats=5, warmup=3)
-    assert len(calls) == 3 + 5
-    assert result["median_ms"] == pytest.approx(3.0)
-    assert (result["min_ms"], result["max_ms"], result["n"]) == (pytest.approx(1.0),
-                                                                pytest.approx(5.0), 5)
-
-
-def test_time_pairs_interleaves_and_reports_the_median_ratio(monkeypatch):
-    order = []
-    times = {"ours": iter([1.0, 1.0, 2.0, 1.0]), "theirs": iter([3.0, 2.0, 2.0, 5.0])}
-
-    def fake(fn, device):
-        name = fn()
-        order.append(name)
-        return next(times[name])
-
-    monkeypatch.setattr(bench, "time_once", fake)
-    result = bench.time_pairs(lambda: "ours", lambda: "theirs", repeats=4, warmup=0, gate=None)
-    assert order == ["ours", "theirs", "theirs", "ours", "ours", "theirs", "theirs", "ours"]
-    assert (result["ratio_min"], result["ratio_max"]) == (1.0, 5.0)
-    assert result["ratio_median"] == pytest.approx(2.5)  # ratios 3, 2, 1, 5
-    assert result["pairs_total"] == 4 and result["clean"] is False
-
-
-def test_time_pairs_keeps_only_blocks_without_other_load(monkeypatch):
-    loads = iter([0.5, 0.0, 0.02, 0.9, 0.0])  # other processes' share of the CPUs per block
-    monkeypatch.setattr(bench.Interference, "others", lambda self, a, b: next(loads))
-    times = iter([1.0, 9.0] + [1.0, 2.0] * 4)  # the disturbed first pair looks like x9
-    monkeypatch.setattr(bench, "time_once", lambda fn, device: next(times))
-    result = bench.time_pairs(lambda: None, lambda: None, repeats=3, warmup=0, gate=0.1)
-    assert result["clean"] and result["pairs_clean"] == 3 and result["pairs_total"] == 5
-    assert result["ratio_median"] == pytest.approx(2.0)
-    assert result["ratio_median_all_pairs"] == pytest.approx(2.0)
-    assert result["ratio_max"] == pytest.approx(2.0)  # the x9 pair is left out
-
-
-def test_peak_memory_counts_weights_grads_and_optimizer_state():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 512),
-                                torch.nn.Linear(512, 10))
-    images, labels = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
-    out = bench.peak_memory_mb(model, images, labels)
-    weights_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    assert 4 * weights_mb <= out["peak_memory_mb"] < 4 * weights_mb + 1  # w, grad, 2 moments
-    assert "allocator" in out["peak_memory_method"]
 
 
 # --- the fast kernels equal the plain formulation ----------------------------------------------
@@ -219,63 +162,3 @@ def test_new_buffer_is_an_ordinary_tensor():
     assert big.shape == (3, 1024, 1024) and big.dtype == torch.float64
     big.fill_(2.0)
     assert big.sum().item() == 2.0 * 3 * 1024 * 1024
-
-
-# --- the layer benchmark ------------------------------------------------------------------------
-def test_bench_layers_small_config_runs_and_reports_every_column():
-    result = bench.bench_layers(dim=32, tokens=8, batch=2, experts=(4,), slots=(1, 2),
-                                repeats=2, warmup=1, plain_matmul_size=(256, 256, 256))
-    kinds = [(r["kind"], r["experts"], r["slots_per_expert"]) for r in result["rows"]]
-    assert kinds == [("soft", 4, 1), ("soft", 4, 2), ("dense", None, None),
-                     ("tokens_choice", 4, None), ("experts_choice", 4, None)]
-    soft = result["rows"][0]
-    for key in ("fwd_ms", "fwd_bwd_ms", "experts_fwd_ms", "bare_matmul_fwd_ms",
-                "experts_gflops_per_s_fwd", "experts_fraction_of_plain_fwd",
-                "layer_over_bare_fwd", "layer_over_bare_fwd_bwd", "plain_matmul_gflops_per_s"):
-        assert soft[key] > 0, key
-    if bench.reference_soft_moe(32, 4, 1, 128) is None:
-        pytest.skip("soft-moe-pytorch not installed (pip install 'moe-harness[bench]'): "
-                    "the comparison columns were not measured")
-    assert soft["ref_fwd_ms"] > 0 and soft["speedup_fwd_median"] > 0
-    assert soft["speedup_fwd_p10"] <= soft["speedup_fwd_median"] <= soft["speedup_fwd_p90"]
-    assert math.isfinite(result["machine"]["plain_matmul_gflops_per_s"])
-
-
-def test_bench_layers_cli_writes_json(tmp_path):
-    out = tmp_path / "layers.json"
-    result = CliRunner().invoke(app, ["bench", "layers", "--dim", "32", "--tokens", "8",
-                                      "--batch", "2", "--experts", "4", "--quick",
-                                      "--repeats", "2", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "speedup" in result.output
-    data = json.loads(out.read_text())
-    assert {r["kind"] for r in data["rows"]} == {"dense", "soft", "tokens_choice",
-                                                 "experts_choice"}
-
-
-def test_inspect_cli_json_and_paper(tmp_path):
-    out = tmp_path / "inspect.json"
-    runner = CliRunner()
-    result = runner.invoke(app, ["inspect", "vit-ti/16@64", "vit-ti/16@64:soft:e8",
-                                 "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    rows = json.loads(out.read_text())
-    assert [r["model"] for r in rows] == ["vit-ti/16@64", "vit-ti/16@64:soft:e8:s1"]
-    assert rows[1]["gflops_routing"] > 0 and rows[0]["gflops_experts"] == 0
-    paper = runner.invoke(app, ["inspect", "--paper"])
-    assert paper.exit_code == 0, paper.output
-    for label in ("ViT S/16", "ViT B/16", "ViT L/16", "ViT H/14", "Soft MoE S/16 128E",
-                  "Soft MoE H/14 128E", "Soft MoE H/14 256E"):
-        assert label in paper.output
-
-
-@pytest.mark.slow
-def test_inspect_time_adds_measurements(tmp_path):
-    out = tmp_path / "t.json"
-    result = CliRunner().invoke(app, ["inspect", "vit-w32d2h2m64/8@16:soft:e4", "--time",
-                                      "--batch-size", "4", "--repeats", "2", "--json",
-                                      str(out)])
-    assert result.exit_code == 0, result.output
-    row = json.loads(out.read_text())[0]
-    assert row["infer_images_per_s"] > 0 and row["train_step_ms"] > 0
-    assert row["peak_memory_mb"] > 0

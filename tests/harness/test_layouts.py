@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_ports
 
 from harness import distributed
 from harness.config import DataConfig, MeasureConfig, TrainConfig
@@ -23,7 +24,6 @@ from harness.models import build
 from harness.parallel.checkpoint import full_model_state
 from harness.study import RunSpec
 from harness.train import fit, seed_everything
-from tests.test_ddp import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ LAYOUTS = (("ddp", None, False), ("experts", None, False), ("fsdp", None, False)
 CASES = tuple((router, *layout) for router in ROUTERS for layout in LAYOUTS)
 # The negative control: expert gradients summed over the ranks instead of averaged.
 UNSCALED = ("soft", "experts", None, False)
-# float32 summation order differs between 1, 2 and 4 ranks (see tests/test_ddp.py's TOL)
+# float32 summation order differs between 1, 2 and 4 ranks (see tests/harness/test_ddp.py's TOL)
 TOL = dict(atol=2e-5, rtol=1e-4)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import cli
 
 from harness.config import TrainConfig
 from harness.errors import HarnessError
 from harness.moe import BatchedExperts
 from harness.parallel import ShardedExperts, resolve_layout
-from tests.helpers import cli
 
 
 def test_layout_resolution_and_micro_batches():
@@ -62,9 +62,9 @@ def test_a_rank_builds_only_its_experts_with_the_weights_of_one_process():
 
     import torch
 
-    from harness.bench import _allocator_peak_growth
     from harness.models import build
     from harness.parallel import shard_layer
+    from harness.timing import _allocator_peak_growth
 
     spec, ranks = "vit-w64d8h4m256/4@16:soft:e64:every1", 4
     torch.manual_seed(0)

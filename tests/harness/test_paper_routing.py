@@ -20,7 +20,7 @@ from harness.moe import BatchedExperts, ExpertsChoice, Mlp, SoftMoE, TokensChoic
 from harness.moe.routing import compute_capacity
 from harness.study import load
 
-PAPER = Path(__file__).parents[1] / "studies" / "paper"
+PAPER = Path(__file__).parents[2] / "studies" / "paper"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_ports
 
 from harness.config import DataConfig, MeasureConfig, TrainConfig
 from harness.data import load_data
@@ -19,7 +20,6 @@ from harness.flops import analytic_flops
 from harness.models import build
 from harness.run import execute
 from harness.study import RunSpec
-from tests.test_ddp import free_ports
 
 pytestmark = pytest.mark.slow
 

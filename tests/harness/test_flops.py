@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from harness.cost import PAPER_MODELS, paper_table, parse_paper_spec
 from harness.flops import (
     KINDS,
     UncountedOpError,
@@ -22,6 +21,7 @@ from harness.flops import (
 )
 from harness.models import ModelConfig, build, parse_model_spec
 from harness.moe import Mlp
+from harness.paper import PAPER_MODELS, paper_table, parse_paper_spec
 
 TOL = 0.01  # the acceptance: all three within 1% (in practice they agree exactly)
 

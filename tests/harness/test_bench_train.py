@@ -142,7 +142,7 @@ def test_gpu_targets_read_from_the_saved_benchmarks(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent / "gpu" / "targets.py"
+    path = Path(__file__).parents[1] / "gpu" / "targets.py"
     spec = importlib.util.spec_from_file_location("gpu_targets", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -8,7 +8,7 @@ from helpers import cli
 from harness.estimate import IMAGES_PER_CPU_S, data_supply, data_supply_notes, run_cost
 from harness.study import load
 
-PAPER = Path(__file__).resolve().parents[1] / "studies" / "paper"
+PAPER = Path(__file__).resolve().parents[2] / "studies" / "paper"
 STUDIES = sorted(p.stem for p in PAPER.glob("*.yaml"))
 
 

@@ -23,7 +23,7 @@ from harness.memory import (
 from harness.models import parse_model_spec
 from harness.study import load
 
-PAPER = Path(__file__).parents[1] / "studies" / "paper"
+PAPER = Path(__file__).parents[2] / "studies" / "paper"
 STUDIES = ("pareto", "experts_slots", "slots_per_expert", "placement", "ablations", "inference")
 KINDS = ("soft", "tokens_choice", "experts_choice")
 TINY = "vit-w64d4h4m256/4@32"  # 64 tokens, 4 blocks, MoE in the last 2
@@ -102,14 +102,14 @@ def test_closed_form_is_torch_free_and_instant():
 def measured_gb(spec: str, batch: int, *, checkpointing: bool = False,
                 micro_batches: int = 1) -> float:
     """Peak of one fp32 training step on this CPU, by the harness's protocol (live tensors +
-    the peak of PyTorch's CPU allocator events; ``harness.bench.peak_memory_mb``).
+    the peak of PyTorch's CPU allocator events; ``harness.timing.peak_memory_mb``).
     ``checkpointing`` recomputes each block in the backward (torch.utils.checkpoint);
     ``micro_batches`` > 1 accumulates the gradients of that many passes before the step."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    from harness.bench import peak_memory_mb, random_batch
     from harness.models import build
+    from harness.timing import peak_memory_mb, random_batch
 
     cfg = cfg_of(spec)
     torch.manual_seed(0)
@@ -194,8 +194,8 @@ def _rank_peak(rank: int, world: int, spec: str, batch: int, layout: str, port: 
     import torch
     import torch.distributed as dist
 
-    from harness.bench import random_batch
     from harness.models import build
+    from harness.timing import random_batch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

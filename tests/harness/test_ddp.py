@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_ports
 
 from harness import distributed
 from harness.config import DataConfig, MeasureConfig, TrainConfig
@@ -86,17 +86,6 @@ def tiny_spec(study: str, router: str = "soft", batch_size: int = GLOBAL_BATCH,
                           eval_every=4, checkpoint_every=checkpoint_every, eval_batch_size=64,
                           fewshot_shots=2, threads=1, device="cpu"),
         measure=MeasureConfig(enabled=False), **extra)
-
-
-def free_ports(n: int) -> tuple[int, ...]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return tuple(s.getsockname()[1] for s in sockets)
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class _Stop(Exception):

@@ -1,6 +1,6 @@
 """Tuning: the ``tune:`` schema (one clear line per mistake), trial -> RunSpec mapping,
 storages, stale-trial detection, and the worker loop in-process with a fake ``execute``
-(fast: no training). Real training, several workers, kills and PostgreSQL: tests/tune/."""
+(fast: no training). Real training, several workers, kills and PostgreSQL: tests/runners/tune/."""
 
 import subprocess
 import sys

@@ -236,7 +236,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         run(spec_for("dense", checkpoint_every=6, fewshot_shots=0, lr=1e-3), tmp_path)
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHILD = textwrap.dedent("""
     import json, os, sys, time
     from harness.config import DataConfig, LoaderConfig, TrainConfig

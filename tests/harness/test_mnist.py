@@ -118,7 +118,7 @@ def test_real_fashion_mnist():
 def test_fashion_mnist_study_runs_end_to_end(tmp_path):
     """The shipped study, shrunk: real images through the CLI, records and a report."""
     root = fashion_mnist_dir()
-    study = Path(__file__).resolve().parents[1] / "studies" / "fashion_mnist.yaml"
+    study = Path(__file__).resolve().parents[2] / "studies" / "fashion_mnist.yaml"
     shrink = ["train.steps=6", "train.eval_every=0", "train.checkpoint_every=0",
               "train.fewshot_shots=2", "data.train_size=600", "data.test_size=200",
               "measure.enabled=false", "grid.router=[dense, soft]", "grid.seed=[0]",
