@@ -73,3 +73,16 @@ def test_no_production_code_is_left_unused():
     result = subprocess.run([sys.executable, "-m", "vulture"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_layouts_use_no_private_attribute():
+    """``harness.parallel`` holds no ``obj._name`` of another object (e.g. DDP's private
+    ``_set_params_and_buffers_to_ignore_for_model``): public PyTorch API only."""
+    found = []
+    for path in modules("harness/parallel"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__") \
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
