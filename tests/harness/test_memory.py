@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_ports
 
 from harness.cli import run_cli
 from harness.memory import (
@@ -224,25 +225,31 @@ def _rank_peak(rank: int, world: int, spec: str, batch: int, layout: str, port: 
     dist.destroy_process_group()
 
 
+SHARDED_CASE = (f"{TINY}:tokens_choice:e64", 16)  # the states dominate: 64 experts, 16 images
+
+
+def measured_peaks(tmp_path: Path, layouts: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Per layout: (estimated, rank 0's measured) peak GB of SHARDED_CASE over 2 gloo
+    processes."""
+    import torch.multiprocessing as mp
+
+    spec, batch = SHARDED_CASE
+    peaks = {}
+    for layout in layouts:
+        out = tmp_path / layout.replace("+", "-")
+        mp.spawn(_rank_peak, args=(2, spec, batch, layout, free_ports(1)[0], str(out)),
+                 nprocs=2)
+        plan = estimate(cfg_of(spec), layout, ranks=2, batch_size=batch, precision="fp32",
+                        gpu=False)
+        peaks[layout] = (plan.peak_gb, int(out.read_text()) / 1e9)
+    return peaks
+
+
 @pytest.mark.slow
 def test_ddp_and_fsdp_over_two_gloo_processes_against_their_measured_peak(tmp_path):
     """2 processes, the states dominating (Tokens Choice, 64 experts, 16 images): each
     layout's estimate within 25% of rank 0's measured peak, and FSDP below DDP in both."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    spec, batch = f"{TINY}:tokens_choice:e64", 16
-    peaks = {}
-    for layout in ("ddp", "fsdp"):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        out = tmp_path / layout
-        mp.spawn(_rank_peak, args=(2, spec, batch, layout, port, str(out)), nprocs=2)
-        plan = estimate(cfg_of(spec), layout, ranks=2, batch_size=batch, precision="fp32",
-                        gpu=False)
-        peaks[layout] = (plan.peak_gb, int(out.read_text()) / 1e9)
+    peaks = measured_peaks(tmp_path, ("ddp", "fsdp"))
     for est, got in peaks.values():
         assert 0.75 <= est / got <= 1.25, peaks
     assert peaks["fsdp"][0] < peaks["ddp"][0] and peaks["fsdp"][1] < peaks["ddp"][1], peaks
@@ -252,21 +259,8 @@ def test_ddp_and_fsdp_over_two_gloo_processes_against_their_measured_peak(tmp_pa
 def test_sharded_layouts_against_a_measured_peak(tmp_path):
     """The expert-sharded layouts (harness.parallel) over 2 gloo processes, the states
     dominating: each estimate within 25% of rank 0's measured peak, and both below DDP's."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    spec, batch = f"{TINY}:tokens_choice:e64", 16
-    peaks = {}
-    for layout in ("experts", "experts+fsdp"):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        out = tmp_path / layout.replace("+", "-")
-        mp.spawn(_rank_peak, args=(2, spec, batch, layout, port, str(out)), nprocs=2)
-        plan = estimate(cfg_of(spec), layout, ranks=2, batch_size=batch, precision="fp32",
-                        gpu=False)
-        peaks[layout] = (plan.peak_gb, int(out.read_text()) / 1e9)
+    peaks = measured_peaks(tmp_path, ("experts", "experts+fsdp"))
+    spec, batch = SHARDED_CASE
     ddp = estimate(cfg_of(spec), "ddp", ranks=2, batch_size=batch, precision="fp32", gpu=False)
     for est, got in peaks.values():
         assert 0.75 <= est / got <= 1.25, peaks
