@@ -68,13 +68,13 @@ def inspect(
     """Parameters (total, active per token) and GFLOP/img by layer kind of one or more
     models (1 multiply-add = 2 FLOPs); --time adds measured throughput and memory."""
 
-    from harness import cost
-    from harness.models import parse_model_spec
+    from harness.runtime import measure as cost
+    from harness.spec.model import parse_model_spec
     from harness.views.cost import print_inspect, print_paper_table
 
     output_file(json_out, "--json")
     if paper:
-        from harness.paper import paper_table
+        from harness.runtime.counting import paper_table
 
         rows = paper_table("meta" if counter == "auto" else counter)
         print_paper_table(rows)
@@ -106,8 +106,8 @@ def doctor(
     """Is this environment ready? Python, torch (CUDA, cuDNN, NCCL), GPUs, xformers, fvcore,
     the results root, SLURM, an Optuna storage: one line each. Exit 1 if a check fails (a
     missing GPU only warns, unless --gpu; SLURM likewise with --slurm), else 0."""
-    from harness.doctor import as_json, print_checks, run_checks
-    from harness.store import results_root
+    from harness.results.store import results_root
+    from harness.runtime.doctor import as_json, print_checks, run_checks
 
     checks = run_checks(results_root(results), storage, gpu=gpu, slurm=slurm)
     if json_:
@@ -147,7 +147,7 @@ def bench_layers(
     """Forward and forward+backward time of each MLP kind at matched shapes; our Soft MoE
     against soft-moe-pytorch (interleaved, median of per-pair ratios); expert matmul rates."""
 
-    from harness import bench
+    from harness.bench import layers as bench
     from harness.views.bench import print_layers
 
     output_file(out, "--out")
@@ -169,7 +169,7 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 
 def _bench_device(name: str) -> str:
-    from harness.distributed import pick_device
+    from harness.runtime.distributed import pick_device
 
     return str(pick_device(name, "--device"))
 
@@ -202,7 +202,7 @@ def bench_train(
     """Training steps/s, images/s, achieved TFLOP/s and its share of the device's peak (MFU;
     on a CPU, of the measured large-matmul rate)."""
 
-    from harness.bench_train import bench_train as run_bench
+    from harness.bench.train import bench_train as run_bench
     from harness.views.bench import print_train
 
     _choice(counter, ("analytic", "fvcore", "torch"), "--counter")
@@ -245,7 +245,7 @@ def bench_data(
     """Images/s of each input source (JPEG imagefolder, prepared shards, in-memory tensors)
     through N DataLoader worker processes; with 1 worker, one CPU core's rate."""
 
-    from harness.bench_data import bench_data as run_bench
+    from harness.bench.data import bench_data as run_bench
     from harness.views.bench import print_data
 
     output_file(out, "--out")
@@ -274,8 +274,8 @@ def bench_all_to_all(
     """The all-to-all overhead of a Soft MoE layer with its experts sharded over --ranks
     processes: its share of the layer's forward+backward time."""
 
-    from harness.parallel.bench import bench_all_to_all as run_bench
-    from harness.parallel.bench import print_all_to_all
+    from harness.bench.all_to_all import bench_all_to_all as run_bench
+    from harness.bench.all_to_all import print_all_to_all
 
     output_file(out, "--out")
     result = run_bench(ranks=ranks, dim=dim, tokens=tokens, batch=batch, experts=experts,
@@ -298,7 +298,7 @@ def bench_tracking(
     """The training loop's speed with TensorBoard event files on against off (the target:
     within 2%)."""
 
-    from harness.tracking import bench_tracking as run_bench
+    from harness.bench.tracking import bench_tracking as run_bench
 
     output_file(out, "--out")
     result = run_bench(model=model, router=router, steps=steps, batch_size=batch_size,
@@ -332,7 +332,7 @@ def data_prepare(
 ) -> None:
     """Decode an imagefolder once into fixed-size uint8 shards with a manifest (classes,
     counts, resolution, checksums); train on them with data: {name: prepared, path: OUT}."""
-    from harness.prepared import prepare
+    from harness.data.prepared import prepare
 
     manifest = prepare(src, out, resolution, shard_size=shard_size, workers=workers)
     splits = manifest["splits"]
@@ -346,7 +346,7 @@ def data_verify(
     path: Annotated[Path, typer.Argument(help="A folder written by data prepare")],
 ) -> None:
     """Recompute every shard's checksum against the manifest."""
-    from harness.prepared import verify
+    from harness.data.prepared import verify
 
     manifest = verify(path)
     print(f"{path}: ok ({sum(len(s['shards']) for s in manifest['splits'].values())} shards, "
@@ -364,7 +364,7 @@ ResultsOpt = Annotated[Path | None, typer.Option(
 
 def _load(study: Path, set_: list[str] | None, profile: str | None):
     """The study, validated whole: its ``tune`` section too, whatever the command."""
-    from harness.study import load
+    from harness.spec.study import load
 
     spec = load(study, set_ or [], profile)
     if spec.tune is not None:
@@ -399,7 +399,7 @@ def output_file(path: Path | None, option: str) -> Path | None:
 
 def writable_store(results: Path | None, study_name: str):
     """The study's store, its folder created and writable, or one line saying why not."""
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
 
     store = Store(results_root(results), study_name)
     try:
@@ -442,7 +442,7 @@ def run(
     constraint, array_parallelism, extra_sbatch and setup; override any of them
     with --set executor.slurm.KEY=VALUE, e.g. --set executor.slurm.partition=gpu.
     """
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
     from runners import check_executor, dispatch, plan
 
     console = wide_console()
@@ -451,11 +451,11 @@ def run(
     store = (Store(results_root(results), spec.name) if dry_run
              else writable_store(results, spec.name))
     the_plan = plan(spec, store, rerun=rerun, retry_failed=retry_failed)
-    from harness.memory import study_plans
+    from harness.cost.memory import study_plans
 
     memory = study_plans(spec, the_plan.specs)
     if dry_run:
-        from harness.estimate import data_path_notes, data_supply_notes
+        from harness.cost.estimate import data_path_notes, data_supply_notes
         from harness.views.memory import memory_table
         from harness.views.runs import plan_table
 
@@ -491,7 +491,7 @@ def fitting(study, specs, memory, force: bool, console) -> list:
     run on stderr, then one error (exit 2) before anything is submitted."""
     from collections import Counter
 
-    from harness.memory import unfit, with_layout
+    from harness.cost.memory import unfit, with_layout
 
     lines = unfit(study, specs, memory)
     if lines and not force:
@@ -516,7 +516,7 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            results: ResultsOpt = None) -> None:
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
 
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
     from harness.views.runs import status_table
     from runners.slurm import live_view
 
@@ -530,7 +530,7 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
 def cancel(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            results: ResultsOpt = None) -> None:
     """Cancel the study's live SLURM jobs."""
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
     from runners.slurm import cancel as cancel_jobs
 
     spec = _load(study, set_, profile)
@@ -546,7 +546,7 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
                "--json", help="Also write the fitted curves, compute multipliers, measured "
                               "matches and claims as JSON to this file")] = None) -> None:
     """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
     from reports.build import build_report
 
     spec = _load(study, set_, profile)
@@ -588,7 +588,7 @@ def plan_command(
     95% interval; memory is not estimated.
     """
 
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
     from reports.aggregate import load_records
     from reports.plan import plan_json, plan_rows, print_plan
 
@@ -618,7 +618,7 @@ def export(
 ) -> None:
     """Export a study's records: Parquet/CSV tables for polars, pandas and duckdb, or one
     MLflow run per record (idempotent: matched by run_id)."""
-    from harness.store import Store, results_root
+    from harness.results.store import Store, results_root
     from reports.export import FORMATS, export_mlflow, export_tables
 
     if to not in FORMATS:
@@ -656,7 +656,7 @@ def tune(
     results: ResultsOpt = None,
 ) -> None:
     """Tune a study's `tune:` space with Optuna; running it again continues the same study."""
-    from harness.store import results_root
+    from harness.results.store import results_root
     from runners import check_executor
     from runners.tune import show as show_tuning
     from runners.tune import tune as run_tuning
@@ -683,7 +683,7 @@ def tune(
 @app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="File to write")] = None) -> None:
     """Print (or write) the JSON schema of study files, for editors."""
-    from harness.study import json_schema
+    from harness.spec.study import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if output_file(out, "--out"):

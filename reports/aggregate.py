@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from harness.store import BadRecord, read_record
+from harness.results.store import BadRecord, read_record
 from reports.metrics import (
     DERIVED_KEYS,
     ENVIRONMENT_KEYS,

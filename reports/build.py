@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.store import Store
-from harness.study import Study
+from harness.results.store import Store
+from harness.spec.study import Study
 
 
 def tuning_sections(store: Store) -> list[str]:

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from harness.routers import ROUTERS
+from harness.spec.routers import ROUTERS
 from reports.metrics import (
     COST_AXES,
     METRICS,
@@ -53,7 +53,7 @@ def ptext(value: Any) -> str:
 
 
 def router_name(router: str | None) -> str:
-    """The router's label in ``harness.routers`` (its name if it is not registered)."""
+    """The router's label in ``harness.spec.routers`` (its name if it is not registered)."""
     return ROUTERS[router].label if router in ROUTERS else str(router)
 
 
@@ -244,7 +244,7 @@ def base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 #: Costs measured by timing: a configuration's point is marked when one of its runs' timings
 #: was flagged (taken while other processes loaded the machine, or too widely spread; see
-#: ``harness.timing.time_stable``), since its position then says more about the machine.
+#: ``harness.runtime.timing.time_stable``), since its position then says more about the machine.
 TIMED_COSTS = ("train_step_ms", "train_images_per_s", "infer_latency_ms", "infer_images_per_s",
                "infer_latency_ms_b1")
 FLAGGED_SYMBOL = "circle-x"

@@ -1,7 +1,7 @@
 """The study report: one self-contained HTML page, a pure function of the records.
 
 :func:`write_report` takes the frame of records (``reports.aggregate.load_records`` or
-``harness.store.load``) and writes one HTML file:
+``harness.results.store.load``) and writes one HTML file:
 
 1. a header with run counts, marked *partial* when runs are still pending, and a link to
    every section of the page (found in the sections themselves, caller-supplied ones too);

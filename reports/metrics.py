@@ -18,14 +18,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.models import DERIVED_FIELDS
+from harness.spec.model import DERIVED_FIELDS
 
 IDENTITY_KEYS: tuple[str, ...] = ("study", "run_id", "status", "error", "diverged_step")
 SEED_KEY = "seed"
-#: The spec columns of a record (``harness.study.RunSpec.flat()``: the model axes
+#: The spec columns of a record (``harness.spec.study.RunSpec.flat()``: the model axes
 #: ``AXES``, the training knobs ``TRAIN_AXES``, and what the data and model spec add).
 #: Kept literal here so that a report never imports torch; a test checks it against
-#: ``harness.study`` so that a new axis cannot be averaged over silently.
+#: ``harness.spec.study`` so that a new axis cannot be averaged over silently.
 SPEC_KEYS: tuple[str, ...] = (
     "study",
     "model",

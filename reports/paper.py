@@ -21,7 +21,7 @@ All but the training curves take the aggregated frame (:func:`reports.aggregate.
 the curves need the per-run ``history``, which the aggregate leaves out, so they take the
 records. :func:`derive` adds the columns the figures and the claims check share (tokens per
 image, slots per token, MoE blocks, placement kind), read from the records, which the harness
-writes them into (``harness.models.DERIVED_FIELDS``; torch-free, as a report must be).
+writes them into (``harness.spec.model.DERIVED_FIELDS``; torch-free, as a report must be).
 
 "Slots per token" is the expert work per input token, comparable across routers: Soft MoE
 n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c.
@@ -38,9 +38,9 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from harness import routers
 from harness.errors import ConfigError
-from harness.models import derived_fields, resolve_placement
+from harness.spec import routers
+from harness.spec.model import derived_fields, resolve_placement
 from reports.figures import (
     FLAGGED_LABEL,
     FLAGGED_SYMBOL,
@@ -87,7 +87,7 @@ def model_depth(model: str | None) -> int | None:
 
 
 def moe_blocks(moe_layers: str | None, depth: int | None) -> tuple[int, ...] | None:
-    """The MoE block indices of a placement (``harness.models.resolve_placement``), or None
+    """The MoE block indices of a placement (``harness.spec.model.resolve_placement``), or None
     when the placement or the depth is unknown."""
     if moe_layers in (None, "", "none") or depth is None:
         return None
@@ -109,7 +109,7 @@ def placement_kind(blocks: Sequence[int] | None, depth: int | None) -> str | Non
 
 
 def _record_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """The record's derived columns (``harness.models.DERIVED_FIELDS``); for records written
+    """The record's derived columns (``harness.spec.model.DERIVED_FIELDS``); for records written
     before the harness wrote them, computed from their spec columns the same way."""
     if row.get("router_family") is not None:
         return row

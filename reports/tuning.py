@@ -1,6 +1,6 @@
 """The report's tuning section, drawn from the tuning summary in the store.
 
-``moe-harness tune`` writes ``RESULTS/STUDY/tune/summary.json`` (``harness.tune_summary``), and
+``moe-harness tune`` writes ``RESULTS/STUDY/tune/summary.json`` (``harness.results.tune_summary``), and
 ``report`` refreshes it from the Optuna storage first; :func:`tuning_section` reads that file
 alone and returns one HTML snippet: trial counts, the best trial or the Pareto set as a table,
 the optimisation history of each objective, the Pareto front of the trials (two objectives)
@@ -15,8 +15,8 @@ import html
 
 import plotly.graph_objects as go
 
-from harness.store import Store
-from harness.tune_summary import Trial, TuneSummary, read_summary
+from harness.results.store import Store
+from harness.results.tune_summary import Trial, TuneSummary, read_summary
 
 BEST_COLOR, OTHER_COLOR = "#d62728", "#1f77b4"
 

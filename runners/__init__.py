@@ -2,7 +2,7 @@
 
 ``dispatch(study, ...)`` picks the runs to do (pending; or failed with ``retry_failed``; or all
 with ``rerun``), hands them to the runner named by ``executor`` (``local``, ``debug``,
-``slurm``), and returns a summary. Every runner executes ``harness.run.execute`` per spec.
+``slurm``), and returns a summary. Every runner executes ``harness.runtime.run.execute`` per spec.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.store import DONE, Store
-from harness.study import RunSpec, Study
+from harness.results.store import DONE, Store
+from harness.spec.study import RunSpec, Study
 from runners.executors import EXECUTORS, check_executor
 
 __all__ = ["EXECUTORS", "Plan", "Summary", "check_executor", "dispatch", "plan"]

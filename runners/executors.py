@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import get_args
 
-from harness.config import ExecutorConfig
 from harness.errors import HarnessError
-from harness.study import Study
+from harness.spec.config import ExecutorConfig
+from harness.spec.study import Study
 
 EXECUTORS: tuple[str, ...] = get_args(ExecutorConfig.model_fields["name"].annotation)
 

@@ -2,7 +2,7 @@
 (``debug``), at most ``max_parallel`` at a time, retrying failed runs ``max_retries`` times.
 
 One local sweep of a study at a time (``Store.lock_sweep``); each job dies with the sweep
-(``harness.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
+(``harness.runtime.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
 disk stops the sweep with one line, the runs already recorded untouched.
 """
 
@@ -15,10 +15,10 @@ import time
 from contextlib import contextmanager
 
 from harness.errors import HarnessError, Interrupted
-from harness.lifeline import Tethered, kill_tree
-from harness.run import execute, failed_record, now
-from harness.store import Store
-from harness.study import RunSpec, Study
+from harness.results.store import Store
+from harness.runtime.lifeline import Tethered, kill_tree
+from harness.runtime.run import execute, failed_record, now
+from harness.spec.study import RunSpec, Study
 from harness.views.progress import SweepProgress
 from runners.executors import make_executor
 

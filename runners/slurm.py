@@ -5,12 +5,12 @@ printed); ``--wait`` follows the jobs until each has a record. Runs whose job th
 still holds (pending, running, requeued) are not submitted again: ``run --wait`` on a study
 with live jobs just follows them.
 
-The study's ``executor.slurm`` section (``harness.config.SlurmConfig``) gives partition,
+The study's ``executor.slurm`` section (``harness.spec.config.SlurmConfig``) gives partition,
 account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parallelism, extra
 sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
 With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model across
 them (the layout of ``train.layout``), spread evenly over ``nodes`` nodes (N / nodes tasks and
-GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.distributed``).
+GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.runtime.distributed``).
 
 Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
 ``signal_delay_s`` before the time limit (``--signal``), and before a preemption where
@@ -43,9 +43,9 @@ from pathlib import Path
 import submitit
 
 from harness.errors import HarnessError
-from harness.run import execute, failed_record, now
-from harness.store import Store, atomic_write_json
-from harness.study import RunSpec, Study
+from harness.results.store import Store, atomic_write_json
+from harness.runtime.run import execute, failed_record, now
+from harness.spec.study import RunSpec, Study
 from harness.views.progress import SweepProgress
 from runners.executors import make_executor
 

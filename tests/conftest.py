@@ -10,7 +10,8 @@ def small():
     """A small Soft MoE ViT (4 experts, 16 px) and its config, seeded: one per test module."""
     import torch
 
-    from harness.models import build, parse_model_spec
+    from harness.nn.vit import build
+    from harness.spec.model import parse_model_spec
 
     cfg = parse_model_spec("vit-w32d2h2m64/8@16:soft:e4", num_classes=5)
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def provision(*components: str) -> str | None:
 
 def in_memory(data) -> bool:
     """Whether both sets of ``harness.data.load_data``'s result are held as tensors."""
-    from harness.data import InMemoryImages
+    from harness.data.datasets import InMemoryImages
 
     return isinstance(data.train, InMemoryImages) and isinstance(data.test, InMemoryImages)
 

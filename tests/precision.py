@@ -31,7 +31,7 @@ import copy
 
 import torch
 
-from harness.moe import make_mlp
+from harness.nn.moe import make_mlp
 
 DIM, HIDDEN, BATCH, TOKENS = 32, 64, 3, 8
 TOLERANCE = {"fp32": {"out": 1e-5, "grad": 1e-4}, "bf16": {"out": 3e-2, "grad": 6e-2}}

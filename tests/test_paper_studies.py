@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.estimate import (
+from harness.cost.estimate import (
     KNOWN_CLASSES,
     gpu_hours,
     head_classes,
@@ -25,8 +24,9 @@ from harness.estimate import (
     study_costs,
     totals,
 )
-from harness.moe.routing import compute_capacity
-from harness.study import EstimateConfig, load
+from harness.errors import HarnessError
+from harness.nn.moe.routing import compute_capacity
+from harness.spec.study import EstimateConfig, load
 
 PAPER = Path(__file__).parents[1] / "studies" / "paper"
 STUDIES = ("pareto", "experts_slots", "slots_per_expert", "placement", "ablations", "inference")
@@ -230,12 +230,12 @@ def test_training_exaflops_of_the_three_published_examples():
 
 def test_estimate_is_closed_form_fast_and_never_builds_or_loads(monkeypatch):
     import harness.data
-    import harness.models
+    import harness.nn.vit
 
     def refuse(*args, **kwargs):
         raise AssertionError("the estimate must not build a model or open the data")
 
-    monkeypatch.setattr(harness.models, "build", refuse)
+    monkeypatch.setattr(harness.nn.vit, "build", refuse)
     monkeypatch.setattr(harness.data, "load_data", refuse)
     s = study("inference", "cluster")
     h14 = next(spec for spec in s.expand() if spec.model_config_().spec.endswith("e256:s1")
@@ -272,7 +272,7 @@ def test_estimate_section_defaults_and_errors(tmp_path):
 
 
 def test_head_classes_without_opening_the_data():
-    from harness.data import SYNTHETIC_CLASSES
+    from harness.data.datasets import SYNTHETIC_CLASSES
 
     assert KNOWN_CLASSES["synthetic"] == SYNTHETIC_CLASSES
     laptop = study("pareto", "laptop").expand()[0]
@@ -308,7 +308,7 @@ def test_dry_run_prints_costs_without_the_data(profile, tmp_path):
 def test_plan_table_of_every_study_and_profile(name, profile, tmp_path):
     from rich.console import Console
 
-    from harness.store import Store
+    from harness.results.store import Store
     from harness.views.runs import plan_table
     from runners import plan
 

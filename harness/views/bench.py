@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.flops import CONVENTION
+from harness.cost.flops import CONVENTION
 from harness.views.console import wide_console
 
 

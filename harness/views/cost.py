@@ -9,7 +9,7 @@ def print_inspect(rows: list[dict]) -> None:
     """The ``inspect`` table: parameters, GFLOP/img by layer kind, and timings if measured."""
     from rich.table import Table
 
-    from harness.flops import CONVENTION
+    from harness.cost.flops import CONVENTION
 
     timed = any("infer_images_per_s" in row for row in rows)
     table = Table(title=f"Cost per image ({CONVENTION})")

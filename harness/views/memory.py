@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from harness.memory import MemoryPlan
+from harness.cost.memory import MemoryPlan
 
 
 def _gb(value: float) -> str:

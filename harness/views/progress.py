@@ -1,6 +1,6 @@
 """A live view of a sweep: runs done / failed / left, and each running run's step and loss.
 
-Runs report progress by writing ``Store.progress_path`` (``harness.run``); this
+Runs report progress by writing ``Store.progress_path`` (``harness.runtime.run``); this
 reads those files, so it works the same for subprocesses and for SLURM jobs. On a terminal it
 is a live display with an ETA; elsewhere (a log file, CI, a SLURM log) it prints one plain line
 per run started or finished and a summary line every ``summary_every_s`` seconds.
@@ -21,8 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from harness.store import Store
-from harness.study import RunSpec
+from harness.results.store import Store
+from harness.spec.study import RunSpec
 
 
 class SweepProgress:

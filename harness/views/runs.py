@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from harness.store import Store
-from harness.study import Study
+from harness.results.store import Store
+from harness.spec.study import Study
 
 STATE_STYLE = {"ok": "green", "failed": "red", "diverged": "yellow", "pending": "dim"}
 
@@ -36,12 +36,12 @@ def _elapsed(record: dict) -> str:
 def plan_table(study: Study, plan) -> Table:
     """The runs a ``run`` would do, each with its estimated cost, and the totals.
 
-    Costs come from the shapes alone (``harness.estimate``): the dataset is not opened and no
+    Costs come from the shapes alone (``harness.cost.estimate``): the dataset is not opened and no
     model is built, so this works before the data exists, on the paper's largest models.
     Settings shared by every run (seed, lr, steps, batch) go in the title, not in columns.
     """
-    from harness.estimate import CONVENTIONS, describe, study_costs, totals
-    from harness.memory import on_gpu
+    from harness.cost.estimate import CONVENTIONS, describe, study_costs, totals
+    from harness.cost.memory import on_gpu
 
     costs = study_costs(study, plan.specs)
     todo = {s.run_id for s in plan.todo}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.table import Table
 
-from harness.tune_summary import TuneSummary
+from harness.results.tune_summary import TuneSummary
 
 #: Once every trial is finished, how long to wait for the workers to say they are done
 #: (SLURM without accounting may never say so).

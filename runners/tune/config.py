@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-import harness.study as study_axes
-from harness import routers
+import harness.spec.study as study_axes
 from harness.errors import HarnessError
-from harness.study import AXES, TRAIN_AXES, Study
+from harness.spec import routers
+from harness.spec.study import AXES, TRAIN_AXES, Study
 from runners.tune.space import apply_values, base_point, choice, depth
 from runners.tune.storage import storage_kind
 
@@ -31,7 +31,7 @@ METRICS: dict[str, str | None] = {
     "train_step_ms": "time", "peak_memory_mb": "memory", "train_time_s": None,
 }
 # What a trial can report while it trains, for pruning: name -> (key in the progress dicts of
-# harness.train.fit, higher is better). fit reports the training loss every few steps; the
+# harness.runtime.train.fit, higher is better). fit reports the training loss every few steps; the
 # evaluation metrics are used when a progress dict carries them.
 INTERMEDIATE = {"train_loss": ("loss", False), "test_accuracy": ("test_accuracy", True),
                 "test_loss": ("test_loss", False)}

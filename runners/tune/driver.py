@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.study import Study
-from harness.tune_summary import write_summary
+from harness.results.tune_summary import write_summary
+from harness.spec.study import Study
 from runners.executors import check_executor, make_executor
 from runners.tune.config import parse
 from runners.tune.liveness import counts, recover_stale
@@ -50,8 +50,8 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     import optuna
     from rich.console import Console
 
-    from harness.lifeline import Tethered
-    from harness.store import Store
+    from harness.results.store import Store
+    from harness.runtime.lifeline import Tethered
     from harness.views.tune import follow_trials
     from runners.local import sigint_ignored, stop_local_jobs, thread_env
 

@@ -4,9 +4,10 @@ CUDA (the xformers handle included) counts what the CPU counts."""
 import pytest
 import torch
 
-from harness.attention import attend, xformers_available
-from harness.flops import count_flops
-from harness.models import build, parse_model_spec
+from harness.nn.attention import attend, xformers_available
+from harness.nn.vit import build
+from harness.runtime.counting import count_flops
+from harness.spec.model import parse_model_spec
 
 SPECS = ["vit-w64d4h4m128/8@32", "vit-w64d4h4m128/8@32:soft:e8:s2",
          "vit-w64d4h4m128/8@32:tokens_choice:e8:k2", "vit-w64d4h4m128/8@32:experts_choice:e8"]

@@ -3,9 +3,9 @@ bf16 layer timing (the numbers themselves are targets, measured by tests/gpu/run
 
 import torch
 
-from harness import peaks
-from harness.bench import bench_layers
-from harness.bench_train import bench_train
+from harness.bench.layers import bench_layers
+from harness.bench.train import bench_train
+from harness.cost import peaks
 
 
 def test_bench_train_on_cuda_reports_an_mfu(record_numbers):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from precision import KIND_IDS, KINDS, assert_within, compare
 
-from harness.moe import SoftMoE
-from harness.moe import experts as experts_module
-from harness.moe import soft as soft_module
+from harness.nn.moe import SoftMoE
+from harness.nn.moe import experts as experts_module
+from harness.nn.moe import soft as soft_module
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

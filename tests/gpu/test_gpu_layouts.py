@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 
 from harness.data import load_data
-from harness.models import build
-from harness.parallel.checkpoint import full_model_state
-from harness.train import fit, seed_everything
+from harness.nn.vit import build
+from harness.runtime.parallel.checkpoint import full_model_state
+from harness.runtime.train import fit, seed_everything
 from tests.harness.test_layouts import CASES, assert_equal_runs, spec_of
 
 

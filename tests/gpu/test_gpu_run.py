@@ -10,8 +10,9 @@ import torch.distributed as dist
 import yaml
 from helpers import cli
 
-from harness.models import build, parse_model_spec
-from harness.store import Store
+from harness.nn.vit import build
+from harness.results.store import Store
+from harness.spec.model import parse_model_spec
 
 STUDY = {
     "name": "gpu-tiny",

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from harness.attention import attend, resolve_backend, xformers_available
 from harness.errors import ConfigError
-from harness.models import build
+from harness.nn.attention import attend, resolve_backend, xformers_available
+from harness.nn.vit import build
 
 
 def qkv(device="cpu"):

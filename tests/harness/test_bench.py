@@ -1,4 +1,4 @@
-"""The layer benchmark (harness.bench) and the inspect command."""
+"""The layer benchmark (harness.bench.layers) and the inspect command."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from harness import bench
+from harness.bench import layers as bench
 from harness.cli import app
 
 

@@ -8,13 +8,13 @@ import torch
 import yaml
 from helpers import cli
 
-from harness import peaks
-from harness.bench_train import bench_train
+from harness.bench.train import bench_train
+from harness.cost import peaks
+from harness.cost.estimate import study_costs
+from harness.cost.flops import analytic_flops
 from harness.errors import HarnessError
-from harness.estimate import study_costs
-from harness.flops import analytic_flops
-from harness.models import parse_model_spec
-from harness.study import load
+from harness.spec.model import parse_model_spec
+from harness.spec.study import load
 
 TINY = "vit-w32d2h2m64/8@16"
 QUICK = dict(batch_size=4, repeats=2, warmup=1, rounds=1, threads=1, num_classes=10,
@@ -159,7 +159,7 @@ def test_gpu_targets_read_from_the_saved_benchmarks(tmp_path):
 
 
 def test_bench_layers_in_bf16_times_every_kind_under_autocast():
-    from harness.bench import bench_layers
+    from harness.bench.layers import bench_layers
 
     out = bench_layers(dim=16, tokens=4, batch=2, experts=(2,), slots=(1,), repeats=1,
                        warmup=1, precision="bf16", compare_reference=False,

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from harness.cost import closed_form_params, inspect_model, measure, parameter_counts
-from harness.flops import KINDS
-from harness.models import ModelConfig, build, parse_model_spec
-from harness.routers import ROUTERS
+from harness.cost.flops import KINDS
+from harness.cost.params import closed_form_params
+from harness.nn.vit import build
+from harness.runtime.measure import inspect_model, measure, parameter_counts
+from harness.spec.model import ModelConfig, parse_model_spec
+from harness.spec.routers import ROUTERS
 
 
 def handwritten_params(cfg: ModelConfig) -> int:

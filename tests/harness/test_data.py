@@ -8,9 +8,10 @@ import torch
 from helpers import in_memory
 from PIL import Image
 
-from harness.config import DataConfig
-from harness.data import SYNTHETIC_DEFAULTS, InMemoryImages, load_data, synthetic_arrays
+from harness.data import load_data
+from harness.data.datasets import SYNTHETIC_DEFAULTS, InMemoryImages, synthetic_arrays
 from harness.errors import HarnessError
+from harness.spec.config import DataConfig
 
 SMALL = dict(train_size=300, test_size=100)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from helpers import cli
 
-from harness.estimate import IMAGES_PER_CPU_S, data_supply, data_supply_notes, run_cost
-from harness.study import load
+from harness.cost.estimate import IMAGES_PER_CPU_S, data_supply, data_supply_notes, run_cost
+from harness.spec.study import load
 
 PAPER = Path(__file__).resolve().parents[2] / "studies" / "paper"
 STUDIES = sorted(p.stem for p in PAPER.glob("*.yaml"))

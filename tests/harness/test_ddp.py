@@ -2,7 +2,7 @@
 
 Each process gets ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (what
 ``submitit.helpers.TorchDistributedEnvironment().export()`` sets in a SLURM job) and calls
-``harness.run.execute`` like a job would. Checked: both ranks end with identical parameters;
+``harness.runtime.run.execute`` like a job would. Checked: both ranks end with identical parameters;
 only rank 0 writes the record; the result equals a single-process run with the same global
 batch within float32 rounding (see ``TOL``); a 2-process run interrupted after a checkpoint
 and resumed ends bit-identical to an unbroken one.
@@ -19,15 +19,15 @@ import torch
 import torch.multiprocessing as mp
 from helpers import free_ports
 
-from harness import distributed
-from harness.config import DataConfig, MeasureConfig, TrainConfig
 from harness.data import load_data
 from harness.errors import HarnessError
-from harness.models import build
-from harness.run import execute
-from harness.store import Store
-from harness.study import RunSpec
-from harness.train import CHECKPOINT, fit, seed_everything
+from harness.nn.vit import build
+from harness.results.store import Store
+from harness.runtime import distributed
+from harness.runtime.run import execute
+from harness.runtime.train import CHECKPOINT, fit, seed_everything
+from harness.spec.config import DataConfig, MeasureConfig, TrainConfig
+from harness.spec.study import RunSpec
 
 pytestmark = pytest.mark.slow
 
@@ -102,18 +102,18 @@ def _worker(rank: int, ports: tuple[int, int], root: str, out: str) -> None:
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     out_dir = Path(out)
-    import harness.train
+    import harness.runtime.train
 
-    fit_ = harness.train.fit
+    fit_ = harness.runtime.train.fit
 
     def capturing_fit(model, *args, **kwargs):  # execute imports fit at call time
         result = fit_(model, *args, **kwargs)
         torch.save(model.state_dict(), out_dir / f"execute_rank{rank}.pt")
         return result
 
-    harness.train.fit = capturing_fit
+    harness.runtime.train.fit = capturing_fit
     returned = execute(tiny_spec("ddp"), root)
-    harness.train.fit = fit_
+    harness.runtime.train.fit = fit_
     (out_dir / f"returned_rank{rank}.json").write_text(json.dumps(returned is not None))
 
     # interrupted after the step-4 checkpoint (both ranks stop at the same point), then resumed

@@ -7,21 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-from harness.flops import (
-    KINDS,
+from harness.cost.flops import KINDS, analytic_flops, attention_macs, matmul_macs, train_exaflops
+from harness.cost.paper import PAPER_MODELS, parse_paper_spec
+from harness.nn.moe import Mlp
+from harness.nn.vit import build
+from harness.runtime.counting import (
     UncountedOpError,
-    analytic_flops,
-    attention_macs,
     build_for_counting,
     count_flops,
     fvcore_flops,
-    matmul_macs,
+    paper_table,
     torch_flops,
-    train_exaflops,
 )
-from harness.models import ModelConfig, build, parse_model_spec
-from harness.moe import Mlp
-from harness.paper import PAPER_MODELS, paper_table, parse_paper_spec
+from harness.spec.model import ModelConfig, parse_model_spec
 
 TOL = 0.01  # the acceptance: all three within 1% (in practice they agree exactly)
 
@@ -177,7 +175,7 @@ def test_paper_rows_analytic_equals_fvcore_where_buildable():
 def test_flop_counter_mode_counts_the_onednn_path():
     """On float32 CPUs the experts run through oneDNN's fused linear op without gradients;
     FlopCounterMode must count it (our custom mapping), not skip it as zero."""
-    from harness.moe.experts import onednn_ok
+    from harness.nn.moe.experts import onednn_ok
 
     if not onednn_ok(torch.zeros(1)):
         pytest.skip("this torch build has no oneDNN")

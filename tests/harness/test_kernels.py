@@ -5,9 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.moe import BatchedExperts, SoftMoE
-from harness.moe.experts import _PACKED, _ExpertsFunction, drop_packed, mm_nt, new_buffer, onednn_ok
-from harness.moe.soft import _SoftCombine, _SoftDispatch
+from harness.nn.moe import BatchedExperts, SoftMoE
+from harness.nn.moe.experts import (
+    _PACKED,
+    _ExpertsFunction,
+    drop_packed,
+    mm_nt,
+    new_buffer,
+    onednn_ok,
+)
+from harness.nn.moe.soft import _SoftCombine, _SoftDispatch
 
 
 # --- the fast kernels equal the plain formulation ----------------------------------------------

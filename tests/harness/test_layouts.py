@@ -1,7 +1,7 @@
 """Layouts at run time over gloo: 2 and 4 processes equal one process on the same global batch.
 
 One spawn per process count runs every case (each MoE kind x each layout) through
-``harness.train.fit`` in one process group; rank 0 keeps each case's per-step losses and the
+``harness.runtime.train.fit`` in one process group; rank 0 keeps each case's per-step losses and the
 complete parameters after the last step (expert and FSDP shards gathered). The reference is
 the same cases in this process, without a process group. The sparse routers run without
 router noise: noise is drawn per rank, so with it no layout can equal one process.
@@ -17,13 +17,13 @@ import torch
 import torch.multiprocessing as mp
 from helpers import free_ports
 
-from harness import distributed
-from harness.config import DataConfig, MeasureConfig, TrainConfig
 from harness.data import load_data
-from harness.models import build
-from harness.parallel.checkpoint import full_model_state
-from harness.study import RunSpec
-from harness.train import fit, seed_everything
+from harness.nn.vit import build
+from harness.runtime import distributed
+from harness.runtime.parallel.checkpoint import full_model_state
+from harness.runtime.train import fit, seed_everything
+from harness.spec.config import DataConfig, MeasureConfig, TrainConfig
+from harness.spec.study import RunSpec
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def _worker(rank: int, world: int, port: int, out: str, cases: list) -> None:
 
 def _unscaled(workdir: Path) -> dict:
     """``UNSCALED`` with the experts' 1/R gradient scaling taken out."""
-    import harness.parallel.layout as layout
+    import harness.runtime.parallel.layout as layout
 
     original = layout.shard_experts
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from harness import timing
-from harness.cost import inspect_model, measure
-from harness.models import parse_model_spec
+from harness.runtime import timing
+from harness.runtime.measure import inspect_model, measure
+from harness.spec.model import parse_model_spec
 
 
 def fake_round(median, spread, others=0.0):
@@ -73,8 +73,8 @@ def test_measure_times_training_in_bf16_when_asked(small):
 
 
 def test_inspect_counts_without_loading_torch():
-    code = ("import sys; from harness.cost import inspect_model; "
-            "from harness.models import parse_model_spec; "
+    code = ("import sys; from harness.runtime.measure import inspect_model; "
+            "from harness.spec.model import parse_model_spec; "
             "row = inspect_model(parse_model_spec('vit-s/16:soft:e128')); "
             "print(row['counted_by'], row['params_total'], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -90,9 +90,9 @@ def test_fvcore_on_request_agrees_with_the_default():
 
 
 def test_a_runs_record_carries_the_timing_columns(tmp_path):
-    from harness.config import DataConfig, MeasureConfig, TrainConfig
-    from harness.run import execute
-    from harness.study import RunSpec
+    from harness.runtime.run import execute
+    from harness.spec.config import DataConfig, MeasureConfig, TrainConfig
+    from harness.spec.study import RunSpec
 
     spec = RunSpec(
         study="timing", model="vit-w32d2h2m64/8", router="soft", num_experts=4,

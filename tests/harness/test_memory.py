@@ -1,4 +1,4 @@
-"""The memory plan (harness/memory.py): the closed form against built models and the harness's
+"""The memory plan (harness/cost/memory.py): the closed form against built models and the harness's
 measured CPU peak, the layouts' order, the dry run's table, and ``run`` refusing what does
 not fit before anything is submitted."""
 
@@ -13,16 +13,9 @@ import pytest
 from helpers import free_ports
 
 from harness.cli import run_cli
-from harness.memory import (
-    LAYOUTS,
-    LayoutError,
-    Shapes,
-    estimate,
-    run_plan,
-    study_plans,
-)
-from harness.models import parse_model_spec
-from harness.study import load
+from harness.cost.memory import LAYOUTS, LayoutError, Shapes, estimate, run_plan, study_plans
+from harness.spec.model import parse_model_spec
+from harness.spec.study import load
 
 PAPER = Path(__file__).parents[2] / "studies" / "paper"
 STUDIES = ("pareto", "experts_slots", "slots_per_expert", "placement", "ablations", "inference")
@@ -37,7 +30,7 @@ def cfg_of(spec: str):
 # --- the closed form ------------------------------------------------------------------------
 @pytest.mark.parametrize("router", ("dense", *KINDS, "identity"))
 def test_parameter_split_matches_the_built_model(router):
-    from harness.models import build
+    from harness.nn.vit import build
 
     spec = TINY if router == "dense" else f"{TINY}:{router}:e16"
     cfg = cfg_of(spec)
@@ -88,8 +81,8 @@ def test_layouts_that_cannot_hold_the_run_are_one_clear_error():
 
 
 def test_closed_form_is_torch_free_and_instant():
-    code = ("import sys, time; from harness.memory import estimate; "
-            "from harness.models import parse_model_spec as p; t = time.perf_counter(); "
+    code = ("import sys, time; from harness.cost.memory import estimate; "
+            "from harness.spec.model import parse_model_spec as p; t = time.perf_counter(); "
             "c = p('vit-h/14:soft:e256:s1'); "
             "[estimate(c, l, ranks=16, batch_size=4096, micro_batch=32) "
             " for l in ('ddp', 'experts', 'fsdp', 'experts+fsdp')]; "
@@ -103,14 +96,14 @@ def test_closed_form_is_torch_free_and_instant():
 def measured_gb(spec: str, batch: int, *, checkpointing: bool = False,
                 micro_batches: int = 1) -> float:
     """Peak of one fp32 training step on this CPU, by the harness's protocol (live tensors +
-    the peak of PyTorch's CPU allocator events; ``harness.timing.peak_memory_mb``).
+    the peak of PyTorch's CPU allocator events; ``harness.runtime.timing.peak_memory_mb``).
     ``checkpointing`` recomputes each block in the backward (torch.utils.checkpoint);
     ``micro_batches`` > 1 accumulates the gradients of that many passes before the step."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    from harness.models import build
-    from harness.timing import peak_memory_mb, random_batch
+    from harness.nn.vit import build
+    from harness.runtime.timing import peak_memory_mb, random_batch
 
     cfg = cfg_of(spec)
     torch.manual_seed(0)
@@ -195,8 +188,8 @@ def _rank_peak(rank: int, world: int, spec: str, batch: int, layout: str, port: 
     import torch
     import torch.distributed as dist
 
-    from harness.models import build
-    from harness.timing import random_batch
+    from harness.nn.vit import build
+    from harness.runtime.timing import random_batch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -213,8 +206,8 @@ def _rank_peak(rank: int, world: int, spec: str, batch: int, layout: str, port: 
             fully_shard(block)
         fully_shard(model)
     else:  # the expert-sharded layouts, as training lays them out
-        from harness.config import TrainConfig
-        from harness.parallel import prepare, resolve_layout
+        from harness.runtime.parallel import prepare, resolve_layout
+        from harness.spec.config import TrainConfig
 
         model = prepare(model, resolve_layout(TrainConfig(batch_size=batch, layout=layout),
                                               world))
@@ -257,7 +250,7 @@ def test_ddp_and_fsdp_over_two_gloo_processes_against_their_measured_peak(tmp_pa
 
 @pytest.mark.slow
 def test_sharded_layouts_against_a_measured_peak(tmp_path):
-    """The expert-sharded layouts (harness.parallel) over 2 gloo processes, the states
+    """The expert-sharded layouts (harness.runtime.parallel) over 2 gloo processes, the states
     dominating: each estimate within 25% of rank 0's measured peak, and both below DDP's."""
     peaks = measured_peaks(tmp_path, ("experts", "experts+fsdp"))
     spec, batch = SHARDED_CASE
@@ -373,7 +366,7 @@ def test_dry_run_of_a_laptop_study_has_no_gpu_hours(tmp_path, capsys):
 def test_record_carries_the_layout_and_the_estimate(tmp_path):
     """A run's record names its layout, ranks, nodes and micro-batch, and the estimated peak
     per rank, here within 25% of the peak the run measured (the same batch, fp32 CPU)."""
-    from harness.run import execute
+    from harness.runtime.run import execute
 
     path = tmp_path / "rec.yaml"
     path.write_text("""name: rec

@@ -11,9 +11,10 @@ import torch
 from datasets import fashion_mnist_dir
 from helpers import cli, in_memory
 
-from harness.config import DataConfig
-from harness.data import IDX_FILES, load_data, read_idx
+from harness.data import load_data
+from harness.data.datasets import IDX_FILES, read_idx
 from harness.errors import HarnessError
+from harness.spec.config import DataConfig
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from harness.errors import ConfigError
-from harness.models import SIZES, ModelConfig, build, parse_model_spec, resolve_placement
-from harness.routers import ROUTERS
+from harness.nn.vit import build
+from harness.spec.model import SIZES, ModelConfig, parse_model_spec, resolve_placement
+from harness.spec.routers import ROUTERS
 
 TINY = "vit-w32d4h4m64/4@16"  # 16 tokens
 

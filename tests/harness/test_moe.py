@@ -1,7 +1,7 @@
 """Every MLP kind against a float64 reference written from the paper's equations.
 
 The references use Python loops over tokens, slots and experts and share no code with
-``harness.moe``; the implementation must match them to a relative error below 1e-6.
+``harness.nn.moe``; the implementation must match them to a relative error below 1e-6.
 """
 
 import math
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.errors import ConfigError
-from harness.moe import BatchedExperts, ExpertsChoice, SoftMoE, TokensChoice, compute_capacity
+from harness.nn.moe import BatchedExperts, ExpertsChoice, SoftMoE, TokensChoice, compute_capacity
 
 TOL = 1e-6
 

@@ -1,25 +1,19 @@
-"""The MoE-layer contract (``harness.moe.base``): one experts seam, router parameters, expert
+"""The MoE-layer contract (``harness.nn.moe.base``): one experts seam, router parameters, expert
 rows, aux loss, metrics kept as tensors and switched by one context manager."""
 
 import pytest
 import torch
 from torch import nn
 
-from harness import routers
-from harness.config import DataConfig, TrainConfig
-from harness.data import InMemoryImages, load_data
-from harness.models import build
-from harness.moe import (
-    MetricMeans,
-    MoELayer,
-    SoftMoE,
-    make_mlp,
-    moe_layers,
-    tracking_metrics,
-)
-from harness.pipeline import Loader
-from harness.study import RunSpec
-from harness.train import evaluate, features, fit
+from harness.data import load_data
+from harness.data.datasets import InMemoryImages
+from harness.data.pipeline import Loader
+from harness.nn.moe import MetricMeans, MoELayer, SoftMoE, make_mlp, moe_layers, tracking_metrics
+from harness.nn.vit import build
+from harness.runtime.train import evaluate, features, fit
+from harness.spec import routers
+from harness.spec.config import DataConfig, TrainConfig
+from harness.spec.study import RunSpec
 
 MOE_ROUTERS = [r for r in routers.names() if routers.get(r).is_moe]
 DIM, HIDDEN, EXPERTS, TOKENS = 12, 20, 8, 16  # 8 experts x 2 slots = 16 tokens (identity)

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from harness.errors import ConfigError, HarnessError
-from harness.models import ModelConfig, build
-from harness.moe import BatchedExperts, ExpertsChoice, Mlp, SoftMoE, TokensChoice
-from harness.moe.routing import compute_capacity
-from harness.study import load
+from harness.nn.moe import BatchedExperts, ExpertsChoice, Mlp, SoftMoE, TokensChoice
+from harness.nn.moe.routing import compute_capacity
+from harness.nn.vit import build
+from harness.spec.model import ModelConfig
+from harness.spec.study import load
 
 PAPER = Path(__file__).parents[2] / "studies" / "paper"
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from helpers import cli
 
-from harness.config import TrainConfig
 from harness.errors import HarnessError
-from harness.moe import BatchedExperts
-from harness.parallel import ShardedExperts, resolve_layout
+from harness.nn.moe import BatchedExperts
+from harness.runtime.parallel import ShardedExperts, resolve_layout
+from harness.spec.config import TrainConfig
 
 
 def test_layout_resolution_and_micro_batches():
@@ -54,7 +54,7 @@ def test_bench_all_to_all_reports_the_share(tmp_path):
 
 
 def test_a_rank_builds_only_its_experts_with_the_weights_of_one_process():
-    """Built with each MoE layer sharded as it is made (what ``harness.run`` does when the
+    """Built with each MoE layer sharded as it is made (what ``harness.runtime.run`` does when the
     experts are sharded), a rank holds its block of every layer's experts, equal to the
     one-process model's rows, the rest equal too; building peaks at its share plus one
     layer's experts, not at the whole model."""
@@ -62,9 +62,9 @@ def test_a_rank_builds_only_its_experts_with_the_weights_of_one_process():
 
     import torch
 
-    from harness.models import build
-    from harness.parallel import shard_layer
-    from harness.timing import _allocator_peak_growth
+    from harness.nn.vit import build
+    from harness.runtime.parallel import shard_layer
+    from harness.runtime.timing import _allocator_peak_growth
 
     spec, ranks = "vit-w64d8h4m256/4@16:soft:e64:every1", 4
     torch.manual_seed(0)

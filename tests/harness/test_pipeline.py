@@ -8,11 +8,18 @@ import torch
 from helpers import cli
 from PIL import Image
 
-from harness.config import DataConfig, LoaderConfig
 from harness.data import load_data
+from harness.data.pipeline import (
+    CROP_RATIO,
+    CROP_SCALE,
+    Loader,
+    crop_box,
+    crop_on_device,
+    training_plan,
+)
+from harness.data.prepared import MANIFEST, prepare, read_manifest, square, verify
 from harness.errors import HarnessError
-from harness.pipeline import CROP_RATIO, CROP_SCALE, Loader, crop_box, crop_on_device, training_plan
-from harness.prepared import MANIFEST, prepare, read_manifest, square, verify
+from harness.spec.config import DataConfig, LoaderConfig
 
 
 def make_folder(root, per_class=6, classes=("ant", "bee", "cat"), size=(40, 30)):
@@ -101,7 +108,7 @@ def test_augment_is_refused_for_in_memory_sets():
 
 
 def test_loader_settings_stay_outside_the_run_id():
-    from harness.study import RunSpec
+    from harness.spec.study import RunSpec
 
     plain = RunSpec(study="s", model="vit-s/16")
     workers = RunSpec(study="s", model="vit-s/16", data=DataConfig(loader=LoaderConfig(workers=8)))

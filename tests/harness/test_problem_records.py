@@ -6,8 +6,8 @@ import textwrap
 import pytest
 from rich.console import Console
 
-from harness.store import Store
-from harness.study import load
+from harness.results.store import Store
+from harness.spec.study import load
 from harness.views.runs import status_table
 from reports.build import build_report
 

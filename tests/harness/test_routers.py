@@ -10,12 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import routers
-from harness.cost import closed_form_params, parameter_counts
+from harness.cost.flops import analytic_flops
+from harness.cost.params import closed_form_params
 from harness.errors import ConfigError
-from harness.flops import analytic_flops, fvcore_flops, torch_flops
-from harness.models import DERIVED_FIELDS, build, derived_fields, parse_model_spec
-from harness.moe import BatchedExperts, MoELayer
+from harness.nn.moe import BatchedExperts, MoELayer
+from harness.nn.vit import build
+from harness.runtime.counting import fvcore_flops, torch_flops
+from harness.runtime.measure import parameter_counts
+from harness.spec import routers
+from harness.spec.model import DERIVED_FIELDS, derived_fields, parse_model_spec
 
 
 # --- a throwaway router: top-1 hash routing (token t goes to expert t mod E) ------------------
@@ -130,7 +133,7 @@ def test_registering_and_looking_up_routers(hash_router):
 
 
 def test_records_carry_the_derived_fields():
-    from harness.study import Study
+    from harness.spec.study import Study
 
     study = Study.model_validate({
         "name": "d", "data": {"name": "synthetic", "image_size": 16},

@@ -1,4 +1,4 @@
-"""A run whose experts are sharded over 2 gloo processes, through ``harness.run.execute``
+"""A run whose experts are sharded over 2 gloo processes, through ``harness.runtime.run.execute``
 as a job's tasks call it: each rank builds only its block of every MoE layer's experts
 (sharded as each layer is built, with the weights one process draws from the same seed),
 and the run still equals one process on the same global batch."""
@@ -14,12 +14,12 @@ import torch
 import torch.multiprocessing as mp
 from helpers import free_ports
 
-from harness.config import DataConfig, MeasureConfig, TrainConfig
+from harness.cost.flops import analytic_flops
 from harness.data import load_data
-from harness.flops import analytic_flops
-from harness.models import build
-from harness.run import execute
-from harness.study import RunSpec
+from harness.nn.vit import build
+from harness.runtime.run import execute
+from harness.spec.config import DataConfig, MeasureConfig, TrainConfig
+from harness.spec.study import RunSpec
 
 pytestmark = pytest.mark.slow
 
@@ -41,19 +41,19 @@ def _worker(rank: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import harness.train
+    import harness.runtime.train
 
-    fit_ = harness.train.fit
+    fit_ = harness.runtime.train.fit
 
     def capturing_fit(model, *args, **kwargs):  # the model as execute built it, untrained
         torch.save(model.state_dict(), Path(root) / f"built_rank{rank}.pt")
         return fit_(model, *args, **kwargs)
 
-    harness.train.fit = capturing_fit
+    harness.runtime.train.fit = capturing_fit
     try:
         execute(spec_of("sharded"), root)
     finally:
-        harness.train.fit = fit_
+        harness.runtime.train.fit = fit_
 
 
 def test_ranks_build_their_experts_only_and_train_as_one_process(tmp_path):

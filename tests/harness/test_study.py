@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.study import RunSpec, json_schema, load
+from harness.spec.study import RunSpec, json_schema, load
 
 BASE = """
 name: t

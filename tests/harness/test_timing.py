@@ -1,9 +1,9 @@
-"""The timing and memory protocol (harness.timing)."""
+"""The timing and memory protocol (harness.runtime.timing)."""
 
 import pytest
 import torch
 
-from harness import timing
+from harness.runtime import timing
 
 
 # --- the protocol ----------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.run import execute
-from harness.store import Store
-from harness.study import load
+from harness.results.store import Store
+from harness.runtime.run import execute
+from harness.spec.study import load
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 
@@ -79,7 +79,7 @@ def test_one_switch_turns_event_files_off_without_changing_the_run(study_file, t
 def test_a_resumed_run_replaces_the_points_after_its_checkpoint(study_file, tmp_path):
     """A requeued attempt resumes at step 20: its points from 20 on replace the first
     attempt's, and each point is on disk as soon as ``log`` returns."""
-    from harness.tracking import TensorBoardLog
+    from harness.runtime.tracking import TensorBoardLog
 
     spec = load(study_file).expand()[0]
     first = TensorBoardLog(tmp_path, spec)

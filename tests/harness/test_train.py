@@ -15,11 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import DataConfig, TrainConfig
-from harness.data import Datasets, InMemoryImages, load_data
-from harness.models import build
-from harness.study import RunSpec
-from harness.train import (
+from harness.data import load_data
+from harness.data.datasets import Datasets, InMemoryImages
+from harness.nn.vit import build
+from harness.runtime.train import (
     CHECKPOINT,
     evaluate,
     fewshot_probe,
@@ -28,6 +27,8 @@ from harness.train import (
     ridge_probe,
     seed_everything,
 )
+from harness.spec.config import DataConfig, TrainConfig
+from harness.spec.study import RunSpec
 
 TINY = "vit-w32d2h2m64/4"
 DATA = DataConfig(num_classes=4, train_size=512, test_size=128)
@@ -239,11 +240,11 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = textwrap.dedent("""
     import json, os, sys, time
-    from harness.config import DataConfig, LoaderConfig, TrainConfig
+    from harness.spec.config import DataConfig, LoaderConfig, TrainConfig
     from harness.data import load_data
-    from harness.models import build
-    from harness.study import RunSpec
-    from harness.train import fit, seed_everything
+    from harness.spec.model import build
+    from harness.spec.study import RunSpec
+    from harness.runtime.train import fit, seed_everything
 
     workdir, slow, workers = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     spec = RunSpec(study="t", model="vit-w32d2h2m64/4", router="tokens_choice", num_experts=4,

@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 from helpers import cli
 
-from harness.config import DataConfig
-from harness.run import execute
-from harness.store import Store
-from harness.study import load
+from harness.results.store import Store
+from harness.runtime.run import execute
+from harness.spec.config import DataConfig
+from harness.spec.study import load
 from reports.export import export_mlflow, export_tables
 
 STUDY = """\
@@ -151,7 +151,7 @@ def _runs(client, study):
 
 
 def _check_exported(uri, exported):
-    from harness.tracking import mlflow_client
+    from harness.results.mlflow import mlflow_client
 
     client = mlflow_client(uri)
     runs = _runs(client, "exported")
@@ -202,7 +202,7 @@ def test_live_run_default_store_export_and_rerun(exported, tmp_path):
     export joins it; a rerun's changed record replaces its MLflow run."""
     import shutil
 
-    from harness.tracking import mlflow_client
+    from harness.results.mlflow import mlflow_client
 
     client = mlflow_client(exported["live"])
     (run,) = _runs(client, "exported").values()  # the ok run; the failed one never trained

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 from helpers import cli
 
+from harness.cost.estimate import study_costs
 from harness.errors import HarnessError
-from harness.estimate import study_costs
-from harness.study import load
+from harness.spec.study import load
 from reports.aggregate import aggregate, records_frame
 from reports.figures import with_rows
 from reports.plan import plan_rows

@@ -8,9 +8,9 @@ import submitit
 import yaml
 
 from harness.errors import HarnessError
-from harness.run import failed_record
-from harness.store import Store, check_record
-from harness.study import load
+from harness.results.store import Store, check_record
+from harness.runtime.run import failed_record
+from harness.spec.study import load
 from runners import Summary, dispatch
 from runners.executors import EXECUTORS, check_executor, make_executor
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import cli, processes_with
 
-from harness.store import Store
-from harness.study import load
+from harness.results.store import Store
+from harness.spec.study import load
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def test_a_second_sweep_of_the_same_study_is_refused(tmp_path):
 
 
 def test_a_run_held_by_another_process_is_skipped_without_a_record(tmp_path):
-    from harness.run import execute
+    from harness.runtime.run import execute
 
     spec = load(study_file(tmp_path)).expand()[0]
     store = Store(tmp_path / "results", "sweep")

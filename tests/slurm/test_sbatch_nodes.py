@@ -8,7 +8,7 @@ import pytest
 from slurm.test_slurm_runner import write_study
 
 from harness.errors import HarnessError
-from harness.study import load
+from harness.spec.study import load
 from runners.slurm import executor_parameters
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.store import Store
-from harness.study import load
+from harness.results.store import Store
+from harness.spec.study import load
 from runners.slurm import executor_parameters, live_view, load_jobs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -353,7 +353,7 @@ def test_two_task_job_trains_one_run_with_ddp(slurm_cluster, tmp_path):
     """A run whose job has 2 tasks trains with DDP across them (gloo here: the test node has
     no GPUs, so the tasks come from --ntasks-per-node, where gpus_per_run: 2 would also ask
     for 2 GPUs): one record, from rank 0, with the single-process run's logged losses."""
-    from harness.run import execute
+    from harness.runtime.run import execute
 
     results = tmp_path / "results"
     train = {"steps": 8, "batch_size": 32, "eval_every": 4, "checkpoint_every": 4}
@@ -382,7 +382,7 @@ def test_two_task_job_with_experts_sharded_equals_one_process(slurm_cluster, tmp
     """``train.layout: experts`` over a job's 2 tasks: each rank holds 2 of the 4 experts of
     every MoE layer and the slots travel by all-to-all. One record, with the layout it used
     and the all-to-all share, and the single-process run's losses and test scores."""
-    from harness.run import execute
+    from harness.runtime.run import execute
 
     results = tmp_path / "results"
     train = {"steps": 8, "batch_size": 32, "eval_every": 4, "checkpoint_every": 4,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.store import Store
-from harness.study import load
+from harness.results.store import Store
+from harness.spec.study import load
 from runners import tune as T
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -22,7 +22,7 @@ import pytest
 from fixtures.studies import fake_execute, tiny_tune_study, write_study
 
 import runners.tune as T
-from harness.study import load
+from harness.spec.study import load
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 pytest.importorskip("optuna_dashboard", reason="the dashboard extra is not installed")
@@ -37,9 +37,9 @@ def _free_port() -> int:
 @pytest.fixture(params=["sqlite", "journal", "postgres"])
 def tuned(request, tmp_path, monkeypatch):
     """The storage URL of a tuned two-objective study ``tt``: 4 trials, one failed."""
-    import harness.run
+    import harness.runtime.run
 
-    monkeypatch.setattr(harness.run, "execute", fake_execute([]))
+    monkeypatch.setattr(harness.runtime.run, "execute", fake_execute([]))
     url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'optuna.db'}",
            "journal": lambda: f"journal:{tmp_path / 'optuna.journal'}",
            "postgres": lambda: request.getfixturevalue("pg_url")}[request.param]()

@@ -18,8 +18,8 @@ import pytest
 from fixtures.studies import tiny_tune_study, write_study
 from helpers import cli
 
-from harness.store import DONE, Store
-from harness.study import load
+from harness.results.store import DONE, Store
+from harness.spec.study import load
 from runners import tune as T
 
 pytestmark = pytest.mark.slow

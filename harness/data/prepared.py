@@ -1,0 +1,240 @@
+"""Prepared shards: an image folder decoded once into fixed-size uint8 arrays.
+
+``moe-harness data prepare SRC OUT --resolution R`` reads an imagefolder (``SRC/train/CLASS/``
+and ``SRC/val|test/CLASS/``), resizes each image's shorter side to ``R`` and takes the
+centered ``R x R`` square (aspect kept; the training crop is drawn from that square later),
+and writes::
+
+    OUT/manifest.json            format, resolution, classes, per split: count, class counts,
+                                 shards (file, count, sha256), labels file and its sha256,
+                                 and one checksum over all of them
+    OUT/train-00000.npy ...      uint8 (n, R, R, 3), ``shard_size`` images each but the last
+    OUT/train-labels.npy         int64 (count,)
+    OUT/test-00000.npy ...       (from SRC/val or SRC/test)
+
+``data: {name: prepared, path: OUT, image_size: S}`` reads them through memory maps: no
+decoding at training time: a worker copies the stored squares, and the crop, flip and resize
+to ``S`` happen on the device for the whole batch (``harness.data.pipeline.crop_on_device``; none
+when ``S == R`` without augmentation). Loading checks the manifest against the files
+(shapes and sizes, cheap); ``moe-harness data verify OUT`` recomputes every checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from harness.errors import HarnessError
+from harness.spec.config import DataConfig
+
+FORMAT = "moe-harness-prepared"
+VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+
+
+# --- writing -------------------------------------------------------------------------------------
+def square(path: Path, resolution: int) -> np.ndarray:
+    """One image file -> uint8 (R, R, 3): shorter side to R, centered square."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.format == "JPEG":  # decode at a reduced scale that still covers R
+            img.draft("RGB", (resolution, resolution))
+        w, h = img.size
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        out = img.convert("RGB").resize((resolution, resolution), Image.Resampling.BILINEAR,
+                                        box=box)
+        return np.asarray(out, dtype=np.uint8)
+
+
+def _square_all(job: tuple[list[Path], int]) -> np.ndarray:
+    paths, resolution = job
+    return np.stack([square(p, resolution) for p in paths])
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def prepare(src: Path, out: Path, resolution: int, *, shard_size: int = 1024,
+            workers: int | None = None, log=print) -> dict:
+    """Write ``src`` (an imagefolder) as prepared shards under ``out``; return the manifest."""
+    from harness.data.datasets import imagefolder
+
+    if resolution < 1 or shard_size < 1:
+        raise HarnessError(f"data prepare: resolution and shard size must be positive, got "
+                           f"{resolution} and {shard_size}")
+    data = imagefolder(DataConfig(name="imagefolder", path=str(src), image_size=resolution))
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        raise HarnessError(f"data prepare: {out / MANIFEST} exists; choose an empty folder")
+    workers = workers or len(os.sched_getaffinity(0))
+    manifest = {"format": FORMAT, "version": VERSION, "resolution": resolution,
+                "classes": data.train.classes, "source": str(src), "splits": {}}
+    with ProcessPoolExecutor(workers) as pool:
+        for split, files in zip(SPLITS, (data.train, data.test), strict=True):
+            paths = [p for p, _ in files.samples]
+            labels = files.labels.numpy().astype(np.int64)
+            shards = []
+            starts = range(0, len(paths), shard_size)
+            for n, start in enumerate(starts):
+                name = f"{split}-{n:05d}.npy"
+                chunk = paths[start:start + shard_size]
+                step = max(1, -(-len(chunk) // (4 * workers)))  # a few jobs per worker
+                jobs = [(chunk[i:i + step], resolution) for i in range(0, len(chunk), step)]
+                array = np.concatenate(list(pool.map(_square_all, jobs)))
+                np.save(out / name, array)
+                shards.append({"file": name, "count": len(chunk), "sha256": sha256(out / name)})
+                log(f"{split}: shard {n + 1}/{len(starts)} ({start + len(chunk)}/{len(paths)} "
+                    "images)")
+            np.save(out / f"{split}-labels.npy", labels)
+            manifest["splits"][split] = {
+                "count": len(paths), "shard_size": shard_size, "shards": shards,
+                "class_counts": np.bincount(labels, minlength=len(data.train.classes)).tolist(),
+                "labels": {"file": f"{split}-labels.npy",
+                           "sha256": sha256(out / f"{split}-labels.npy")}}
+    manifest["checksum"] = _checksum(manifest)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _checksum(manifest: dict) -> str:
+    """One SHA-256 over every file's checksum, the resolution and the classes."""
+    parts = [str(manifest["resolution"]), *manifest["classes"]]
+    for split in SPLITS:
+        info = manifest["splits"][split]
+        parts += [s["sha256"] for s in info["shards"]] + [info["labels"]["sha256"]]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+# --- reading -------------------------------------------------------------------------------------
+def read_manifest(root: Path) -> dict:
+    """The manifest of ``root``, checked against the files (shapes, counts; no checksums)."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise HarnessError(f"data.path: {root} has no {MANIFEST} (prepared needs the output of "
+                           "moe-harness data prepare)")
+    try:
+        manifest = json.loads(path.read_text())
+        ok = manifest.get("format") == FORMAT and manifest.get("version") == VERSION
+    except (json.JSONDecodeError, AttributeError):
+        ok = False
+    if not ok:
+        raise HarnessError(f"data.path: {path} is not a {FORMAT} manifest of version {VERSION}")
+    res = manifest["resolution"]
+    for split in SPLITS:
+        info = manifest["splits"][split]
+        for shard in info["shards"]:
+            shape = _npy_shape(root / shard["file"])
+            if shape != (shard["count"], res, res, 3):
+                raise HarnessError(f"data.path: {root / shard['file']} holds {shape}, the "
+                                   f"manifest says ({shard['count']}, {res}, {res}, 3)")
+        if _npy_shape(root / info["labels"]["file"]) != (info["count"],):
+            raise HarnessError(f"data.path: {root / info['labels']['file']} does not hold "
+                               f"{info['count']} labels, as the manifest says")
+    return manifest
+
+
+def _npy_shape(path: Path) -> tuple[int, ...] | None:
+    if not path.is_file():
+        raise HarnessError(f"data.path: {path} is missing (listed in the manifest)")
+    try:
+        return tuple(np.load(path, mmap_mode="r").shape)
+    except ValueError as err:
+        raise HarnessError(f"data.path: {path} is not a numpy array file ({err})") from None
+
+
+def verify(root: Path) -> dict:
+    """Recompute every file's SHA-256 against the manifest; raise on the first mismatch."""
+    manifest = read_manifest(root)
+    for split in SPLITS:
+        info = manifest["splits"][split]
+        for entry in [*info["shards"], info["labels"]]:
+            if sha256(root / entry["file"]) != entry["sha256"]:
+                raise HarnessError(f"data.path: {root / entry['file']} does not match its "
+                                   "checksum in the manifest (changed or corrupt)")
+    if _checksum(manifest) != manifest.get("checksum"):
+        raise HarnessError(f"data.path: {root / MANIFEST}: its checksum field does not match "
+                           "its entries")
+    return manifest
+
+
+class Shards(Dataset):
+    """One split of prepared shards; ``load(i, rng)`` -> uint8 (3, S, S) like ``ImageFiles``."""
+
+    def __init__(self, root: Path, info: dict, resolution: int, image_size: int,
+                 augment: bool, keep: np.ndarray):
+        self.root, self.resolution, self.image_size = root, resolution, image_size
+        self.augment, self.keep = augment, keep
+        self.files = [s["file"] for s in info["shards"]]
+        self.shard_size = info["shard_size"]
+        labels = np.load(root / info["labels"]["file"])
+        self.labels = torch.from_numpy(labels[keep].astype(np.int64))
+        self._maps: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getstate__(self) -> dict:  # worker processes open their own memory maps
+        return {**self.__dict__, "_maps": None}
+
+    def _pixels(self, i: int) -> np.ndarray:
+        if self._maps is None:
+            self._maps = [np.load(self.root / f, mmap_mode="r") for f in self.files]
+        j = int(self.keep[i])
+        return self._maps[j // self.shard_size][j % self.shard_size]
+
+    @property
+    def device_crop(self) -> bool:
+        """Crops (and any resize) are done on the device from the full stored square."""
+        return self.augment or self.image_size != self.resolution
+
+    def load(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """uint8 (3, R, R): the stored square (see ``box`` for the crop to take from it)."""
+        return np.ascontiguousarray(self._pixels(i).transpose(2, 0, 1))
+
+    def box(self, rng: np.random.Generator | None) -> list[float]:
+        from harness.data.pipeline import device_box
+
+        return device_box(self.resolution, rng, self.augment)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from harness.data.pipeline import to_device
+
+        pixels = torch.from_numpy(self.load(i))[None]
+        boxes = torch.tensor([self.box(None)]) if self.device_crop else None
+        return to_device(pixels, torch.device("cpu"), boxes, self.image_size)[0], \
+            int(self.labels[i])
+
+
+def load_prepared(cfg: DataConfig):
+    from harness.data.datasets import Datasets, capped, data_root
+
+    root = data_root(cfg, "the output of moe-harness data prepare")
+    manifest = read_manifest(root)
+    res = manifest["resolution"]
+    if cfg.image_size > res:
+        raise HarnessError(f"data.image_size: {cfg.image_size} exceeds the resolution {res} "
+                           f"that {root} was prepared at")
+    sets = {}
+    for split, cap, salt in (("train", cfg.train_size, 1), ("test", cfg.test_size, 2)):
+        info = manifest["splits"][split]
+        sets[split] = Shards(root, info, res, cfg.image_size, cfg.augment == "crop_flip",
+                             capped(info["count"], cap, cfg.seed, salt))
+    return Datasets(sets["train"], sets["test"], len(manifest["classes"]))
+
+
+__all__ = ["Shards", "load_prepared", "prepare", "read_manifest", "square", "verify"]

@@ -1,0 +1,2 @@
+"""The neural layers: the ViT, attention backends and the MoE layers (torch).
+"""
