@@ -28,11 +28,8 @@ metrics are read from ``model.module``.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -50,13 +47,19 @@ from harness.data.pipeline import Loader, training_plan
 from harness.errors import HarnessError
 from harness.nn.moe.base import MetricMeans, tracking_metrics
 from harness.runtime import distributed, parallel
+from harness.runtime.checkpoint import (
+    CHECKPOINT,
+    SHARDED_DIR,
+    load_checkpoint,
+    remove_unreferenced_shards,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from harness.runtime.probe import fewshot_indices, ridge_probe
 from harness.spec.config import TrainConfig
 
-CHECKPOINT = "checkpoint.pt"
-SHARDED_DIR = "checkpoint-shards"  # sharded layouts: one folder per checkpoint, all ranks'
 HISTORY_EVAL_IMAGES = 1000  # history evaluations use this fixed, evenly spread test subset
-L2_GRID = tuple(2.0**k for k in range(-10, 21))  # few-shot ridge penalties searched
-BIAS_FEATURE = 100.0  # constant feature appended for the probe's bias (almost unpenalised)
 COOLDOWN_FRACTION = 0.1  # rsqrt: linear cooldown to zero over the last 10% of the steps
 
 
@@ -179,137 +182,6 @@ def features(model: nn.Module, batches: Loader, indices: torch.Tensor, *, batch_
     return torch.cat(xs).double().numpy(), torch.cat(ys).numpy()
 
 
-def fewshot_indices(labels: torch.Tensor, shots: int, num_classes: int, seed: int) -> torch.Tensor:
-    """``shots`` train indices per class (fewer where a class has fewer), chosen by ``seed``."""
-    order = torch.from_numpy(np.random.default_rng([seed, 11]).permutation(len(labels)))
-    picked: list[torch.Tensor] = []
-    ordered = labels[order]
-    for c in range(num_classes):
-        picked.append(order[ordered == c][:shots])
-    return torch.cat(picked)
-
-
-def ridge_probe(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    num_classes: int,
-    l2_grid: tuple[float, ...] = L2_GRID,
-) -> tuple[float, float]:
-    """Closed-form ridge regression to ±1 targets; returns (test accuracy, chosen penalty).
-
-    Features are standardised with the train (few-shot) statistics and get a constant bias
-    feature (``BIAS_FEATURE``, so the bias is barely penalised), as in big_vision's few-shot
-    evaluator. The penalty is chosen on the few-shot train set alone, by leave-one-out
-    cross-validation, which ridge regression gives in closed form: with the hat matrix
-    H = X (XᵀX + λI)⁻¹ Xᵀ, the prediction for point i from a fit without it is
-    (ŷᵢ − Hᵢᵢ yᵢ) / (1 − Hᵢᵢ). The λ of ``l2_grid`` (a log-scale grid) with the highest
-    leave-one-out accuracy wins; ties go to the lower leave-one-out squared error, then to the
-    larger λ. The test set is used only to score the chosen λ.
-    """
-    x = np.asarray(train_x, dtype=np.float64)
-    labels = np.asarray(train_y).astype(np.int64)
-    mean, std = x.mean(axis=0, keepdims=True), x.std(axis=0, keepdims=True) + 1e-5
-
-    def prep(z):
-        z = (np.asarray(z, dtype=np.float64) - mean) / std
-        return np.concatenate([z, np.full((len(z), 1), BIAS_FEATURE)], axis=1)
-
-    x, xt = prep(x), prep(test_x)
-    y = 2.0 * np.eye(num_classes)[labels] - 1.0  # (N, C) in {-1, +1}
-    eigs, q = np.linalg.eigh(x.T @ x)  # XᵀX = Q diag(eigs) Qᵀ
-    eigs = np.clip(eigs, 0.0, None)
-    xq, qty = x @ q, q.T @ (x.T @ y)  # (N, D), (D, C)
-    best = None
-    for l2 in l2_grid:
-        scale = 1.0 / (eigs + l2)
-        fitted = (xq * scale) @ qty  # X W
-        hat = np.einsum("nd,d,nd->n", xq, scale, xq)[:, None]  # H_ii
-        loo = (fitted - hat * y) / np.clip(1.0 - hat, 1e-12, None)
-        key = ((loo.argmax(axis=1) == labels).mean(), -((loo - y) ** 2).mean(), l2)
-        if best is None or key > best[0]:
-            best = (key, l2)
-    l2 = best[1]
-    w = q @ (qty / (eigs + l2)[:, None])  # (D, C)
-    accuracy = float(((xt @ w).argmax(axis=1) == np.asarray(test_y)).mean())
-    return accuracy, l2
-
-
-def fewshot_probe(train_x, train_y, test_x, test_y, num_classes: int,
-                  l2_grid: tuple[float, ...] = L2_GRID) -> float:
-    """Few-shot linear-probe test accuracy (see ``ridge_probe`` for how λ is chosen)."""
-    return ridge_probe(train_x, train_y, test_x, test_y, num_classes, l2_grid)[0]
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-def previous_checkpoint(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.previous{path.suffix}")
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, os.replace); the checkpoint
-    it replaces is kept as ``previous_checkpoint(path)``. A failed write (a full disk) leaves no
-    temporary file behind and the earlier checkpoints as they were."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.replace(path, previous_checkpoint(path))
-        os.replace(tmp, path)
-    except BaseException as err:
-        full = shutil.disk_usage(path.parent).free < 1 << 20  # before the space is freed
-        tmp.unlink(missing_ok=True)
-        if full and isinstance(err, Exception):
-            # torch's writer reports a full disk as "unexpected pos": say what happened
-            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from err
-        raise
-
-
-def load_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, Any] | None, str | None]:
-    """The newest readable checkpoint (``path``, else the previous one), and a note saying
-    what was wrong with any that could not be read (None when all was well). Neither
-    readable: (None, note), and the run starts afresh."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    problems = []
-    for candidate in (path, previous_checkpoint(path)):
-        if not candidate.is_file():
-            continue
-        try:
-            # Our own file (it holds numpy and python RNG states, which weights_only refuses).
-            saved = torch.load(candidate, map_location=device, weights_only=False)
-            if not isinstance(saved, dict) or "state" not in saved:
-                raise ValueError("not a training checkpoint")
-        except Exception as err:  # noqa: BLE001 - truncated or corrupt: fall back
-            problems.append(f"{candidate} unreadable ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})")
-            continue
-        if problems:
-            return saved, f"{'; '.join(problems)}: resumed from {candidate.name}"
-        return saved, None
-    return None, f"{'; '.join(problems)}: started afresh" if problems else None
-
-
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate(), "sampler": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    gen.set_state(state["sampler"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -503,13 +375,13 @@ def fit(
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"], generator)
+        set_rng_state(saved["rng"], generator)
         state.update(saved["state"])
         resumed_from = state["step"]
 
     def checkpoint() -> None:
         trainer = {"run_id": _run_id(spec), "scheduler": scheduler.state_dict(),
-                   "rng": _rng_state(generator), "state": dict(state)}
+                   "rng": rng_state(generator), "state": dict(state)}
         if not sharded_checkpoint:
             if main:
                 save_checkpoint(ckpt_path, {**trainer, "model": model.state_dict(),
@@ -521,7 +393,7 @@ def fit(
         distributed.barrier()
         if main:
             save_checkpoint(ckpt_path, {**trainer, "sharded": folder})
-            _remove_unreferenced_shards(ckpt_path)
+            remove_unreferenced_shards(ckpt_path)
 
     train = Loader(data.train, device, spec.data.loader,
                    augment_seed=spec.seed if spec.data.augment != "none" else None)
@@ -584,24 +456,8 @@ def _final_scores(model: nn.Module, spec, data, train: Loader, test: Loader) -> 
     return out
 
 
-def _remove_unreferenced_shards(ckpt_path: Path) -> None:
-    """Delete the sharded checkpoint folders that neither the checkpoint nor the previous one
-    names (older ones, or one left by a run killed while writing)."""
-    keep = set()
-    for candidate in (ckpt_path, previous_checkpoint(ckpt_path)):
-        if candidate.is_file():
-            try:
-                keep.add(torch.load(candidate, weights_only=False).get("sharded"))
-            except Exception:  # noqa: BLE001 - unreadable: it names nothing
-                pass
-    for folder in (ckpt_path.parent / SHARDED_DIR).glob("step-*"):
-        if f"{SHARDED_DIR}/{folder.name}" not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def _run_id(spec) -> str:
     return getattr(spec, "run_id", None) or "unknown"
 
 
-__all__ = ["evaluate", "fewshot_probe", "fit", "lr_factor", "ridge_probe", "save_checkpoint",
-           "seed_everything", "train_steps"]
+__all__ = ["evaluate", "fit", "lr_factor", "seed_everything", "train_steps"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_train import run, spec_for
 
-from harness.runtime.train import CHECKPOINT, previous_checkpoint, save_checkpoint
+from harness.runtime.checkpoint import CHECKPOINT, previous_checkpoint, save_checkpoint
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):

@@ -24,8 +24,9 @@ from harness.errors import HarnessError
 from harness.nn.vit import build
 from harness.results.store import Store
 from harness.runtime import distributed
+from harness.runtime.checkpoint import CHECKPOINT
 from harness.runtime.run import execute
-from harness.runtime.train import CHECKPOINT, fit, seed_everything
+from harness.runtime.train import fit, seed_everything
 from harness.spec.config import DataConfig, MeasureConfig, TrainConfig
 from harness.spec.study import RunSpec
 

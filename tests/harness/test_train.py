@@ -18,15 +18,9 @@ from torch import nn
 from harness.data import load_data
 from harness.data.datasets import Datasets, InMemoryImages
 from harness.nn.vit import build
-from harness.runtime.train import (
-    CHECKPOINT,
-    evaluate,
-    fewshot_probe,
-    fit,
-    lr_factor,
-    ridge_probe,
-    seed_everything,
-)
+from harness.runtime.checkpoint import CHECKPOINT
+from harness.runtime.probe import fewshot_probe, ridge_probe
+from harness.runtime.train import evaluate, fit, lr_factor, seed_everything
 from harness.spec.config import DataConfig, TrainConfig
 from harness.spec.study import RunSpec
 
