@@ -17,7 +17,7 @@ from runners.tune.space import describe_params, short
 from runners.tune.storage import dashboard_command, existing_storage, open_study, without_password
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 
 def load_tuning(study: Study, results_root: Path, storage: str | None = None):

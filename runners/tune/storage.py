@@ -24,7 +24,7 @@ from harness.store import tune_dir
 from harness.study import Study
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 
 def storage_kind(url: str, where: str = "--storage") -> str:

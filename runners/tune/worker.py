@@ -37,7 +37,7 @@ from runners.tune.space import suggest, trial_spec
 from runners.tune.storage import open_storage, open_study
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 class Surplus(Exception):
     """Two workers started the last trial at the same moment: this one is not needed."""
@@ -206,7 +206,7 @@ def reporter(trial, cfg: TuneConfig):
     if cfg.multi or cfg.pruner.name == "none":
         return None
     from harness.run import Pruned
-    from runners.tune.config import INTERMEDIATE
+    from runners.tune.schema import INTERMEDIATE
 
     key, higher_better = INTERMEDIATE[cfg.pruner.metric]
     sign = 1.0 if higher_better == (cfg.directions[0] == "maximize") else -1.0
