@@ -2,7 +2,7 @@
 
 ``dispatch(study, ...)`` picks the runs to do (pending; or failed with ``retry_failed``; or all
 with ``rerun``), hands them to the runner named by ``executor`` (``local``, ``debug``,
-``slurm``), and returns a summary. Every runner executes ``harness.run.execute`` per spec.
+``slurm``), and returns a summary. Every runner executes ``harness.runtime.run.execute`` per spec.
 
 The runners share one protocol (``runners.base.Runner``) and are named in one table
 (``runners.executors.RUNNERS``); ``live_view`` and ``cancel`` ask every runner for the study's
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.store import DONE, Store
-from harness.study import RunSpec, Study
+from harness.results.store import DONE, Store
+from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
 from runners.executors import EXECUTORS, RUNNERS, check_executor, make_runner, runner_class
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from harness.store import Store
-    from harness.study import RunSpec, Study
+    from harness.results.store import Store
+    from harness.spec.study import RunSpec, Study
 
 
 @dataclass

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_args
 
-from harness.config import ExecutorConfig
+from harness.spec.config import ExecutorConfig
 from harness.errors import HarnessError
-from harness.store import Store
-from harness.study import Study
+from harness.results.store import Store
+from harness.spec.study import Study
 from runners.base import Runner
 from runners.local import DebugRunner, LocalRunner
 from runners.slurm import SlurmRunner

@@ -3,7 +3,7 @@ in-process (``debug``: ``DebugRunner``), at most ``max_parallel`` at a time, ret
 runs ``max_retries`` times.
 
 One local sweep of a study at a time (``Store.lock_sweep``); each job dies with the sweep
-(``harness.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
+(``harness.runtime.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
 disk stops the sweep with one line, the runs already recorded untouched.
 """
 
@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import HarnessError, Interrupted
-from harness.lifeline import Tethered, kill_tree
-from harness.store import Store
-from harness.study import RunSpec, Study
+from harness.runtime.lifeline import Tethered, kill_tree
+from harness.results.store import Store
+from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
 
 
@@ -59,7 +59,7 @@ class LocalRunner(Runner):
         stop_local_jobs(jobs)
 
     def run(self, specs: list[RunSpec]) -> Summary:
-        from harness.run import execute, now
+        from harness.runtime.run import execute, now
         from harness.views.progress import SweepProgress
 
         summary = Summary(submitted=len(specs))
@@ -113,7 +113,7 @@ class LocalRunner(Runner):
     def _result(self, job, spec: RunSpec, submitted: str) -> dict | None:
         """The run's record (None if another process holds the run); if the job died before
         writing one, record that as failed (a finished record of the run stays current)."""
-        from harness.run import failed_record
+        from harness.runtime.run import failed_record
 
         try:
             return job.result()

@@ -5,12 +5,12 @@ printed); ``--wait`` follows the jobs until each has a record. Runs whose job th
 still holds (pending, running, requeued) are not submitted again: ``run --wait`` on a study
 with live jobs just follows them.
 
-The study's ``executor.slurm`` section (``harness.config.SlurmConfig``) gives partition,
+The study's ``executor.slurm`` section (``harness.spec.config.SlurmConfig``) gives partition,
 account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parallelism, extra
 sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
 With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model across
 them (the layout of ``train.layout``), spread evenly over ``nodes`` nodes (N / nodes tasks and
-GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.distributed``).
+GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.runtime.distributed``).
 
 Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
 ``signal_delay_s`` before the time limit (``--signal``), and before a preemption where
@@ -43,8 +43,8 @@ from pathlib import Path
 import submitit
 
 from harness.errors import HarnessError
-from harness.store import Store, atomic_write_json
-from harness.study import RunSpec, Study
+from harness.results.store import Store, atomic_write_json
+from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
 
 # squeue states of jobs not finished yet, mapped to what ``status`` shows. A pending job that
@@ -76,7 +76,7 @@ class RunJob(submitit.helpers.Checkpointable):
         # that very requeue sends to every process of the job, or the handler raises inside
         # training and the run would record a failure although SLURM requeued it.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        from harness.run import execute
+        from harness.runtime.run import execute
 
         return execute(spec, results_root)
 
@@ -179,7 +179,7 @@ class SlurmRunner(Runner):
 
     def submit(self, specs: list[RunSpec]) -> list:
         """Submit ``specs`` as one job array and record the jobs in ``jobs.json``."""
-        from harness.run import now
+        from harness.runtime.run import now
 
         submitted = now()
         try:
@@ -269,7 +269,7 @@ def record_of_job(record: dict, entry: dict, job: dict | None = None) -> bool:
 
 def job_vanished(store: Store, spec: RunSpec, entry: dict) -> dict:
     """A ``failed`` record for a job that left the queue without writing one."""
-    from harness.run import failed_record
+    from harness.runtime.run import failed_record
 
     record = store.read(spec.run_id)
     if record is not None and record_of_job(record, entry):

@@ -6,9 +6,9 @@ the storage. ``tune`` opens (or continues) the Optuna study, marks trials left R
 workers as failed and re-queues their parameters, then launches K workers; each pulls trials
 from the shared storage until N trials are finished (a worker whose peers hold the last
 trials waits for them, and runs their retries if they die). Every trial runs
-``harness.run.execute`` on the RunSpec of its parameters, so it writes a normal record (with
+``harness.runtime.run.execute`` on the RunSpec of its parameters, so it writes a normal record (with
 ``tune_trial``). When a call ends, the tuning's summary goes into the store
-(``harness.tune_summary``), which ``tune --show`` and the report read.
+(``harness.results.tune_summary``), which ``tune --show`` and the report read.
 
 One module per part:
 

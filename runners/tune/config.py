@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-import harness.study as study_axes
-from harness import routers
+import harness.spec.study as study_axes
+from harness.spec import routers
 from harness.errors import HarnessError
-from harness.study import AXES, TRAIN_AXES, Study
+from harness.spec.study import AXES, TRAIN_AXES, Study
 from runners.tune.schema import (
     METRICS,
     Constraint,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.study import Study
-from harness.tune_summary import write_summary
+from harness.spec.study import Study
+from harness.results.tune_summary import write_summary
 from runners.executors import runner_class
 from runners.tune.config import parse
 from runners.tune.liveness import counts, recover_stale
@@ -43,7 +43,7 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     import optuna
     from rich.console import Console
 
-    from harness.store import Store
+    from harness.results.store import Store
     from harness.views.tune import follow_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,5 +1,5 @@
 """A tuning's results: the best trial (or the Pareto set), parameter importances, and the
-summary written into the store for ``tune --show`` and the report (``harness.tune_summary``).
+summary written into the store for ``tune --show`` and the report (``harness.results.tune_summary``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
-from harness.store import Store
-from harness.study import Study
-from harness.tune_summary import Objective, Trial, TuneSummary, write_summary
+from harness.results.store import Store
+from harness.spec.study import Study
+from harness.results.tune_summary import Objective, Trial, TuneSummary, write_summary
 from runners.tune.liveness import counts
 from runners.tune.space import describe_params, short
 from runners.tune.storage import dashboard_command, existing_storage, open_study, without_password

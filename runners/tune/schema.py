@@ -19,7 +19,7 @@ METRICS: dict[str, str | None] = {
     "train_step_ms": "time", "peak_memory_mb": "memory", "train_time_s": None,
 }
 # What a trial can report while it trains, for pruning: name -> (key in the progress dicts of
-# harness.train.fit, higher is better). fit reports the training loss every few steps; the
+# harness.runtime.train.fit, higher is better). fit reports the training loss every few steps; the
 # evaluation metrics are used when a progress dict carries them.
 INTERMEDIATE = {"train_loss": ("loss", False), "test_accuracy": ("test_accuracy", True),
                 "test_loss": ("test_loss", False)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.study import AXES, TRAIN_AXES, RunSpec, Study
+from harness.spec.study import AXES, TRAIN_AXES, RunSpec, Study
 
 if TYPE_CHECKING:
     from runners.tune.schema import TuneConfig
@@ -28,7 +28,7 @@ def choice(value: Any) -> Any:
 
 def depth(point: dict) -> int:
     """The number of blocks of the point's model (0 for a name that is not a ViT)."""
-    from harness.models import MODEL_NAME, lookup_size
+    from harness.spec.model import MODEL_NAME, lookup_size
 
     m = MODEL_NAME.fullmatch(str(point["model"]))
     return lookup_size(m.group(1)).depth if m else 0

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.store import tune_dir
-from harness.study import Study
+from harness.results.store import tune_dir
+from harness.spec.study import Study
 from runners.executors import runner_class
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def recorded_storage(store_dir: Path) -> str | None:
 def record_storage(store_dir: Path, url: str) -> None:
     """Remember the storage for ``--show`` and the report; a password is never written (libpq
     finds it in ~/.pgpass or $PGPASSWORD)."""
-    from harness.store import atomic_write_json
+    from harness.results.store import atomic_write_json
 
     atomic_write_json(_pointer(store_dir), {"storage": without_password(url)})
 

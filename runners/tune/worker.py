@@ -1,7 +1,7 @@
 """One tuning worker: it takes trials from the shared storage until N trials are finished.
 
 Each trial turns its parameters into a RunSpec (``runners.tune.space``) and runs
-``harness.run.execute``, so it writes a normal record (with ``tune_trial``) that ``report``
+``harness.runtime.run.execute``, so it writes a normal record (with ``tune_trial``) that ``report``
 shows beside the grid runs. Two workers that start the last trial at the same moment: the
 later one fails at once as ``surplus`` (user attribute ``outcome``), not counted.
 
@@ -11,11 +11,11 @@ training again, and a trial waits for an earlier RUNNING trial of the same run_i
 training the same run in the same work folder at the same time.
 
 Pruning: a pruner (median or Hyperband) judges the values a trial reports while it trains,
-through ``execute(on_progress=...)``: by default the training loss that ``harness.train.fit``
+through ``execute(on_progress=...)``: by default the training loss that ``harness.runtime.train.fit``
 reports every few steps (a running mean, ``pruner.smoothing``), negated when the objective is
 maximised so that the pruner's "worse" points the objective's way; ``pruner.metric`` may name
 ``test_accuracy`` / ``test_loss`` for a training loop that reports evaluations. The reporter
-raises ``harness.run.Pruned``; ``execute`` records the run with status ``pruned`` (parameters,
+raises ``harness.runtime.run.Pruned``; ``execute`` records the run with status ``pruned`` (parameters,
 cost and environment measured before training, ``pruned_step``, ``prune_reason``); the store
 counts it as done and the trial is PRUNED, counted as finished.
 """
@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.study import Study
+from harness.spec.study import Study
 from runners.tune.liveness import Heartbeat, counted, counts, proc_start, recover_stale, trial_id
 from runners.tune.space import suggest, trial_spec
 from runners.tune.storage import open_storage, open_study
@@ -58,8 +58,8 @@ def run_worker(study: Study, cfg: TuneConfig, url: str, trials: int, worker: int
     import optuna
 
     # torch loads now, before this worker holds a RUNNING trial that has no heartbeat yet
-    import harness.models  # noqa: F401
-    import harness.run  # noqa: F401
+    import harness.spec.model
+    import harness.runtime.run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url, cfg)
@@ -103,8 +103,8 @@ def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
                results_root: str):
     import optuna
 
-    from harness.run import execute
-    from harness.store import Store
+    from harness.runtime.run import execute
+    from harness.results.store import Store
 
     trial.set_user_attr("slurm_job_id", _slurm_job_id())
     if trial.user_attrs.get("stale"):  # a retry inherits its stale predecessor's attributes
@@ -143,10 +143,10 @@ def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
 
 
 def _slurm_job_id() -> str | None:
-    """As the record names it (``harness.run``: ``ARRAY_TASK`` for an array task)."""
-    import harness.run
+    """As the record names it (``harness.runtime.run``: ``ARRAY_TASK`` for an array task)."""
+    import harness.runtime.run
 
-    named = getattr(harness.run, "slurm_job_id", None)
+    named = getattr(harness.runtime.run, "slurm_job_id", None)
     return named() if named else os.environ.get("SLURM_JOB_ID")
 
 
@@ -200,12 +200,12 @@ def constraint_values(record: dict, cfg: TuneConfig) -> dict[str, float]:
 
 def reporter(trial, cfg: TuneConfig):
     """``on_progress`` for ``execute``: report the pruner's metric (a running mean) at each
-    progress step and raise ``harness.run.Pruned`` when the pruner says so. Single objective
+    progress step and raise ``harness.runtime.run.Pruned`` when the pruner says so. Single objective
     only (Optuna prunes nothing else); the value is negated when its direction is not the
     objective's, e.g. the training loss of a study that maximises accuracy."""
     if cfg.multi or cfg.pruner.name == "none":
         return None
-    from harness.run import Pruned
+    from harness.runtime.run import Pruned
     from runners.tune.schema import INTERMEDIATE
 
     key, higher_better = INTERMEDIATE[cfg.pruner.metric]

@@ -10,7 +10,7 @@ import pytest
 
 import runners
 from harness.errors import HarnessError
-from harness.store import Store
+from harness.results.store import Store
 from runners.base import Runner
 from runners.executors import EXECUTORS, RUNNERS, runner_class
 from runners.local import DebugRunner, LocalRunner
