@@ -3,19 +3,31 @@
 ``dispatch(study, ...)`` picks the runs to do (pending; or failed with ``retry_failed``; or all
 with ``rerun``), hands them to the runner named by ``executor`` (``local``, ``debug``,
 ``slurm``), and returns a summary. Every runner executes ``harness.runtime.run.execute`` per spec.
+<<<<<<< HEAD
+=======
+
+The runners share one protocol (``runners.base.Runner``) and are named in one table
+(``runners.executors.RUNNERS``); ``live_view`` and ``cancel`` ask every runner for the study's
+jobs that outlive the process which submitted them (SLURM's).
+>>>>>>> runners
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.results.store import DONE, Store
 from harness.spec.study import RunSpec, Study
+<<<<<<< HEAD
 from runners.executors import EXECUTORS, check_executor
+=======
+from runners.base import Runner, Summary
+from runners.executors import EXECUTORS, RUNNERS, check_executor, make_runner, runner_class
+>>>>>>> runners
 
-__all__ = ["EXECUTORS", "Plan", "Summary", "check_executor", "dispatch", "plan"]
+__all__ = ["EXECUTORS", "RUNNERS", "Plan", "Runner", "Summary", "cancel", "check_executor",
+           "dispatch", "live_view", "plan", "runner_class"]
 
 
 @dataclass
@@ -47,45 +59,26 @@ def plan(study: Study, store: Store, *, rerun: bool = False, retry_failed: bool 
     return Plan(specs, todo, statuses)
 
 
-@dataclass
-class Summary:
-    submitted: int = 0
-    skipped: int = 0  # held by another process (a second sweep of the study)
-    job_ids: list[str] = field(default_factory=list)
-    waited: bool = True
-    statuses: Counter = field(default_factory=Counter)  # finished runs by record status
-
-    def count(self, record: dict) -> None:
-        self.statuses[record.get("status", "failed")] += 1
-
-    @property
-    def ok(self) -> int:
-        return self.statuses["ok"]
-
-    @property
-    def failed(self) -> int:
-        return self.statuses["failed"]
-
-    @property
-    def diverged(self) -> int:
-        return self.statuses["diverged"]
-
-
 def dispatch(study: Study, specs: list[RunSpec], *, results_root: Path, executor: str | None = None,
              max_parallel: int | None = None, wait: bool = False,
              show_progress: bool = True) -> Summary:
     """Run ``specs`` with ``executor`` (default: the study's). ``max_parallel`` applies to the
     local executor (the debug one runs one at a time), ``wait`` to SLURM (local runs are
     always waited for)."""
-    store = Store(results_root, study.name)
-    name = check_executor(executor or study.executor.name)
-    if name == "slurm":
-        from runners.slurm import SlurmRunner
-
-        runner = SlurmRunner(study, store, wait=wait, show_progress=show_progress)
-    else:
-        from runners.local import LocalRunner
-
-        runner = LocalRunner(study, store, debug=name == "debug", max_parallel=max_parallel,
-                             show_progress=show_progress)
+    runner = make_runner(executor or study.executor.name, study, Store(results_root, study.name),
+                         max_parallel=max_parallel, wait=wait, show_progress=show_progress)
     return runner.run(specs)
+
+
+def live_view(store: Store) -> dict[str, dict]:
+    """run_id -> {state, job_id, elapsed, restarts, reason, log} of the study's runs whose job
+    a scheduler still holds and whose record is not in yet, whichever runner submitted it."""
+    live: dict[str, dict] = {}
+    for cls in RUNNERS.values():
+        live.update(cls.live(store))
+    return live
+
+
+def cancel(store: Store) -> list[str]:
+    """Cancel the study's live jobs, whichever runner submitted them; returns their ids."""
+    return [job_id for cls in RUNNERS.values() for job_id in cls.cancel(store)]

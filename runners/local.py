@@ -1,5 +1,6 @@
-"""Run specs on this machine through submitit: subprocesses (``local``) or in-process
-(``debug``), at most ``max_parallel`` at a time, retrying failed runs ``max_retries`` times.
+"""Run specs on this machine through submitit: subprocesses (``local``: ``LocalRunner``) or
+in-process (``debug``: ``DebugRunner``), at most ``max_parallel`` at a time, retrying failed
+runs ``max_retries`` times.
 
 One local sweep of a study at a time (``Store.lock_sweep``); each job dies with the sweep
 (``harness.runtime.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
@@ -12,65 +13,81 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 from harness.errors import HarnessError, Interrupted
+<<<<<<< HEAD
 from harness.results.store import Store
 from harness.runtime.lifeline import Tethered, kill_tree
 from harness.runtime.run import execute, failed_record, now
 from harness.spec.study import RunSpec, Study
 from harness.views.progress import SweepProgress
 from runners.executors import make_executor
+=======
+from harness.runtime.lifeline import Tethered, kill_tree
+from harness.results.store import Store
+from harness.spec.study import RunSpec, Study
+from runners.base import Runner, Summary
+>>>>>>> runners
 
 
-@contextmanager
-def thread_env(threads: int):
-    """Children inherit the environment at submission: give each its share of the cores."""
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: str(threads) for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+class LocalRunner(Runner):
+    """Each run a subprocess of this machine, tethered to the sweep."""
 
+    name = "local"
 
-class LocalRunner:
-    def __init__(self, study: Study, store: Store, *, debug: bool = False,
-                 max_parallel: int | None = None, max_retries: int | None = None,
-                 show_progress: bool = True, timeout_min: int = 24 * 60):
-        self.study, self.store, self.debug = study, store, debug
-        self.max_parallel = 1 if debug else (max_parallel or study.executor.max_parallel)
+    def __init__(self, study: Study, store: Store, *, max_parallel: int | None = None,
+                 wait: bool = False, show_progress: bool = True, max_retries: int | None = None,
+                 timeout_min: int = 24 * 60):
+        super().__init__(study, store, max_parallel=max_parallel, wait=wait,
+                         show_progress=show_progress)
+        if self.in_process:
+            self.max_parallel = 1
+        else:
+            self.max_parallel = max_parallel or study.executor.max_parallel
         self.max_retries = study.executor.max_retries if max_retries is None else max_retries
-        self.show_progress = show_progress
-        kind = "debug" if debug else "local"
-        self.executor = make_executor(kind, store.jobs_folder(kind), study,
-                                      timeout_min=timeout_min)
+        self.executor = self.make_executor(store.jobs_folder(self.name), study,
+                                           timeout_min=timeout_min)
 
-    def run(self, specs: list[RunSpec]):
-        from runners import Summary
+    @classmethod
+    def make_executor(cls, folder: Path, study: Study, *, timeout_min: int = 24 * 60):
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=timeout_min)
+        return executor
+
+    @classmethod
+    def tethered(cls, fn: Callable) -> Callable:
+        return Tethered(fn)  # the job dies with this process
+
+    @classmethod
+    def stop(cls, jobs: list) -> None:
+        stop_local_jobs(jobs)
+
+    def run(self, specs: list[RunSpec]) -> Summary:
+        from harness.runtime.run import execute, now
+        from harness.views.progress import SweepProgress
 
         summary = Summary(submitted=len(specs))
         queue = [(spec, 0) for spec in specs]
         running: dict = {}
         threads = max(1, (os.cpu_count() or 1) // self.max_parallel)
-        task = execute if self.debug else Tethered(execute)
+        task = self.tethered(execute)
         with self.store.lock_sweep(), stop_on_sigterm(), SweepProgress(
                 self.store, len(specs), enabled=self.show_progress) as progress:
             try:
                 while queue or running:
                     while queue and len(running) < self.max_parallel:
                         spec, tries = queue.pop(0)
-                        with thread_env(threads), sigint_ignored():
+                        with self.submitting(threads):
                             job = self.executor.submit(task, spec, str(self.store.root))
                         summary.job_ids.append(str(job.job_id))
                         running[job] = (spec, tries, now())
                         progress.started(spec)
-                    for job in [j for j in running if self.debug or j.done()]:
+                    for job in [j for j in running if self.in_process or j.done()]:
                         spec, tries, submitted = running.pop(job)
                         record = self._result(job, spec, submitted)
                         if record is None:  # another process holds this run
@@ -87,13 +104,13 @@ class LocalRunner:
                     if running:
                         time.sleep(0.5)
             except KeyboardInterrupt:
-                self._cancel(running)
+                self.stop(list(running))
                 raise Interrupted(
                     f"interrupted: stopped {len(running)} running run(s) of {self.study.name}; "
                     f"{summary.ok + summary.failed + summary.diverged} finished in this sweep "
                     f"are recorded. Run the same command again to resume") from None
             except OSError as err:
-                self._cancel(running)
+                self.stop(list(running))
                 if err.errno != errno.ENOSPC:
                     raise
                 raise HarnessError(
@@ -102,13 +119,11 @@ class LocalRunner:
                     f"kept); free space and run the same command again") from None
         return summary
 
-    def _cancel(self, running: dict) -> None:
-        if not self.debug:
-            stop_local_jobs(list(running))
-
     def _result(self, job, spec: RunSpec, submitted: str) -> dict | None:
         """The run's record (None if another process holds the run); if the job died before
         writing one, record that as failed (a finished record of the run stays current)."""
+        from harness.runtime.run import failed_record
+
         try:
             return job.result()
         except Exception as err:  # noqa: BLE001 - the process died (killed, OOM, timeout)
@@ -123,27 +138,35 @@ class LocalRunner:
             return record
 
 
+class DebugRunner(LocalRunner):
+    """Each run in this process, one at a time, when its result is asked (a debugger and
+    breakpoints work; nothing is tethered or killed)."""
+
+    name = "debug"
+    in_process = True
+
+    @classmethod
+    def make_executor(cls, folder: Path, study: Study, *, timeout_min: int = 24 * 60):
+        import submitit
+
+        return submitit.DebugExecutor(folder=folder)
+
+    @classmethod
+    def tethered(cls, fn: Callable) -> Callable:
+        return fn
+
+    @classmethod
+    def stop(cls, jobs: list) -> None:
+        for job in jobs:  # marked cancelled: a job not run yet never runs
+            job.cancel(check=False)
+
+
 def stop_local_jobs(jobs) -> None:
     """End submitit local jobs now: each job's process tree (its controller, whose PID is the
     job id, and the job under it) gets SIGKILL. A job is stopped between checkpoints anyway;
     SIGINT would make the controller print a traceback on our terminal."""
     for job in jobs:
         kill_tree(int(job.job_id))
-
-
-@contextmanager
-def sigint_ignored():
-    """Processes started in this block ignore SIGINT (inherited through exec): a Ctrl-C on the
-    terminal reaches the sweep alone, which stops its jobs itself (``stop_local_jobs``)."""
-    try:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 @contextmanager

@@ -44,10 +44,15 @@ import submitit
 
 from harness.errors import HarnessError
 from harness.results.store import Store, atomic_write_json
+<<<<<<< HEAD
 from harness.runtime.run import execute, failed_record, now
 from harness.spec.study import RunSpec, Study
 from harness.views.progress import SweepProgress
 from runners.executors import make_executor
+=======
+from harness.spec.study import RunSpec, Study
+from runners.base import Runner, Summary
+>>>>>>> runners
 
 # squeue states of jobs not finished yet, mapped to what ``status`` shows. A pending job that
 # has run before (RestartCnt > 0) shows as "requeued".
@@ -78,6 +83,8 @@ class RunJob(submitit.helpers.Checkpointable):
         # that very requeue sends to every process of the job, or the handler raises inside
         # training and the run would record a failure although SLURM requeued it.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from harness.runtime.run import execute
+
         return execute(spec, results_root)
 
 
@@ -105,21 +112,49 @@ def executor_parameters(study: Study) -> dict:
     return params
 
 
-class SlurmRunner:
-    def __init__(self, study: Study, store: Store, *, wait: bool = False,
-                 show_progress: bool = True, poll_s: float = 2.0):
+class SlurmRunner(Runner):
+    """Each run a task of one SLURM job array, with the study's ``executor.slurm`` settings;
+    the jobs outlive this process (``wait`` follows them)."""
+
+    name = "slurm"
+    remote = True
+
+    def __init__(self, study: Study, store: Store, *, max_parallel: int | None = None,
+                 wait: bool = False, show_progress: bool = True, poll_s: float = 2.0):
         if not shutil.which("sbatch"):
             raise HarnessError("--executor slurm: 'sbatch' is not on PATH; is this a SLURM "
                                "login node (or is SLURM_CONF set)?")
-        self.study, self.store = study, store
-        self.wait_, self.show_progress, self.poll_s = wait, show_progress, poll_s
+        super().__init__(study, store, max_parallel=max_parallel, wait=wait,
+                         show_progress=show_progress)
+        self.poll_s = poll_s
 
-    def executor(self) -> submitit.AutoExecutor:
-        return make_executor("slurm", self.store.jobs_folder("slurm"), self.study)
+    @classmethod
+    def make_executor(cls, folder: Path, study: Study, *,
+                      timeout_min: int = 24 * 60) -> submitit.AutoExecutor:
+        """The job's time limit is ``executor.slurm.time_min``, not ``timeout_min``."""
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(**executor_parameters(study))
+        return executor
 
-    def run(self, specs: list[RunSpec]):
-        from runners import Summary
+    @classmethod
+    def worker_executor(cls, folder: Path, study: Study, *, workers: int,
+                        timeout_min: int = 24 * 60) -> submitit.AutoExecutor:
+        """The study's ``executor.slurm`` settings, as for a sweep, but one task a worker."""
+        executor = cls.make_executor(folder, study, timeout_min=timeout_min)
+        executor.update_parameters(
+            name=f"tune-{study.name}", tasks_per_node=1,
+            slurm_array_parallelism=min(workers, study.executor.slurm.array_parallelism))
+        return executor
 
+    @classmethod
+    def live(cls, store: Store) -> dict[str, dict]:
+        return live_view(store)
+
+    @classmethod
+    def cancel(cls, store: Store) -> list[str]:
+        return cancel(store)
+
+    def run(self, specs: list[RunSpec]) -> Summary:
         live = live_view(self.store)
         queued = [s for s in specs if s.run_id in live]
         fresh = [s for s in specs if s.run_id not in live]
@@ -127,7 +162,7 @@ class SlurmRunner:
             ids = " ".join(sorted({live[s.run_id]["job_id"] for s in queued}))
             print(f"{len(queued)} runs already have a live job (not submitted again): {ids}")
         # submitted: the runs this call handles (followed ones too, with --wait)
-        summary = Summary(submitted=len(specs) if self.wait_ else len(fresh), waited=self.wait_)
+        summary = Summary(submitted=len(specs) if self.wait else len(fresh), waited=self.wait)
         if fresh:
             jobs = self.submit(fresh)
             summary.job_ids = [j.job_id for j in jobs]
@@ -141,7 +176,7 @@ class SlurmRunner:
                       f"{jobs[-1].job_id}); logs: {logs}/{array}_*/")
             print(f"follow them with: moe-harness status {self.study.source or self.study.name}"
                   f" --results {self.store.root}  (or 'cancel' them)")
-        if self.wait_:
+        if self.wait:
             try:
                 self.follow(queued + fresh, summary)
             except KeyboardInterrupt:
@@ -151,10 +186,12 @@ class SlurmRunner:
 
     def submit(self, specs: list[RunSpec]) -> list:
         """Submit ``specs`` as one job array and record the jobs in ``jobs.json``."""
+        from harness.runtime.run import now
+
         submitted = now()
         try:
-            jobs = self.executor().map_array(RunJob(), specs,
-                                             [str(self.store.root)] * len(specs))
+            executor = self.make_executor(self.store.jobs_folder(self.name), self.study)
+            jobs = executor.map_array(RunJob(), specs, [str(self.store.root)] * len(specs))
         except (submitit.core.utils.UncompletedJobError,
                 submitit.core.utils.FailedSubmissionError, OSError) as err:
             lines = [x for x in str(err).splitlines() if "error:" in x] or [str(err)]
@@ -168,7 +205,7 @@ class SlurmRunner:
         atomic_write_json(self.store.slurm_jobs_file, index)
         return jobs
 
-    def follow(self, specs: list[RunSpec], summary) -> None:
+    def follow(self, specs: list[RunSpec], summary: Summary) -> None:
         """Poll until every run has the record its job wrote (or its job vanished without one).
 
         A record counts when it names the job (``slurm_job_id``) and its latest attempt: an
@@ -176,6 +213,8 @@ class SlurmRunner:
         that was requeued after all, does not. Scheduler hiccups (squeue failing) are waited
         out, not taken as the jobs being gone.
         """
+        from harness.views.progress import SweepProgress
+
         index = load_jobs(self.store)
         left = {s.run_id: s for s in specs}
         gone_since: dict[str, float] = {}
@@ -237,6 +276,8 @@ def record_of_job(record: dict, entry: dict, job: dict | None = None) -> bool:
 
 def job_vanished(store: Store, spec: RunSpec, entry: dict) -> dict:
     """A ``failed`` record for a job that left the queue without writing one."""
+    from harness.runtime.run import failed_record
+
     record = store.read(spec.run_id)
     if record is not None and record_of_job(record, entry):
         return record  # it landed after all

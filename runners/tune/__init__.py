@@ -12,7 +12,8 @@ trials waits for them, and runs their retries if they die). Every trial runs
 
 One module per part:
 
-- ``config``: the ``tune:`` schema and its validation (``parse``);
+- ``schema``: the ``tune:`` section's models (``TuneConfig``) and metrics;
+- ``config``: its validation against the study (``parse``);
 - ``space``: trial parameters <-> axis values <-> RunSpec;
 - ``storage``: storages, sampler, pruner, opening the Optuna study;
 - ``liveness``: which trials count, stale trials of dead workers, heartbeats;
@@ -25,7 +26,7 @@ trials the study held when the call started (``storage.make_sampler``): one work
 sequence of calls give the same trials; several workers interleave nondeterministically.
 """
 
-from runners.tune.config import INTERMEDIATE, METRICS, TuneConfig, parse
+from runners.tune.config import parse
 from runners.tune.driver import tune
 from runners.tune.liveness import counts, proc_start, ran, recover_stale, stale_reason
 from runners.tune.results import (
@@ -37,6 +38,7 @@ from runners.tune.results import (
     show,
     summarise,
 )
+from runners.tune.schema import INTERMEDIATE, METRICS, TuneConfig
 from runners.tune.space import base_point, describe_params, point_from_params, trial_spec
 from runners.tune.storage import (
     dashboard_command,

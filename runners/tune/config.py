@@ -1,4 +1,5 @@
-"""The ``tune:`` section of a study: its schema and the checks that need the study itself.
+"""The ``tune:`` section of a study: its schema (``runners.tune.schema``) and the checks that
+need the study itself.
 
 ``parse(study)`` returns the validated :class:`TuneConfig`, or raises one HarnessError line
 naming the file and the field (``tune.space.lr.low: ...``).
@@ -6,14 +7,28 @@ naming the file and the field (``tune.space.lr.low: ...``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
 import harness.spec.study as study_axes
+<<<<<<< HEAD
 from harness.errors import HarnessError
 from harness.spec import routers
 from harness.spec.study import AXES, TRAIN_AXES, Study
+=======
+from harness.spec import routers
+from harness.errors import HarnessError
+from harness.spec.study import AXES, TRAIN_AXES, Study
+from runners.tune.schema import (
+    METRICS,
+    Constraint,
+    Objective,
+    Param,
+    TuneConfig,
+    num,
+)
+>>>>>>> runners
 from runners.tune.space import apply_values, base_point, choice, depth
 from runners.tune.storage import storage_kind
 
@@ -22,6 +37,7 @@ INT_AXES = (*study_axes.INT_AXES, "steps", "batch_size", "warmup_steps")
 STR_AXES = (*study_axes.STR_AXES, "moe_layers")
 SPACE_AXES = (*AXES, *TRAIN_AXES)
 
+<<<<<<< HEAD
 # Record columns an objective or constraint may name, with the measurement each needs.
 METRICS: dict[str, str | None] = {
     "test_accuracy": None, "test_loss": None, "fewshot_accuracy": None,
@@ -185,6 +201,8 @@ class TuneConfig(_Model):
 def _num(value: float | None) -> str:
     return "None" if value is None else format(value, "g")
 
+=======
+>>>>>>> runners
 
 def parse(study: Study) -> TuneConfig:
     """The study's ``tune`` section, validated; errors are one line naming file and field."""
@@ -252,7 +270,7 @@ def _check(study: Study, cfg: TuneConfig, where: str) -> None:
             raise HarnessError(f"{at}.type: {axis} takes names, so give choices, not low/high")
         if p.type == "float" and axis in INT_AXES:
             raise HarnessError(f"{at}.type: {axis} is a whole number: use int bounds "
-                               f"(e.g. low: 1, high: 8), got {_num(p.low)}..{_num(p.high)}")
+                               f"(e.g. low: 1, high: 8), got {num(p.low)}..{num(p.high)}")
         if "router" not in cfg.space and (axis in routers.FIELDS or axis == "moe_layers"):
             if not routers.get(str(base["router"])).uses(axis):
                 raise HarnessError(f"{at}: router {base['router']!r} ignores {axis}; fix the "

@@ -1,6 +1,7 @@
 """``moe-harness tune``: open (or continue) the Optuna study, recover trials left RUNNING by
-dead workers, launch K workers through submitit (``debug``, ``local`` or ``slurm``; SLURM
-reuses ``executor.slurm``), follow them, and write the tuning's summary into the store.
+dead workers, launch K workers through the executor's runner (``debug``, ``local`` or
+``slurm``; SLURM reuses ``executor.slurm``), follow them, and write the tuning's summary into
+the store.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+<<<<<<< HEAD
 from harness.results.tune_summary import write_summary
 from harness.spec.study import Study
 from runners.executors import check_executor, make_executor
+=======
+from harness.spec.study import Study
+from harness.results.tune_summary import write_summary
+from runners.executors import runner_class
+>>>>>>> runners
 from runners.tune.config import parse
 from runners.tune.liveness import counts, recover_stale
 from runners.tune.results import summarise
@@ -29,31 +36,25 @@ from runners.tune.storage import (
 from runners.tune.worker import run_worker
 
 
-def _executor(name: str, study: Study, folder: Path, workers: int, timeout_min: int):
-    executor = make_executor(name, folder, study, timeout_min=timeout_min)
-    if name == "slurm":  # the study's executor.slurm settings, as for `run`; one task a worker
-        executor.update_parameters(
-            name=f"tune-{study.name}", tasks_per_node=1,
-            slurm_array_parallelism=min(workers, study.executor.slurm.array_parallelism))
-    return executor
-
-
 def tune(study: Study, *, results_root: Path, trials: int | None = None,
          workers: int | None = None, executor: str | None = None, storage: str | None = None,
          wait: bool | None = None, show_progress: bool = True, console=None,
          timeout_min: int = 24 * 60) -> dict[str, Any]:
     """Run (or continue) the study's tuning until ``trials`` trials are finished.
 
-    Returns a summary: storage, counts before and after, stale trials recovered, job ids and
-    worker errors. Local workers are always waited for; SLURM workers only with ``wait``.
+    Returns a summary: storage, counts before and after, stale trials recovered, job ids,
+    worker errors and whether the workers were ``waited`` for: local workers always are, SLURM
+    workers (a ``remote`` runner's) only with ``wait``.
     """
     import optuna
     from rich.console import Console
 
     from harness.results.store import Store
+<<<<<<< HEAD
     from harness.runtime.lifeline import Tethered
+=======
+>>>>>>> runners
     from harness.views.tune import follow_trials
-    from runners.local import sigint_ignored, stop_local_jobs, thread_env
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = console or Console(stderr=True)
@@ -64,11 +65,11 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         raise HarnessError(f"{where}: --trials: missing; give --trials N (or tune.trials)")
     workers = workers or cfg.workers
     executor = executor or study.executor.name
-    check_executor(executor)
+    runner = runner_class(executor)
     store = Store(results_root, study.name)
     url = resolve_storage(study, cfg, store.dir, storage, executor)
     kind = storage_kind(url)
-    if executor == "slurm" and url.startswith("sqlite:"):
+    if runner.remote and url.startswith("sqlite:"):
         console.print("[yellow]warning[/]: SQLite on a shared file system is unsafe with "
                       "workers on several nodes; prefer journal:PATH or a PostgreSQL URL")
     opened = open_storage(url, cfg)
@@ -77,7 +78,7 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     summary: dict[str, Any] = {"storage": without_password(url), "kind": kind,
                                "trials": trials, "workers": workers, "executor": executor,
                                "stale": recover_stale(ostudy, opened, cfg), "job_ids": [],
-                               "worker_errors": []}
+                               "worker_errors": [], "waited": True}
     before = counts(ostudy.get_trials(deepcopy=False))
     summary["before"] = before
     _say_stale(console, cfg, summary["stale"])
@@ -88,20 +89,20 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         write_summary(store.dir, summarise(study, cfg, ostudy, url))
         return summary
     workers = max(1, min(workers, trials - before["finished"]))
-    ex = _executor(executor, study, store.jobs_folder("tune"), workers, timeout_min)
+    ex = runner.worker_executor(store.jobs_folder("tune"), study, workers=workers,
+                                timeout_min=timeout_min)
     console.print(f"{study.name}: {before['finished']} of {trials} trials finished; "
                   f"{workers} {executor} worker{'s' if workers > 1 else ''} on "
                   f"{without_password(url)}")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    worker_fn = functools.partial(run_worker, study, cfg, url, trials,
-                                  results_root=str(store.root),
-                                  resumed_at=len(ostudy.get_trials(deepcopy=False)))
-    if executor == "local":  # workers die with this process; Ctrl-C reaches this one alone
-        worker_fn = Tethered(worker_fn)
-    with thread_env(threads), sigint_ignored():
+    worker_fn = runner.tethered(functools.partial(  # e.g. local workers die with this process
+        run_worker, study, cfg, url, trials, results_root=str(store.root),
+        resumed_at=len(ostudy.get_trials(deepcopy=False))))
+    with runner.submitting(threads):  # Ctrl-C reaches this process alone
         jobs = ex.map_array(worker_fn, list(range(workers)))
     summary["job_ids"] = [str(j.job_id) for j in jobs]
-    if executor == "slurm" and not wait:
+    if runner.remote and not wait:
+        summary["waited"] = False
         console.print(f"submitted SLURM job{'s' if len(jobs) > 1 else ''} "
                       f"{', '.join(summary['job_ids'])}; follow with "
                       f"'moe-harness tune {where} --show'")
@@ -109,17 +110,14 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         write_summary(store.dir, summarise(study, cfg, ostudy, url))
         return summary
     try:
-        if executor == "debug":  # the workers run in here, now
+        if runner.in_process:  # the workers run in here, now
             for job in jobs:
                 _finish(job)
         else:
             follow_trials(jobs, lambda: counts(ostudy.get_trials(deepcopy=False)), trials,
                           before, console, show_progress)
     except KeyboardInterrupt:
-        if executor == "local":
-            stop_local_jobs(jobs)
-        for job in jobs:
-            job.cancel(check=False)
+        runner.stop(jobs)
         console.print("interrupted: workers cancelled; their running trials end FAILED; "
                       "'moe-harness tune' again continues the study")
         raise

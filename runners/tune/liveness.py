@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 
 def counts(trials) -> dict[str, int]:

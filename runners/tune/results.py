@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.results.store import Store
+<<<<<<< HEAD
 from harness.results.tune_summary import Objective, Trial, TuneSummary, write_summary
 from harness.spec.study import Study
+=======
+from harness.spec.study import Study
+from harness.results.tune_summary import Objective, Trial, TuneSummary, write_summary
+>>>>>>> runners
 from runners.tune.liveness import counts
 from runners.tune.space import describe_params, short
 from runners.tune.storage import dashboard_command, existing_storage, open_study, without_password
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 
 def load_tuning(study: Study, results_root: Path, storage: str | None = None):

@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.spec.study import AXES, TRAIN_AXES, RunSpec, Study
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 BLOCK_PARAM = "moe_block_{}"  # Optuna parameter names of a per-block placement
 

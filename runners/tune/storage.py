@@ -22,9 +22,13 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import HarnessError
 from harness.results.store import tune_dir
 from harness.spec.study import Study
+<<<<<<< HEAD
+=======
+from runners.executors import runner_class
+>>>>>>> runners
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 
 def storage_kind(url: str, where: str = "--storage") -> str:
@@ -67,8 +71,8 @@ def _file_of(url: str) -> Path | None:
 def resolve_storage(study: Study, cfg: TuneConfig, store_dir: Path, given: str | None,
                     executor: str) -> str:
     """--storage, else tune.storage, else the storage used last time, else a default file:
-    SQLite for local workers, a journal file for SLURM workers (SQLite's locks are unsafe on
-    network file systems)."""
+    SQLite for local workers, a journal file for workers on other machines (a ``remote``
+    runner's, SLURM's: SQLite's locks are unsafe on network file systems)."""
     if given or cfg.storage:
         url = given or cfg.storage
         storage_kind(url)
@@ -80,7 +84,7 @@ def resolve_storage(study: Study, cfg: TuneConfig, store_dir: Path, given: str |
     for kind in ("rdb", "journal"):
         if _file_of(defaults[kind]).exists():
             return defaults[kind]
-    return defaults["journal" if executor == "slurm" else "rdb"]
+    return defaults["journal" if runner_class(executor).remote else "rdb"]
 
 
 def existing_storage(cfg: TuneConfig, store_dir: Path, given: str | None = None) -> str | None:

@@ -37,7 +37,7 @@ from runners.tune.space import suggest, trial_spec
 from runners.tune.storage import open_storage, open_study
 
 if TYPE_CHECKING:
-    from runners.tune.config import TuneConfig
+    from runners.tune.schema import TuneConfig
 
 class Surplus(Exception):
     """Two workers started the last trial at the same moment: this one is not needed."""
@@ -57,8 +57,9 @@ def run_worker(study: Study, cfg: TuneConfig, url: str, trials: int, worker: int
     """
     import optuna
 
-
     # torch loads now, before this worker holds a RUNNING trial that has no heartbeat yet
+    import harness.nn.vit  # noqa: F401
+    import harness.runtime.run  # noqa: F401
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url, cfg)
@@ -102,8 +103,8 @@ def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
                results_root: str):
     import optuna
 
-    from harness.results.store import Store
     from harness.runtime.run import execute
+    from harness.results.store import Store
 
     trial.set_user_attr("slurm_job_id", _slurm_job_id())
     if trial.user_attrs.get("stale"):  # a retry inherits its stale predecessor's attributes
@@ -205,7 +206,7 @@ def reporter(trial, cfg: TuneConfig):
     if cfg.multi or cfg.pruner.name == "none":
         return None
     from harness.runtime.run import Pruned
-    from runners.tune.config import INTERMEDIATE
+    from runners.tune.schema import INTERMEDIATE
 
     key, higher_better = INTERMEDIATE[cfg.pruner.metric]
     sign = 1.0 if higher_better == (cfg.directions[0] == "maximize") else -1.0
