@@ -1,7 +1,7 @@
 """The report's tuning section, drawn from the tuning summary in the store.
 
-``moe-harness tune`` writes ``RESULTS/STUDY/tune/summary.json`` (``harness.results.tune_summary``), and
-``report`` refreshes it from the Optuna storage first; :func:`tuning_section` reads that file
+``moe-harness tune`` writes ``RESULTS/STUDY/tune/summary.json`` (``harness.results.tune_summary``),
+and ``report`` refreshes it from the Optuna storage first; :func:`tuning_section` reads that file
 alone and returns one HTML snippet: trial counts, the best trial or the Pareto set as a table,
 the optimisation history of each objective, the Pareto front of the trials (two objectives)
 and parameter importances (fANOVA). Figures are embedded like every other figure of the page

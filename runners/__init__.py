@@ -3,13 +3,10 @@
 ``dispatch(study, ...)`` picks the runs to do (pending; or failed with ``retry_failed``; or all
 with ``rerun``), hands them to the runner named by ``executor`` (``local``, ``debug``,
 ``slurm``), and returns a summary. Every runner executes ``harness.runtime.run.execute`` per spec.
-<<<<<<< HEAD
-=======
 
 The runners share one protocol (``runners.base.Runner``) and are named in one table
 (``runners.executors.RUNNERS``); ``live_view`` and ``cancel`` ask every runner for the study's
 jobs that outlive the process which submitted them (SLURM's).
->>>>>>> runners
 """
 
 from __future__ import annotations
@@ -19,12 +16,8 @@ from pathlib import Path
 
 from harness.results.store import DONE, Store
 from harness.spec.study import RunSpec, Study
-<<<<<<< HEAD
-from runners.executors import EXECUTORS, check_executor
-=======
 from runners.base import Runner, Summary
 from runners.executors import EXECUTORS, RUNNERS, check_executor, make_runner, runner_class
->>>>>>> runners
 
 __all__ = ["EXECUTORS", "RUNNERS", "Plan", "Runner", "Summary", "cancel", "check_executor",
            "dispatch", "live_view", "plan", "runner_class"]

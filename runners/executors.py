@@ -13,19 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_args
 
-<<<<<<< HEAD
-from harness.errors import HarnessError
-from harness.spec.config import ExecutorConfig
-from harness.spec.study import Study
-=======
-from harness.spec.config import ExecutorConfig
 from harness.errors import HarnessError
 from harness.results.store import Store
+from harness.spec.config import ExecutorConfig
 from harness.spec.study import Study
 from runners.base import Runner
 from runners.local import DebugRunner, LocalRunner
 from runners.slurm import SlurmRunner
->>>>>>> runners
 
 EXECUTORS: tuple[str, ...] = get_args(ExecutorConfig.model_fields["name"].annotation)
 RUNNER_CLASSES: tuple[type[Runner], ...] = (LocalRunner, DebugRunner, SlurmRunner)

@@ -3,8 +3,8 @@ in-process (``debug``: ``DebugRunner``), at most ``max_parallel`` at a time, ret
 runs ``max_retries`` times.
 
 One local sweep of a study at a time (``Store.lock_sweep``); each job dies with the sweep
-(``harness.runtime.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a full
-disk stops the sweep with one line, the runs already recorded untouched.
+(``harness.runtime.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a
+full disk stops the sweep with one line, the runs already recorded untouched.
 """
 
 from __future__ import annotations
@@ -18,19 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import HarnessError, Interrupted
-<<<<<<< HEAD
 from harness.results.store import Store
 from harness.runtime.lifeline import Tethered, kill_tree
-from harness.runtime.run import execute, failed_record, now
-from harness.spec.study import RunSpec, Study
-from harness.views.progress import SweepProgress
-from runners.executors import make_executor
-=======
-from harness.runtime.lifeline import Tethered, kill_tree
-from harness.results.store import Store
 from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
->>>>>>> runners
 
 
 class LocalRunner(Runner):

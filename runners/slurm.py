@@ -44,15 +44,8 @@ import submitit
 
 from harness.errors import HarnessError
 from harness.results.store import Store, atomic_write_json
-<<<<<<< HEAD
-from harness.runtime.run import execute, failed_record, now
-from harness.spec.study import RunSpec, Study
-from harness.views.progress import SweepProgress
-from runners.executors import make_executor
-=======
 from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
->>>>>>> runners
 
 # squeue states of jobs not finished yet, mapped to what ``status`` shows. A pending job that
 # has run before (RestartCnt > 0) shows as "requeued".

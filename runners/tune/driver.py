@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-<<<<<<< HEAD
 from harness.results.tune_summary import write_summary
 from harness.spec.study import Study
-from runners.executors import check_executor, make_executor
-=======
-from harness.spec.study import Study
-from harness.results.tune_summary import write_summary
 from runners.executors import runner_class
->>>>>>> runners
 from runners.tune.config import parse
 from runners.tune.liveness import counts, recover_stale
 from runners.tune.results import summarise
@@ -50,10 +44,6 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
     from rich.console import Console
 
     from harness.results.store import Store
-<<<<<<< HEAD
-    from harness.runtime.lifeline import Tethered
-=======
->>>>>>> runners
     from harness.views.tune import follow_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,5 +1,6 @@
 """A tuning's results: the best trial (or the Pareto set), parameter importances, and the
-summary written into the store for ``tune --show`` and the report (``harness.results.tune_summary``).
+summary written into the store for ``tune --show`` and the report
+(``harness.results.tune_summary``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,8 @@ from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.results.store import Store
-<<<<<<< HEAD
 from harness.results.tune_summary import Objective, Trial, TuneSummary, write_summary
 from harness.spec.study import Study
-=======
-from harness.spec.study import Study
-from harness.results.tune_summary import Objective, Trial, TuneSummary, write_summary
->>>>>>> runners
 from runners.tune.liveness import counts
 from runners.tune.space import describe_params, short
 from runners.tune.storage import dashboard_command, existing_storage, open_study, without_password

@@ -22,10 +22,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import HarnessError
 from harness.results.store import tune_dir
 from harness.spec.study import Study
-<<<<<<< HEAD
-=======
 from runners.executors import runner_class
->>>>>>> runners
 
 if TYPE_CHECKING:
     from runners.tune.schema import TuneConfig

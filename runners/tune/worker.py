@@ -11,11 +11,13 @@ training again, and a trial waits for an earlier RUNNING trial of the same run_i
 training the same run in the same work folder at the same time.
 
 Pruning: a pruner (median or Hyperband) judges the values a trial reports while it trains,
-through ``execute(on_progress=...)``: by default the training loss that ``harness.runtime.train.fit``
+through ``execute(on_progress=...)``: by default the training loss that
+``harness.runtime.train.fit``
 reports every few steps (a running mean, ``pruner.smoothing``), negated when the objective is
 maximised so that the pruner's "worse" points the objective's way; ``pruner.metric`` may name
 ``test_accuracy`` / ``test_loss`` for a training loop that reports evaluations. The reporter
-raises ``harness.runtime.run.Pruned``; ``execute`` records the run with status ``pruned`` (parameters,
+raises ``harness.runtime.run.Pruned``; ``execute`` records the run with status ``pruned``
+(parameters,
 cost and environment measured before training, ``pruned_step``, ``prune_reason``); the store
 counts it as done and the trial is PRUNED, counted as finished.
 """
@@ -103,8 +105,8 @@ def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
                results_root: str):
     import optuna
 
-    from harness.runtime.run import execute
     from harness.results.store import Store
+    from harness.runtime.run import execute
 
     trial.set_user_attr("slurm_job_id", _slurm_job_id())
     if trial.user_attrs.get("stale"):  # a retry inherits its stale predecessor's attributes
