@@ -74,3 +74,6 @@ def fewshot_probe(train_x, train_y, test_x, test_y, num_classes: int,
                   l2_grid: tuple[float, ...] = L2_GRID) -> float:
     """Few-shot linear-probe test accuracy (see ``ridge_probe`` for how λ is chosen)."""
     return ridge_probe(train_x, train_y, test_x, test_y, num_classes, l2_grid)[0]
+
+
+__all__ = ["fewshot_indices", "fewshot_probe", "ridge_probe"]
