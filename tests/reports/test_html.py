@@ -6,18 +6,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from reports.aggregate import aggregate, load_records, records_frame
+from reports.aggregate import aggregate, with_rows
 from reports.bench import bench_report_detailed
 from reports.build import build_report
-from reports.figures import (
-    expected_points,
-    fig_pareto,
-    fig_router_diagnostic,
-    fig_scaling,
-    hover_texts,
-    with_rows,
-)
-from reports.html import render_report, write_report
+from reports.figures.common import expected_points, hover_texts
+from reports.figures.pareto import fig_pareto
+from reports.figures.routers import fig_router_diagnostic
+from reports.figures.scaling import fig_scaling
+from reports.page.render import render_report, write_report
+from reports.records import load_records, records_frame
 from reports.synthetic import synthetic_records
 
 EVIL = "<script>alert('pwned')</script>"

@@ -21,12 +21,12 @@ Thresholds (module constants, stated in each verdict):
   below the fewest; dropped-token fraction at least ``MIN_DROP_RISE`` above.
 * Ablations and placement: strictly better mean quality.
 * Compute: Soft MoE reaches dense quality at ``MIN_COMPUTE_MULTIPLIER`` x less training
-  compute, read from the fitted curves (:mod:`reports.scaling`) in the middle of the quality
-  range both cover.
+  compute, read from the fitted curves (:mod:`reports.analyses.scaling`) in the middle of the
+  quality range both cover.
 
-Every comparison of means carries a 95% interval (:mod:`reports.noise`: a t interval from the
-seed spread, each side's own or the study's pooled, whichever is larger; for the compute
-multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
+Every comparison of means carries a 95% interval (:mod:`reports.analyses.noise`: a t interval
+from the seed spread, each side's own or the study's pooled, whichever is larger; for the
+compute multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
 the verdict **inconclusive** (unless another comparison fails outright), and says how many
 seeds per configuration would settle it at the measured spread. Without any configuration of
 2 or more seeds the spread is unknown and the means decide, as the evidence says. A band
@@ -39,7 +39,6 @@ harness measured there, not whether the paper is right at ImageNet scale.
 from __future__ import annotations
 
 import bisect
-import html
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,17 +46,18 @@ from typing import Any
 
 import polars as pl
 
-from reports.figures import config_label, fmt, primary_quality, router_name, spec_columns
-from reports.metrics import METRICS, label
-from reports.noise import Margin, Spread, difference, pooled, relative_change
-from reports.paper import (
+from reports.aggregate import (
     N_BLOCKS,
     PLACEMENT,
-    SOFT_ROUTERS,
-    SPARSE_ROUTERS,
     TOTAL_SLOTS,
-    derive,
+    prepared,
+    primary_quality,
+    spec_columns,
 )
+from reports.analyses.noise import Margin, Spread, difference, pooled, relative_change
+from reports.analyses.scaling import analyse, quality_of
+from reports.labels import SOFT_ROUTERS, SPARSE_ROUTERS, config_label, fmt, router_name
+from reports.metrics import METRICS, label
 
 HELD, FAILED, LACKS, INCONCLUSIVE = "held", "failed", "lacks data", "inconclusive"
 
@@ -163,12 +163,6 @@ def _listing(items: list[str]) -> str:
     return "; ".join(shown) + more
 
 
-def _prepared(agg: pl.DataFrame) -> pl.DataFrame:
-    from reports.paper import TOKENS
-
-    return agg if TOKENS in agg.columns else derive(agg)
-
-
 def _filter_present(agg: pl.DataFrame, *metrics: str) -> pl.DataFrame:
     out = agg
     for m in metrics:
@@ -258,7 +252,7 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
     if quality is None or not {"router", "num_experts"} <= set(agg.columns):
         return Verdict("soft_experts", claim, LACKS, "No quality or expert counts recorded.",
                        rule)
-    data = _prepared(agg)
+    data = prepared(agg)
     soft = _filter_present(data, quality).filter(
         (pl.col("router") == "soft") & pl.col(TOTAL_SLOTS).is_not_null())
     sweeps = _expert_sweeps(soft, (TOTAL_SLOTS,))
@@ -417,7 +411,7 @@ def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Ve
     quality = _quality(agg, quality)
     if quality is None or not {"router", "moe_layers", "num_experts"} <= set(agg.columns):
         return Verdict("placement", claim, LACKS, "No quality or placements recorded.", rule)
-    data = _prepared(agg)
+    data = prepared(agg)
     soft = _filter_present(data, quality).filter(
         pl.col("router").is_in(list(SOFT_ROUTERS)) & pl.col(PLACEMENT).is_in(["last", "spread"])
     ).with_columns((pl.col("num_experts") * pl.col(N_BLOCKS)).alias("_total_experts"))
@@ -449,8 +443,6 @@ def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Ve
 def soft_saves_compute(agg: pl.DataFrame, quality: str | None = None,
                        minimum: float = MIN_COMPUTE_MULTIPLIER) -> Verdict:
     """Soft MoE reaches dense quality at ``minimum`` x less training compute (from the fits)."""
-    from reports.scaling import analyse, quality_of
-
     claim = (f"Soft MoE reaches dense quality at >= {minimum:g}x less training compute "
              f"(as the paper reports for its backbones).")
     rule = (f"Fitted curves of quality against training compute (reports.scaling): the cost "
@@ -503,43 +495,5 @@ RULES: tuple[Callable[[pl.DataFrame], Verdict], ...] = (
 
 def check_claims(agg: pl.DataFrame) -> list[Verdict]:
     """Every rule's verdict on ``agg`` (the aggregated frame), in the page's order."""
-    agg = _prepared(agg)
+    agg = prepared(agg)
     return [rule(agg) for rule in RULES]
-
-
-# --------------------------------------------------------------------------- the section
-
-_BADGE = {HELD: "#d4edda", FAILED: "#f8d7da", INCONCLUSIVE: "#fff3cd", LACKS: "#eeeeee"}
-
-
-def claims_table(verdicts: Sequence[Verdict]) -> str:
-    rows = "".join(
-        f'<tr data-claim="{html.escape(v.key)}" data-verdict="{html.escape(v.status)}">'
-        f"<td>{html.escape(v.claim)}</td>"
-        f'<td style="background:{_BADGE[v.status]};font-weight:600;white-space:nowrap">'
-        f"{html.escape(v.status)}</td><td>{html.escape(v.evidence)}</td>"
-        f'<td class="note">{html.escape(v.rule)}</td></tr>'
-        for v in verdicts)
-    return ('<table class="claims"><thead><tr><th>claim</th><th>verdict</th>'
-            "<th>numbers behind it</th><th>how it is judged</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
-
-
-def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None) -> str | None:
-    """The claims check as a page section (``verdicts``: ``check_claims(agg)`` when the
-    caller has them); None when no run has a quality metric."""
-    if agg.height == 0 or primary_quality(agg) is None:
-        return None
-    verdicts = check_claims(agg) if verdicts is None else verdicts
-    counts = {s: sum(v.status == s for v in verdicts)
-              for s in (HELD, FAILED, INCONCLUSIVE, LACKS)}
-    quality = primary_quality(agg)
-    note = (f'<p class="note">Each of the paper\'s main claims, judged from these records '
-            f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, "
-            f"{counts[INCONCLUSIVE]} inconclusive, {counts[LACKS]} lack data). Quality is the "
-            f"mean {html.escape(label(quality))} over seeds; every comparison carries a 95% "
-            "interval, and one that straddles its threshold makes the verdict inconclusive. A "
-            "verdict describes these runs only: at laptop scale on synthetic data it says "
-            "what the harness measured, not whether the paper holds at its scale.</p>")
-    return (f'<section id="claims"><h2>The paper\'s claims, checked</h2>{note}'
-            f'<div class="scroll">{claims_table(verdicts)}</div></section>')
