@@ -15,8 +15,8 @@ from harness.errors import HarnessError
 from harness.estimate import study_costs
 from harness.study import load
 from reports.aggregate import aggregate, with_rows
-from reports.analyses.plan import plan_rows
 from reports.analyses.scaling import POWER, SATURATING, analyse, quality_of
+from reports.plan import plan_rows
 from reports.published import QUALITIES, published_analysis, published_frame
 from reports.records import records_frame
 from reports.synthetic import write_store

@@ -6,11 +6,13 @@ For each router, the curve of quality against training compute (``train_exaflops
 (:mod:`reports.analyses.scaling`). The candidates are the study's own grid points (with
 ``--set`` overrides: raise ``train.steps`` to plan a bigger budget), each costed by the dry
 run's closed form (:mod:`harness.estimate`: GFLOP/img, training exaFLOPs, estimated
-GPU-hours). The answer is
-the cheapest candidate whose predicted quality reaches Q, with the prediction's 95% interval,
-and the training compute the curve needs to reach Q. Everything here is a PREDICTION from a
-fit; a candidate outside the costs the curve was fitted on is marked as an extrapolation.
-Memory is not estimated.
+GPU-hours). The answer is the cheapest candidate whose predicted quality reaches Q, with the
+prediction's 95% interval, and the training compute the curve needs to reach Q. Everything
+here is a PREDICTION from a fit; a candidate outside the costs the curve was fitted on is
+marked as an extrapolation. Memory is not estimated.
+
+:func:`plan_rows` returns the plan as data (:class:`PlanRow`); :func:`print_plan` and
+:func:`plan_json` are its console table and its JSON.
 """
 
 from __future__ import annotations
