@@ -32,23 +32,28 @@ UNREADABLE = "unreadable"
 # --------------------------------------------------------------------------- upgrading
 
 
+_DERIVED = frozenset(DERIVED_FIELDS)
+
+
 @lru_cache(maxsize=4096)
-def _derived_of_spec(spec: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
-    return tuple(derived_fields(dict(zip(SPEC_KEYS, spec, strict=True))).items())
+def _derived_of_spec(spec: tuple[Any, ...]) -> dict[str, Any]:
+    return derived_fields(dict(zip(SPEC_KEYS, spec, strict=True)))  # read, never changed
 
 
 def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     """The record with every derived field: a record that lacks some (written before the
     harness wrote them) gains them, computed from its spec columns; the fields it has are
     kept as written. Unreadable placeholders are returned as they are."""
-    if record.get("status") == UNREADABLE or all(k in record for k in DERIVED_FIELDS):
+    if record.keys() >= _DERIVED or record.get("status") == UNREADABLE:
         return record
-    spec = tuple(record.get(k) for k in SPEC_KEYS)
     try:
-        derived = dict(_derived_of_spec(spec))
+        derived = _derived_of_spec(tuple(map(record.get, SPEC_KEYS)))
     except TypeError:  # an unhashable spec value: compute it uncached
         derived = derived_fields(record)
-    return {**record, **{k: v for k, v in derived.items() if k not in record}}
+    out = dict(record)
+    for key, value in derived.items():
+        out.setdefault(key, value)
+    return out
 
 
 def model_depth(model: str | None) -> int | None:
