@@ -7,6 +7,7 @@ The walk from records to page: ``reports.records`` (read, upgrade) -> ``reports.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -15,21 +16,27 @@ from harness.store import Store
 from harness.study import Study
 from reports.analyses.findings import findings, findings_json
 from reports.page.answer import claims_answer
-from reports.page.render import page_of, write_report
+from reports.page.render import page_of, write_page
 from reports.page.sections import PAPER_SECTIONS, rendered
 from reports.records import load_records
 
 
-def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
+def build_report(study: Study, store: Store, out: Path | None = None, *,
+                 json_out: Path | None = None) -> Path:
     """Write the study's page: every section its records fill, the paper's analyses and the
-    tuning included; runs of the study's grid without a record make it partial."""
+    tuning included; runs of the study's grid without a record make it partial. With
+    ``json_out``, also write :func:`report_json`'s content there, from the same analysis."""
     frame = load_records(store.runs_dir)  # an unreadable record shows up as a problem row
     recorded = set(frame["run_id"].to_list())
     tune_only = getattr(study, "tune", None) and not getattr(study, "grid", None)
     grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
-    return write_report(frame, Path(out or store.dir / "report.html"), study_name=study.name,
-                        study_text=store.study_text(), pending=pending, paper=True, store=store)
+    page = page_of(frame, paper=True, store=store)
+    path = write_page(page, Path(out or store.dir / "report.html"), study_name=study.name,
+                      study_text=store.study_text(), pending=pending)
+    if json_out is not None:
+        Path(json_out).write_text(json.dumps(findings_json(page.found), indent=1) + "\n")
+    return path
 
 
 def report_json(store: Store) -> dict:

@@ -1,8 +1,7 @@
 """The study report: one self-contained HTML page, a pure function of the records.
 
-:func:`render_report` (and :func:`write_report`, which writes it) takes the frame of records
-(``reports.records.load_records``), analyses it once (``reports.analyses.findings``) and
-renders the page, in order:
+:func:`render_page` is the one page function: it renders a :class:`reports.page.sections.Page`
+(the records analysed once, ``reports.analyses.findings``), in order:
 
 1. a header with run counts, marked *partial* when runs are still pending, and a link to
    every section of the page (found in the sections themselves, a caller's too);
@@ -12,6 +11,9 @@ renders the page, in order:
    runs; the tuning, when the page has the study's store; the claims check and the paper's
    figures, with ``paper=True``; then a caller's sections (already-safe HTML);
 3. the study file and the environments the runs used.
+
+:func:`render_report` and :func:`write_report` do the same from a frame of records
+(``reports.records.load_records``); :func:`write_page` writes a page (``reports.build``).
 
 plotly.js is embedded once in the page (about 4.8 MB): the report is one file that opens
 offline anywhere, can be attached, archived or uploaded as a CI artifact without a sibling
@@ -138,6 +140,27 @@ def render_report(
                        generated_at=generated_at)
 
 
+def write_page(page: Page, out: Path, *, study_name: str, study_text: str | None = None,
+               pending: int = 0) -> Path:
+    """Write the page of ``page`` to ``out`` and return its path (see :func:`write_report`)."""
+    return _replace(Path(out), render_page(page, study_name=study_name, study_text=study_text,
+                                           pending=pending))
+
+
+def _replace(out: Path, text: str) -> Path:
+    """Write ``text`` to ``out`` atomically, so a browser reloading it never reads half a
+    page."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
 def write_report(
     df: pl.DataFrame,
     out: Path,
@@ -156,19 +179,9 @@ def write_report(
     ``paper`` adds the paper's analyses (the claims check, its answer and the paper's
     figures); ``store`` (the study's) adds its tuning section; ``extra_sections`` are HTML
     snippets, already safe, placed after the page's own sections, before the footer;
-    ``answers`` are answer blocks (``reports.page.answer``) for the top.
-    The file is replaced atomically, so a browser reloading it never reads half a page.
+    ``answers`` are answer blocks (``reports.page.answer``) for the top. The file is replaced
+    atomically, so a browser reloading it never reads half a page.
     """
-    out = Path(out)
-    page = render_report(df, study_name=study_name, study_text=study_text, pending=pending,
-                         extra_sections=extra_sections, answers=answers, paper=paper,
-                         store=store)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return _replace(Path(out), render_report(
+        df, study_name=study_name, study_text=study_text, pending=pending,
+        extra_sections=extra_sections, answers=answers, paper=paper, store=store))

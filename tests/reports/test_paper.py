@@ -1,4 +1,5 @@
-"""The paper's figures (reports/paper.py) on hand-built frames, in the page, and in Chromium."""
+"""The paper's figures (reports/figures/paper.py) on hand-built frames, in the page, and in
+Chromium."""
 
 from __future__ import annotations
 
