@@ -12,7 +12,7 @@ Three functions over the records frame (``reports.records``):
 
 :func:`derive` adds the columns the figures and the claims check share (tokens per image, slots
 per token, Soft MoE's total slots, MoE blocks, placement kind), read from the records' derived
-fields (``harness.models.DERIVED_FIELDS``, which ``reports.records.upgrade`` gives old records).
+fields (``harness.spec.model.DERIVED_FIELDS``, which ``reports.records.upgrade`` gives old records).
 "Slots per token" is the expert work per input token, comparable across routers: Soft MoE
 n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c.
 """

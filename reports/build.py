@@ -12,8 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from harness.store import Store
-from harness.study import Study
+from harness.results.store import Store
+from harness.spec.study import Study
 from reports.analyses.findings import findings, findings_json
 from reports.page.answer import claims_answer
 from reports.page.render import page_of, write_page

@@ -6,7 +6,7 @@
   CSV) and the **aggregated** table (one row per configuration, mean / std / n over seeds,
   as the report computes it). Reading them: ``docs/tracking.md``.
 * :func:`export_mlflow` logs one MLflow run per record into the study's experiment (see
-  ``harness.tracking``): parameters are the run spec, metrics the record's numbers (at the
+  ``harness.runtime.tracking``): parameters are the run spec, metrics the record's numbers (at the
   last step) and its history (``history/<key>`` at each step), tags the identity and
   environment. Matched by the ``run_id`` tag, so exporting again changes nothing, a changed
   record (a rerun) replaces its MLflow run, and a run logged live gets its record added.
@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from harness.errors import HarnessError
-from harness.store import SCHEMA, Store
+from harness.results.store import SCHEMA, Store
 from reports.aggregate import aggregate
 from reports.metrics import SEED_KEY, SPEC_KEYS
 from reports.records import load_records
@@ -139,7 +139,7 @@ def export_mlflow(store: Store, study: str, uri: str | None = None) -> dict[str,
     (a changed record, or a run logged live), or left unchanged."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from harness.tracking import (
+    from harness.results.mlflow import (
         MLFLOW_STATUS,
         log_batches,
         mlflow_client,

@@ -8,8 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from harness import routers
-from harness.routers import ROUTERS
+from harness.spec import routers
+from harness.spec.routers import ROUTERS
 
 SOFT_ROUTERS = routers.names("soft")  # Soft MoE and its fixed-routing ablations
 SPARSE_ROUTERS = routers.names("sparse")
@@ -52,7 +52,7 @@ def short(value: Any) -> str:
 
 
 def router_name(router: str | None) -> str:
-    """The router's label in ``harness.routers`` (its name if it is not registered)."""
+    """The router's label in ``harness.spec.routers`` (its name if it is not registered)."""
     return ROUTERS[router].label if router in ROUTERS else str(router)
 
 

@@ -5,7 +5,7 @@ For each router, the curve of quality against training compute (``train_exaflops
 3 x forward FLOPs x images) is fitted over the study's finished runs
 (:mod:`reports.analyses.scaling`). The candidates are the study's own grid points (with
 ``--set`` overrides: raise ``train.steps`` to plan a bigger budget), each costed by the dry
-run's closed form (:mod:`harness.estimate`: GFLOP/img, training exaFLOPs, estimated
+run's closed form (:mod:`harness.cost.estimate`: GFLOP/img, training exaFLOPs, estimated
 GPU-hours). The answer is the cheapest candidate whose predicted quality reaches Q, with the
 prediction's 95% interval, and the training compute the curve needs to reach Q. Everything
 here is a PREDICTION from a fit; a candidate outside the costs the curve was fitted on is
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import polars as pl
 
 from harness.errors import HarnessError
-from harness.estimate import RunCost, gpu_hours, study_costs
-from harness.study import Study
+from harness.cost.estimate import RunCost, gpu_hours, study_costs
+from harness.spec.study import Study
 from reports.aggregate import aggregate, primary_quality
 from reports.analyses.fits import row_names
 from reports.analyses.scaling import Curve, analyse, quality_of
@@ -142,7 +142,7 @@ def print_plan(rows: list[PlanRow], study: Study, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.estimate import describe
+    from harness.cost.estimate import describe
 
     console = console or Console()
     if not rows:

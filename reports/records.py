@@ -5,7 +5,7 @@
 * :func:`records_frame` builds the frame from record dicts, each first passed through
   :func:`upgrade`;
 * :func:`upgrade` is the one place where a record written before the harness wrote its derived
-  fields (``harness.models.DERIVED_FIELDS``: tokens, blocks, router family, slots per token, ...)
+  fields (``harness.spec.model.DERIVED_FIELDS``: tokens, blocks, router family, slots per token, ...)
   gains them, from its spec columns and the router registry, as the harness computes them for a
   new record. Everything downstream reads these fields and never derives them again.
 """
@@ -21,8 +21,8 @@ from typing import Any
 import polars as pl
 
 from harness.errors import ConfigError
-from harness.models import DERIVED_FIELDS, derived_fields, resolve_placement
-from harness.store import BadRecord, read_record
+from harness.spec.model import DERIVED_FIELDS, derived_fields, resolve_placement
+from harness.results.store import BadRecord, read_record
 from reports.metrics import IDENTITY_KEYS, SPEC_KEYS
 
 #: Status given to a store file that is not a readable JSON object.
@@ -63,7 +63,7 @@ def model_depth(model: str | None) -> int | None:
 
 def moe_blocks(moe_layers: str | None, depth: int | None) -> tuple[int, ...] | None:
     """The MoE block indices of a placement (a record's ``moe_blocks`` field, "8,9,10,11", or
-    a study's ``moe_layers``), read by ``harness.models.resolve_placement``; None when the
+    a study's ``moe_layers``), read by ``harness.spec.model.resolve_placement``; None when the
     placement or the depth is unknown."""
     if moe_layers in (None, "", "none") or depth is None:
         return None

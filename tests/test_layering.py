@@ -77,7 +77,7 @@ def test_no_production_code_is_left_unused():
 
 
 def test_the_layouts_use_no_private_attribute():
-    """``harness.parallel`` holds no ``obj._name`` of another object (e.g. DDP's private
+    """``harness.runtime.parallel`` holds no ``obj._name`` of another object (e.g. DDP's private
     ``_set_params_and_buffers_to_ignore_for_model``): public PyTorch API only."""
     found = []
     for path in modules("harness/parallel"):

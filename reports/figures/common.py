@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from harness.routers import ROUTERS
+from harness.spec.routers import ROUTERS
 from reports.aggregate import ROW, prepared, spec_columns
 from reports.labels import config_label, fmt, fmt_mean_std
 from reports.metrics import COST_AXES, QUALITY_AXES, label
@@ -163,7 +163,7 @@ def base_layout(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 #: Costs measured by timing: a configuration's point is marked when one of its runs' timings
 #: was flagged (taken while other processes loaded the machine, or too widely spread; see
-#: ``harness.timing.time_stable``), since its position then says more about the machine.
+#: ``harness.runtime.timing.time_stable``), since its position then says more about the machine.
 TIMED_COSTS = ("train_step_ms", "train_images_per_s", "infer_latency_ms", "infer_images_per_s",
                "infer_latency_ms_b1")
 FLAGGED_SYMBOL = "circle-x"

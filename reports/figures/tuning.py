@@ -1,4 +1,4 @@
-"""The tuning's figures, drawn from the tuning summary in the store (``harness.tune_summary``,
+"""The tuning's figures, drawn from the tuning summary in the store (``harness.results.tune_summary``,
 which ``moe-harness tune`` writes and ``report`` refreshes): the optimisation history of each
 objective, the Pareto front of the trials (two objectives) and parameter importances (fANOVA).
 The page's "Tuning" section (``reports.page.sections``) embeds them like every other figure.
@@ -10,7 +10,7 @@ import html
 
 import plotly.graph_objects as go
 
-from harness.tune_summary import Trial, TuneSummary
+from harness.results.tune_summary import Trial, TuneSummary
 
 BEST_COLOR, OTHER_COLOR = "#d62728", "#1f77b4"
 

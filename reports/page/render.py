@@ -31,7 +31,7 @@ from pathlib import Path
 import plotly
 import polars as pl
 
-from harness.store import Store
+from harness.results.store import Store
 from reports.aggregate import status_counts
 from reports.analyses.findings import findings
 from reports.figures.common import hover_texts

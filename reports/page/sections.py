@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from harness.store import Store
-from harness.tune_summary import TuneSummary, read_summary
+from harness.results.store import Store
+from harness.results.tune_summary import TuneSummary, read_summary
 from reports.aggregate import primary_quality
 from reports.analyses.claims import FAILED, HELD, INCONCLUSIVE, LACKS, Verdict, check_claims
 from reports.analyses.findings import Findings
@@ -204,7 +204,7 @@ def tuning_body(s: TuneSummary) -> str:
 
 def tuning_section(store: Store) -> str | None:
     """The tuning section, from the summary ``moe-harness tune`` wrote in the store
-    (``harness.tune_summary``); None before any tuning."""
+    (``harness.results.tune_summary``); None before any tuning."""
     summary = read_summary(store.dir)
     return section("tuning", "Tuning", tuning_body(summary)) if summary is not None else None
 

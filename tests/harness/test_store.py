@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from harness.errors import HarnessError
-from harness.store import DONE, Store, results_root
+from harness.results.store import DONE, Store, results_root
 from reports.export import runs_table
 from reports.records import load_records
 

@@ -170,8 +170,8 @@ def test_nested_values_that_polars_cannot_unify_become_json_text():
 
 
 def test_spec_keys_cover_the_study_axes():
-    """A new axis in harness.study must be a group key here, or seeds of different
+    """A new axis in harness.spec.study must be a group key here, or seeds of different
     configurations would be averaged together."""
-    study = pytest.importorskip("harness.study")
+    study = pytest.importorskip("harness.spec.study")
     axes = {*study.AXES, *study.TRAIN_AXES} - {SEED_KEY}
     assert axes <= set(SPEC_KEYS), sorted(axes - set(SPEC_KEYS))

@@ -30,7 +30,7 @@ _ids = itertools.count()
 
 
 def rec(router="soft", *, acc=0.5, seed=0, model="vit-w64d4h4m256/4", **kw):
-    """One ok record with the spec columns a real run writes (harness.study.RunSpec.flat)."""
+    """One ok record with the spec columns a real run writes (harness.spec.study.RunSpec.flat)."""
     soft = router not in ("dense", "tokens_choice", "experts_choice")
     out = {
         "study": "s", "run_id": f"r{next(_ids)}", "status": "ok", "model": model,

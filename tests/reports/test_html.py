@@ -203,8 +203,8 @@ def test_odd_stores_still_render(case, tmp_path):
 
 def test_build_report_shows_the_study_file_the_store_kept(tmp_path):
     """The page shows the study as it ran (kept in the store), never the file as it is now."""
-    from harness.store import Store
-    from harness.study import load
+    from harness.results.store import Store
+    from harness.spec.study import load
 
     path = tmp_path / "kept.yaml"
     path.write_text("name: kept\ndata: {name: synthetic, image_size: 16}\n"
@@ -223,7 +223,7 @@ def test_build_report_writes_the_json_of_the_same_analysis(tmp_path, records):
     """``json_out``: report_json's content, from the analysis behind the page (read once)."""
     import json
 
-    from harness.store import Store
+    from harness.results.store import Store
     from reports.build import report_json
     from reports.synthetic import write_store
 

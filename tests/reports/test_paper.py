@@ -114,7 +114,7 @@ def markers(fig: go.Figure) -> int:
 
 
 def test_depths_and_placements_agree_with_the_model_code():
-    from harness.models import SIZES, resolve_placement
+    from harness.spec.model import SIZES, resolve_placement
 
     for name, size in SIZES.items():
         assert model_depth(f"vit-{name}/16") == size.depth
@@ -284,8 +284,8 @@ def test_a_study_gets_only_the_figures_that_fit():
 
 
 def test_build_report_adds_claims_and_figures(tmp_path):
-    from harness.store import Store
-    from harness.study import load
+    from harness.results.store import Store
+    from harness.spec.study import load
     from reports.synthetic import write_store
 
     study = load("studies/paper/ablations.yaml")

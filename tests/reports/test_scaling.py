@@ -12,8 +12,8 @@ import pytest
 from helpers import cli
 
 from harness.errors import HarnessError
-from harness.estimate import study_costs
-from harness.study import load
+from harness.cost.estimate import study_costs
+from harness.spec.study import load
 from reports.aggregate import aggregate, with_rows
 from reports.analyses.scaling import POWER, SATURATING, analyse, quality_of
 from reports.plan import plan_rows

@@ -13,7 +13,7 @@ import pytest
 from fixtures.studies import fake_execute, tiny_tune_study, write_study
 
 from harness.errors import HarnessError
-from harness.study import load
+from harness.spec.study import load
 from runners import tune as T
 
 
@@ -92,7 +92,7 @@ def test_pruner_metric_is_one_training_reports(tmp_path):
 
 
 def test_reporter_reports_a_smoothed_value_in_the_objective_direction():
-    from harness.run import Pruned
+    from harness.runtime.run import Pruned
 
     cfg = T.TuneConfig.model_validate({
         "space": {}, "objectives": [{"metric": "test_accuracy", "direction": "maximize"}],
@@ -213,10 +213,10 @@ def test_pareto_and_constraints():
 
 # --- the worker loop, in process, with a fake execute ----------------------------------------
 def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
-    import harness.run
+    import harness.runtime.run
 
     calls: list[str] = []
-    monkeypatch.setattr(harness.run, "execute", fake_execute(calls))
+    monkeypatch.setattr(harness.runtime.run, "execute", fake_execute(calls))
     study = load(write(tmp_path, lambda t: t["space"].update(
         slots_per_expert=[1, 2, 3], moe_layers=["last:1", "last_half"],
         lr=[0.001]) or t.update(constraints=[{"metric": "gflops_per_image", "max": 0.015}])))
@@ -227,7 +227,7 @@ def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
     ostudy = T.load_tuning(study, root)[1]
     trials = ostudy.get_trials()
     assert [t.number for t in trials] == list(range(8))
-    from harness.store import Store
+    from harness.results.store import Store
 
     store = Store(root, "tt")
     for t in trials:
@@ -259,9 +259,9 @@ def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
 
 
 def test_directions_must_match_the_stored_study(tmp_path, monkeypatch):
-    import harness.run
+    import harness.runtime.run
 
-    monkeypatch.setattr(harness.run, "execute", fake_execute([]))
+    monkeypatch.setattr(harness.runtime.run, "execute", fake_execute([]))
     root = tmp_path / "results"
     study = load(write(tmp_path))
     T.tune(study, results_root=root, trials=1, executor="debug", show_progress=False)
@@ -290,12 +290,12 @@ def test_surplus_trial_is_refused():
 def test_the_report_reads_the_tuning_summary_in_the_store(tmp_path, monkeypatch):
     """Each tune call leaves its summary in the store; the report's tuning section is drawn
     from that file alone (the Optuna storage may be gone, or on a server out of reach)."""
-    import harness.run
-    from harness.store import Store
-    from harness.tune_summary import read_summary, summary_path
+    import harness.runtime.run
+    from harness.results.store import Store
+    from harness.results.tune_summary import read_summary, summary_path
     from reports.page.sections import tuning_section
 
-    monkeypatch.setattr(harness.run, "execute", fake_execute([]))
+    monkeypatch.setattr(harness.runtime.run, "execute", fake_execute([]))
     root = tmp_path / "results"
     study = load(write(tmp_path, lambda t: t["space"].update(slots_per_expert=[1, 2, 3])))
     T.tune(study, results_root=root, trials=5, executor="debug", show_progress=False)
