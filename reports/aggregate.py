@@ -1,107 +1,50 @@
-"""Load the results store and aggregate runs over seeds, with polars.
+"""Aggregate the records over seeds, once, with polars, and the columns every analysis reads.
 
-The store holds one JSON file per run (``RESULTS_ROOT/STUDY/runs/RUN_ID.json``), each a flat
-record (spec fields, cost, quality, router metrics, environment). Three public functions:
+Three functions over the records frame (``reports.records``):
 
-* :func:`load_records` reads a runs folder into one frame; missing keys become nulls, unknown
-  keys are carried along, an unreadable file becomes a row with ``status="unreadable"``;
 * :func:`aggregate` keeps the ``ok`` runs and groups them by every spec key except the seed:
   mean, standard deviation and count of each metric;
 * :func:`problems` returns every run that is not ``ok`` (failed, diverged, unreadable, no
-  status), so that nothing is dropped silently.
+  status), so that nothing is dropped silently;
+* :func:`summarise` is the aggregate the page, its analyses and ``report --json`` read: the
+  aggregate with a row index (:data:`ROW`, for the page's hover texts) and the report's columns
+  (:func:`derive`), computed once.
+
+:func:`derive` adds the columns the figures and the claims check share (tokens per image, slots
+per token, Soft MoE's total slots, MoE blocks, placement kind), read from the records' derived
+fields (``harness.spec.model.DERIVED_FIELDS``, which ``reports.records.upgrade`` gives old records).
+"Slots per token" is the expert work per input token, comparable across routers: Soft MoE
+n·p/m (n experts, p slots each, m tokens), Tokens Choice K·C, Experts Choice c.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from harness.results.store import BadRecord, read_record
 from reports.metrics import (
     DERIVED_KEYS,
     ENVIRONMENT_KEYS,
     IDENTITY_KEYS,
     METRICS,
     PER_RUN_KEYS,
+    QUALITY_AXES,
     SEED_KEY,
     SPEC_KEYS,
     looks_like_metric,
 )
+from reports.records import load_records, moe_blocks
 
-#: Status given to a store file that is not a readable JSON object.
-UNREADABLE = "unreadable"
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def records_frame(records: Sequence[dict[str, Any]]) -> pl.DataFrame:
-    """Build a frame from record dicts, one column at a time.
-
-    Keys missing from a record become nulls; a column whose values disagree in type takes
-    their supertype (int and float -> float, anything and str -> str); a nested column that
-    polars cannot unify (``history`` written by two versions) is kept as JSON text.
-    Columns are ordered by first appearance.
-    """
-    keys: dict[str, None] = {}
-    for record in records:
-        keys.update(dict.fromkeys(record))
-    columns = []
-    for key in keys:
-        values = [record.get(key) for record in records]
-        kinds = {type(v) for v in values if v is not None}
-        if kinds & {list, dict} and len(kinds) > 1:  # polars would stringify lossily
-            series = _json_column(key, values)
-        else:
-            try:
-                series = pl.Series(key, values, strict=False)
-            except Exception:  # noqa: BLE001 - polars raises several kinds here
-                series = _json_column(key, values)
-        columns.append(series)
-    if not columns:
-        return pl.DataFrame(schema={k: pl.String for k in IDENTITY_KEYS})
-    return pl.DataFrame(columns)
-
-
-def _json_column(key: str, values: list[Any]) -> pl.Series:
-    return pl.Series(key, [None if v is None else json.dumps(v) for v in values], dtype=pl.String)
-
-
-def _runs_folder(path: Path) -> Path:
-    """Accept either the runs folder or the study folder that holds it."""
-    if (path / "runs").is_dir() and not any(path.glob("*.json")):
-        return path / "runs"
-    return path
-
-
-def load_records(runs_dir: str | Path) -> pl.DataFrame:
-    """Read every ``*.json`` record of a runs folder (or of ``STUDY/runs``) into a frame.
-
-    Hidden files (``.RUN_ID.json``, a half-written temporary) are skipped. A file that is not
-    a JSON object gives a row with ``status="unreadable"`` and the parse error, so that it
-    shows among the problems rather than vanishing. A missing folder gives an empty frame: a
-    study with no finished run yet still has a report (everything pending).
-    """
-    folder = _runs_folder(Path(runs_dir))
-    records: list[dict[str, Any]] = []
-    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")) if (
-        folder.is_dir()
-    ) else []
-    for path in files:
-        try:
-            record = read_record(path)
-        except FileNotFoundError:  # replaced or archived while we listed the folder
-            continue
-        except BadRecord as exc:  # not JSON, not an object, a field of the wrong type, ...
-            record = {"run_id": path.stem, "status": UNREADABLE, "error": f"{path.name}: {exc}"}
-        records.append(record)
-    return records_frame(records)
-
+# ``load_records`` lives in ``reports.records``; it is named here too because ``moe-harness plan``
+# (harness.cli) imports it from this module.
+__all__ = ["BLOCKS", "DEPTH", "N_BLOCKS", "PLACEMENT", "ROW", "SLOTS_PER_TOKEN", "TOKENS",
+           "TOTAL_SLOTS", "aggregate", "best_per", "derive", "load_records", "metric_columns",
+           "ok_runs", "placement_kind", "prepared", "present", "primary_quality", "problems",
+           "quality_axes", "spec_columns", "spec_keys", "status_counts", "summarise",
+           "with_rows"]
 
 # --------------------------------------------------------------------------- roles
 
@@ -234,3 +177,106 @@ def status_counts(df: pl.DataFrame) -> dict[str, int]:
         return {}
     counts = df.group_by("status").len().sort("status", nulls_last=True)
     return {(s if s is not None else "none"): n for s, n in counts.iter_rows()}
+
+
+# --------------------------------------------------------------------------- the report's columns
+
+ROW = "_row"  # index of a row of the aggregated frame, to look up its hover text
+
+#: The report's columns (see :func:`derive`).
+TOKENS, SLOTS_PER_TOKEN, TOTAL_SLOTS = "_tokens", "_slots_per_token", "_total_slots"
+DEPTH, BLOCKS, N_BLOCKS, PLACEMENT = "_depth", "_moe_blocks", "_n_moe_blocks", "_placement"
+
+
+def with_rows(agg: pl.DataFrame) -> pl.DataFrame:
+    """The aggregated frame with a row index, as every figure function expects."""
+    return agg if ROW in agg.columns else agg.with_row_index(ROW)
+
+
+def placement_kind(blocks: Sequence[int] | None, depth: int | None) -> str | None:
+    """``last`` (consecutive blocks ending at the last one), ``spread`` (several blocks,
+    otherwise), ``single`` (one block), or None when unknown."""
+    if not blocks or depth is None:
+        return None
+    if len(blocks) == 1:
+        return "single"
+    consecutive = all(b - a == 1 for a, b in zip(blocks, blocks[1:], strict=False))
+    return "last" if consecutive and blocks[-1] == depth - 1 else "spread"
+
+
+def derive(agg: pl.DataFrame) -> pl.DataFrame:
+    """``agg`` with the report's columns (nulls where the records do not say): the records'
+    tokens, slots per token, MoE blocks and depth, Soft MoE's total slots (experts x rows per
+    expert) and the placement kind."""
+    def column(name: str) -> list[Any]:
+        return agg[name].to_list() if name in agg.columns else [None] * agg.height
+
+    experts, depth, blocks = column("num_experts"), column("depth"), column("moe_blocks")
+    total = [round(e * rows) if family == "soft" and rows is not None else None
+             for family, rows, e in zip(column("router_family"), column("expert_rows"), experts,
+                                        strict=True)]
+    kind = [placement_kind(moe_blocks(b, d), d) for b, d in zip(blocks, depth, strict=True)]
+    return agg.with_columns(
+        pl.Series(TOKENS, column("tokens"), dtype=pl.Int64),
+        pl.Series(SLOTS_PER_TOKEN, column("slots_per_token"), dtype=pl.Float64),
+        pl.Series(TOTAL_SLOTS, total, dtype=pl.Int64),
+        pl.Series(DEPTH, depth, dtype=pl.Int64),
+        pl.Series(BLOCKS, blocks, dtype=pl.String),
+        pl.Series(N_BLOCKS, [n or None for n in column("n_moe_blocks")], dtype=pl.Int64),
+        pl.Series(PLACEMENT, kind, dtype=pl.String),
+    )
+
+
+def prepared(agg: pl.DataFrame) -> pl.DataFrame:
+    """``agg`` as the analyses and figures read it: with the row index and the report's
+    columns (each added only where missing)."""
+    agg = with_rows(agg)
+    return agg if TOKENS in agg.columns else derive(agg)
+
+
+def summarise(frame: pl.DataFrame) -> pl.DataFrame:
+    """The records' one aggregate for the page and its analyses: :func:`aggregate`, with the
+    row index and the report's columns."""
+    return derive(with_rows(aggregate(frame)))
+
+
+# --------------------------------------------------------------------------- reading the aggregate
+
+
+def spec_columns(agg: pl.DataFrame) -> list[str]:
+    """The configuration columns of an aggregated frame (everything before ``n_runs``)."""
+    if "n_runs" not in agg.columns:
+        return [c for c in SPEC_KEYS if c in agg.columns]
+    return [c for c in agg.columns[: agg.columns.index("n_runs")] if c != ROW]
+
+
+def present(agg: pl.DataFrame, metric: str) -> bool:
+    """Whether some configuration has a mean of ``metric``."""
+    col = f"{metric}_mean"
+    return col in agg.columns and agg[col].cast(pl.Float64).fill_nan(None).null_count() < (
+        agg.height)
+
+
+def quality_axes(agg: pl.DataFrame, qualities: Sequence[str] | None = None) -> list[str]:
+    """The quality metrics with at least one value, in :data:`QUALITY_AXES` order."""
+    return [q for q in (qualities or QUALITY_AXES) if present(agg, q)]
+
+
+def primary_quality(agg: pl.DataFrame) -> str | None:
+    axes = quality_axes(agg)
+    return axes[0] if axes else None
+
+
+def best_per(
+    data: pl.DataFrame, keys: list[str], quality: str,
+) -> pl.DataFrame:
+    """The best configuration (by mean ``quality``, direction-aware) of each ``keys`` group."""
+    qcol = f"{quality}_mean"
+    descending = not METRICS[quality].lower_is_better
+    return (
+        data.filter(pl.col(qcol).is_not_null())
+        .sort(qcol, descending=descending, nulls_last=True)
+        .group_by(keys, maintain_order=True)
+        .first()
+        .select(data.columns)
+    )

@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from reports.aggregate import load_records, records_frame
-from reports.build import paper_parts
-from reports.html import write_report
+from reports.page.render import write_report
+from reports.records import load_records, records_frame
 from reports.synthetic import synthetic_records, write_store
 
 
@@ -45,9 +44,7 @@ def bench_report_detailed(
             start = time.perf_counter()
             df = records_frame(records)
         loaded = time.perf_counter()
-        answers, sections = paper_parts(df)
-        write_report(df, out, study_name="synthetic-bench", pending=0, answers=answers,
-                     extra_sections=sections)
+        write_report(df, out, study_name="synthetic-bench", pending=0, paper=True)
         done = time.perf_counter()
         return {
             "records": float(n_records),

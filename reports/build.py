@@ -1,88 +1,59 @@
-"""``moe-harness report``: the study's store in, one HTML page out (a pure function of files)."""
+"""``moe-harness report``: the study's store in, one HTML page out (a pure function of files).
+
+The walk from records to page: ``reports.records`` (read, upgrade) -> ``reports.aggregate``
+(aggregate once) -> ``reports.analyses`` (findings: fits, claims) -> ``reports.figures`` ->
+``reports.page`` (the sections, in one list, rendered by one page function).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import polars as pl
 
 from harness.results.store import Store
 from harness.spec.study import Study
+from reports.analyses.findings import findings, findings_json
+from reports.page.answer import claims_answer
+from reports.page.render import page_of, write_page
+from reports.page.sections import PAPER_SECTIONS, rendered
+from reports.records import load_records
 
 
-def tuning_sections(store: Store) -> list[str]:
-    """The tuning section, from the summary ``moe-harness tune`` left in the store."""
-    from reports.tuning import tuning_section
-
-    tuning = tuning_section(store)  # None until `moe-harness tune` wrote its summary
-    return [tuning] if tuning else []
-
-
-def _claims(frame, agg) -> tuple[str | None, str | None]:
-    from reports.claims import check_claims, claims_section
-    from reports.figures import primary_quality
-    from reports.verdict import claims_answer
-
-    verdicts = check_claims(agg) if agg.height and primary_quality(agg) else None
-    return claims_answer(agg, verdicts), claims_section(agg, verdicts)
-
-
-def _figures(frame, agg) -> tuple[str | None, str | None]:
-    from reports.paper import paper_section
-
-    return None, paper_section(frame, agg)
-
-
-#: The paper's analyses on the page, in order. Each maps (records frame, derived aggregate)
-#: to (its answer block for the top of the page, its section), either None when the records
-#: cannot fill it. Sections are linked from the page's top bar by their ``<section id>``; a
-#: new analysis is one more entry here.
-ANALYSES = (_claims, _figures)
-
-
-def paper_parts(frame) -> tuple[list[str], list[str]]:
-    """(answer blocks, sections) of every analysis that ``frame``'s records can fill (any
-    study: a figure or claim without the data it needs is left out or says so)."""
-    from reports.aggregate import aggregate
-    from reports.figures import with_rows
-    from reports.paper import derive
-
-    agg = derive(with_rows(aggregate(frame)))
-    parts = [analysis(frame, agg) for analysis in ANALYSES]
-    return [a for a, _ in parts if a], [s for _, s in parts if s]
-
-
-def paper_sections(frame) -> list[str]:
-    """The claims check and the paper's figures that ``frame``'s records can fill."""
-    return paper_parts(frame)[1]
-
-
-def report_json(store: Store) -> dict:
-    """The analysis behind the page as JSON types: fitted curves, compute multipliers and
-    measured matches (``reports.scaling``), and the claims' verdicts."""
-    from dataclasses import asdict
-
-    from reports.aggregate import aggregate, load_records
-    from reports.claims import check_claims
-    from reports.figures import with_rows
-    from reports.paper import derive
-    from reports.scaling import to_json
-    from reports.scaling_report import analysis_for
-
-    agg = with_rows(aggregate(load_records(store.runs_dir)))
-    analysis = analysis_for(agg)
-    claims = [asdict(v) for v in check_claims(derive(agg))] if agg.height else []
-    return {"scaling": to_json(analysis) if analysis else None, "claims": claims}
-
-
-def build_report(study: Study, store: Store, out: Path | None = None) -> Path:
-    from reports.aggregate import load_records
-    from reports.html import write_report
-
+def build_report(study: Study, store: Store, out: Path | None = None, *,
+                 json_out: Path | None = None) -> Path:
+    """Write the study's page: every section its records fill, the paper's analyses and the
+    tuning included; runs of the study's grid without a record make it partial. With
+    ``json_out``, also write :func:`report_json`'s content there, from the same analysis."""
     frame = load_records(store.runs_dir)  # an unreadable record shows up as a problem row
     recorded = set(frame["run_id"].to_list())
     tune_only = getattr(study, "tune", None) and not getattr(study, "grid", None)
     grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
-    answers, sections = paper_parts(frame)
-    return write_report(frame, Path(out or store.dir / "report.html"), study_name=study.name,
-                        study_text=store.study_text(), pending=pending, answers=answers,
-                        extra_sections=tuning_sections(store) + sections)
+    page = page_of(frame, paper=True, store=store)
+    path = write_page(page, Path(out or store.dir / "report.html"), study_name=study.name,
+                      study_text=store.study_text(), pending=pending)
+    if json_out is not None:
+        Path(json_out).write_text(json.dumps(findings_json(page.found), indent=1) + "\n")
+    return path
+
+
+def report_json(store: Store) -> dict:
+    """The analysis behind the page as JSON types: fitted curves, compute multipliers and
+    measured matches (``reports.analyses.scaling``), and the claims' verdicts."""
+    return findings_json(findings(load_records(store.runs_dir)))
+
+
+def paper_parts(frame: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """(answer blocks, sections) of the paper's analyses alone, as the page renders them, for
+    a page a caller assembles (any study: a figure or claim without the data it needs is left
+    out or says so)."""
+    page = page_of(frame, paper=True)
+    answer = claims_answer(page.agg, page.found.verdicts)
+    return ([answer] if answer else []), rendered(page, PAPER_SECTIONS)
+
+
+def paper_sections(frame: pl.DataFrame) -> list[str]:
+    """The claims check and the paper's figures that ``frame``'s records can fill."""
+    return paper_parts(frame)[1]

@@ -24,8 +24,9 @@ import polars as pl
 
 from harness.errors import HarnessError
 from harness.results.store import SCHEMA, Store
-from reports.aggregate import aggregate, load_records
+from reports.aggregate import aggregate
 from reports.metrics import SEED_KEY, SPEC_KEYS
+from reports.records import load_records
 
 FORMATS = ("parquet", "csv", "mlflow")
 _DTYPES = {"str": pl.String, "int": pl.Int64, "float": pl.Float64}

@@ -2,14 +2,17 @@
 curves predict reaches Q at the least training compute.
 
 For each router, the curve of quality against training compute (``train_exaflops``, ours:
-3 x forward FLOPs x images) is fitted over the study's finished runs (:mod:`reports.scaling`).
-The candidates are the study's own grid points (with ``--set`` overrides: raise
-``train.steps`` to plan a bigger budget), each costed by the dry run's closed form
-(:mod:`harness.cost.estimate`: GFLOP/img, training exaFLOPs, estimated GPU-hours). The answer is
-the cheapest candidate whose predicted quality reaches Q, with the prediction's 95% interval,
-and the training compute the curve needs to reach Q. Everything here is a PREDICTION from a
-fit; a candidate outside the costs the curve was fitted on is marked as an extrapolation.
-Memory is not estimated.
+3 x forward FLOPs x images) is fitted over the study's finished runs
+(:mod:`reports.analyses.scaling`). The candidates are the study's own grid points (with
+``--set`` overrides: raise ``train.steps`` to plan a bigger budget), each costed by the dry
+run's closed form (:mod:`harness.cost.estimate`: GFLOP/img, training exaFLOPs, estimated
+GPU-hours). The answer is the cheapest candidate whose predicted quality reaches Q, with the
+prediction's 95% interval, and the training compute the curve needs to reach Q. Everything
+here is a PREDICTION from a fit; a candidate outside the costs the curve was fitted on is
+marked as an extrapolation. Memory is not estimated.
+
+:func:`plan_rows` returns the plan as data (:class:`PlanRow`); :func:`print_plan` and
+:func:`plan_json` are its console table and its JSON.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import polars as pl
 from harness.cost.estimate import RunCost, gpu_hours, study_costs
 from harness.errors import HarnessError
 from harness.spec.study import Study
-from reports.aggregate import aggregate
-from reports.figures import primary_quality, router_name
+from reports.aggregate import aggregate, primary_quality
+from reports.analyses.fits import row_names
+from reports.analyses.scaling import Curve, analyse, quality_of
+from reports.labels import router_name
 from reports.metrics import METRICS, QUALITY_AXES
-from reports.scaling import Curve, analyse, quality_of
-from reports.scaling_report import row_names
 
 COST = "train_exaflops"
 MEMORY = "not estimated"

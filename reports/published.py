@@ -5,7 +5,7 @@ Mixtures of Experts* (Puigcerver et al., ICLR 2024) for dense ViT and Soft MoE S
 parameters, eval ms/img (TPUv3), eval GFLOP/img (2 FLOPs per multiply-add, 224 px), JFT-4B
 precision@1 and ImageNet 10-shot accuracy (both in percent), as printed there.
 :func:`published_frame` shapes them like :func:`reports.aggregate.aggregate` output (one
-"seed" per row) so that :func:`reports.scaling.analyse` runs on them unchanged;
+"seed" per row) so that :func:`reports.analyses.scaling.analyse` runs on them unchanged;
 ``python -m reports.published [FILE]`` writes the analysis as Markdown
 (``docs/scaling-published.md``).
 """
@@ -13,11 +13,21 @@ precision@1 and ImageNet 10-shot accuracy (both in percent), as printed there.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
-from reports.scaling import Analysis, Quality, analyse
+from reports.analyses.fits import (
+    CURVE_HEADERS,
+    MATCH_HEADERS,
+    METHOD_NOTE,
+    MULTIPLIER_HEADERS,
+    curve_rows,
+    match_rows,
+    multiplier_rows,
+)
+from reports.analyses.scaling import Analysis, Quality, analyse
 
 DATA = Path(__file__).with_name("data") / "published.csv"
 COSTS = {"eval_gflops_per_img": "eval GFLOP/img (2 FLOPs/MAC)",
@@ -70,10 +80,27 @@ def headline(analysis: Analysis, cost: str = "eval_gflops_per_img") -> str:
             f"{top.target_quality:g}, at " + "; ".join(parts) + ".")
 
 
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def analysis_markdown(analysis: Analysis) -> str:
+    """The fitted-curves tables as Markdown (no figures; the method note is the caller's)."""
+    parts = [f"## {analysis.quality.label}\n",
+             "### Fits\n", _md_table(CURVE_HEADERS, curve_rows(analysis)),
+             "### Compute multipliers (from the fits)\n",
+             _md_table(MULTIPLIER_HEADERS, multiplier_rows(analysis)),
+             "### Measured matches\n",
+             _md_table(MATCH_HEADERS, match_rows(analysis))]
+    return "\n".join(parts)
+
+
 def markdown() -> str:
     """The analysis of the published points, both qualities, as a Markdown page."""
-    from reports.scaling_report import METHOD_NOTE, analysis_markdown
-
     analyses = [published_analysis(q) for q in QUALITIES]
     parts = [
         "# The paper's published points, analysed\n",

@@ -8,8 +8,8 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.results.store import DONE, Store, results_root
-from reports.aggregate import load_records
 from reports.export import runs_table
+from reports.records import load_records
 
 
 def statuses_in(store: Store, *allowed: str) -> set[str]:

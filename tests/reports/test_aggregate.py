@@ -6,16 +6,9 @@ import math
 import polars as pl
 import pytest
 
-from reports.aggregate import (
-    UNREADABLE,
-    aggregate,
-    load_records,
-    problems,
-    records_frame,
-    spec_keys,
-    status_counts,
-)
+from reports.aggregate import aggregate, problems, spec_keys, status_counts
 from reports.metrics import SEED_KEY, SPEC_KEYS
+from reports.records import UNREADABLE, load_records, records_frame
 
 
 def record(run_id, seed, *, router="soft", num_experts=8, acc=0.5, status="ok", **extra):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from reports.aggregate import records_frame
-from reports.html import write_report
+from reports.page.render import write_report
+from reports.records import records_frame
 from reports.synthetic import synthetic_records
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]

@@ -8,15 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from reports import claims
-from reports.aggregate import aggregate, records_frame
-from reports.claims import (
+from reports.aggregate import aggregate
+from reports.analyses import claims
+from reports.analyses.claims import (
     FAILED,
     HELD,
     INCONCLUSIVE,
     LACKS,
     check_claims,
-    claims_section,
     dropped_tokens_grow,
     last_blocks_beat_spread,
     learned_routing_beats_ablations,
@@ -24,6 +23,8 @@ from reports.claims import (
     soft_scales_with_experts,
     sparse_throughput_falls,
 )
+from reports.page.sections import claims_section
+from reports.records import records_frame
 
 _ids = itertools.count()
 
@@ -306,7 +307,7 @@ def test_pareto_is_inconclusive_when_routers_differ_by_less_than_their_seed_spre
 def test_interval_matches_the_pooled_two_sample_t_interval():
     from scipy.stats import ttest_ind
 
-    from reports.noise import difference, pooled
+    from reports.analyses.noise import difference, pooled
 
     a, b = np.array([0.52, 0.55, 0.58]), np.array([0.50, 0.51, 0.56])
     stds, ns = [a.std(ddof=1), b.std(ddof=1)], [3, 3]
@@ -323,7 +324,7 @@ def test_interval_matches_the_pooled_two_sample_t_interval():
 def test_seeds_to_settle_is_the_smallest_count_that_clears_the_threshold():
     from scipy.stats import t
 
-    from reports.noise import difference
+    from reports.analyses.noise import difference
 
     m = difference(0.51, 0.05, 2, 0.50, 0.05, 2)  # +0.01 with a 0.05 spread: unsure
     assert m.outcome() == "unsure"

@@ -1,8 +1,10 @@
 """Points whose timings were flagged (busy machine, wide spread) are marked in the
 time-based Pareto panels, and only there."""
 
-from reports.aggregate import aggregate, records_frame
-from reports.figures import FLAGGED_LABEL, FLAGGED_SYMBOL, fig_pareto
+from reports.aggregate import aggregate
+from reports.figures.common import FLAGGED_LABEL, FLAGGED_SYMBOL
+from reports.figures.pareto import fig_pareto
+from reports.records import records_frame
 
 
 def record(run_id, router, seed, step_ms, flagged):
@@ -38,7 +40,7 @@ def test_flags_do_not_mark_counted_costs():
 
 
 def test_the_paper_fronts_mark_them_too():
-    from reports.paper import fig_fronts
+    from reports.figures.paper import fig_fronts
 
     fig = fig_fronts(agg(), ["gflops_per_image", "train_step_ms"], "test_accuracy")
     by_axis = {}

@@ -6,18 +6,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from reports.aggregate import aggregate, load_records, records_frame
+from reports.aggregate import aggregate, with_rows
 from reports.bench import bench_report_detailed
 from reports.build import build_report
-from reports.figures import (
-    expected_points,
-    fig_pareto,
-    fig_router_diagnostic,
-    fig_scaling,
-    hover_texts,
-    with_rows,
-)
-from reports.html import render_report, write_report
+from reports.figures.common import expected_points, hover_texts
+from reports.figures.pareto import fig_pareto
+from reports.figures.routers import fig_router_diagnostic
+from reports.figures.scaling import fig_scaling
+from reports.page.render import render_report, write_report
+from reports.records import load_records, records_frame
 from reports.synthetic import synthetic_records
 
 EVIL = "<script>alert('pwned')</script>"
@@ -220,3 +217,25 @@ def test_build_report_shows_the_study_file_the_store_kept(tmp_path):
     path.write_text("name: kept  # edited since\n")
     page = build_report(study, store).read_text()
     assert "Study file" in page and "# as it ran" in page and "edited since" not in page
+
+
+def test_build_report_writes_the_json_of_the_same_analysis(tmp_path, records):
+    """``json_out``: report_json's content, from the analysis behind the page (read once)."""
+    import json
+
+    from harness.results.store import Store
+    from reports.build import report_json
+    from reports.synthetic import write_store
+
+    class Study:
+        name = "s"
+
+        def expand(self):
+            return []
+
+    store = Store(tmp_path / "results", "s")
+    write_store(records[:60], store.runs_dir)
+    out = tmp_path / "report.json"
+    build_report(Study(), store, json_out=out)
+    assert out.read_text() == json.dumps(report_json(store), indent=1) + "\n"
+    assert json.loads(out.read_text())["scaling"]["curves"]

@@ -1,4 +1,5 @@
-"""The paper's figures (reports/paper.py) on hand-built frames, in the page, and in Chromium."""
+"""The paper's figures (reports/figures/paper.py) on hand-built frames, in the page, and in
+Chromium."""
 
 from __future__ import annotations
 
@@ -9,29 +10,30 @@ import plotly.graph_objects as go
 import polars as pl
 import pytest
 
-from reports.aggregate import aggregate, records_frame
-from reports.build import build_report, paper_sections
-from reports.figures import expected_points, with_rows
-from reports.html import write_report
-from reports.paper import (
+from reports.aggregate import (
     BLOCKS,
     PLACEMENT,
     SLOTS_PER_TOKEN,
     TOKENS,
+    aggregate,
     derive,
+    with_rows,
+)
+from reports.build import build_report, paper_sections
+from reports.figures.common import expected_points
+from reports.figures.paper import (
     fig_ablations,
-    fig_dropped_tokens,
     fig_eval_fronts,
     fig_experts_slots_heatmap,
     fig_placement,
     fig_slots_per_expert,
-    fig_training_curves,
     fig_training_fronts,
-    history_frame,
-    model_depth,
-    moe_blocks,
     paper_figures,
 )
+from reports.figures.routers import fig_dropped_tokens
+from reports.figures.training import fig_training_curves, history_frame
+from reports.page.render import write_report
+from reports.records import model_depth, moe_blocks, records_frame
 
 _ids = itertools.count()
 TINY = "vit-w64d4h4m256/4"

@@ -14,11 +14,11 @@ from helpers import cli
 from harness.cost.estimate import study_costs
 from harness.errors import HarnessError
 from harness.spec.study import load
-from reports.aggregate import aggregate, records_frame
-from reports.figures import with_rows
+from reports.aggregate import aggregate, with_rows
+from reports.analyses.scaling import POWER, SATURATING, analyse, quality_of
 from reports.plan import plan_rows
 from reports.published import QUALITIES, published_analysis, published_frame
-from reports.scaling import POWER, SATURATING, analyse, quality_of
+from reports.records import records_frame
 from reports.synthetic import write_store
 
 ROOT = Path(__file__).parents[2]
@@ -236,7 +236,7 @@ def test_plan_refuses_a_target_outside_the_metric(tmp_path):
 
 
 def test_small_study_gets_the_note_not_a_curve(tmp_path):
-    from reports.html import render_report
+    from reports.page.render import render_report
 
     records = curve_records(curve_study(tmp_path, MODELS[:2]))
     page = render_report(records_frame(records), study_name="tiny")
@@ -245,8 +245,8 @@ def test_small_study_gets_the_note_not_a_curve(tmp_path):
 
 
 def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
-    from reports.claims import INCONCLUSIVE, soft_saves_compute
-    from reports.scaling_report import multiplier_rows
+    from reports.analyses.claims import INCONCLUSIVE, soft_saves_compute
+    from reports.analyses.fits import multiplier_rows
 
     records = curve_records(curve_study(tmp_path), offsets={"dense": -0.3})  # dense far worse
     analysis = analysis_of(records)
@@ -258,8 +258,8 @@ def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
 
 
 def test_the_section_escapes_record_text(tmp_path):
-    from reports.html import figure_html
-    from reports.scaling_report import scaling_section_body
+    from reports.page.html import figure_html
+    from reports.page.sections import scaling_section_body
 
     records = [{**r, "model": r["model"] + "<script>alert(1)</script>"}
                for r in curve_records(curve_study(tmp_path))]

@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from reports.aggregate import aggregate, records_frame
-from reports.figures import with_rows
-from reports.html import log_ticks, nav_bar, render_report, tick_labels
-from reports.verdict import best_at_equal_cost
+from reports.aggregate import aggregate, with_rows
+from reports.page.answer import best_at_equal_cost
+from reports.page.html import log_ticks, nav_bar, tick_labels
+from reports.page.render import render_report
+from reports.records import records_frame
 
 
 def _record(router, cost, quality, seed=0, experts=None, model="vit-s/16"):

@@ -252,7 +252,7 @@ def test_worker_loop_counts_reuses_and_records(tmp_path, monkeypatch):
     T.show(study, root, console=console)
     text = console.export_text()
     assert "Pareto set" in text and "10 trials finished" in text
-    from reports.tuning import tuning_section
+    from reports.page.sections import tuning_section
 
     html = tuning_section(store)
     assert 'id="fig-tune-pareto"' in html and 'id="fig-tune-history-test_accuracy"' in html
@@ -293,7 +293,7 @@ def test_the_report_reads_the_tuning_summary_in_the_store(tmp_path, monkeypatch)
     import harness.runtime.run
     from harness.results.store import Store
     from harness.results.tune_summary import read_summary, summary_path
-    from reports.tuning import tuning_section
+    from reports.page.sections import tuning_section
 
     monkeypatch.setattr(harness.runtime.run, "execute", fake_execute([]))
     root = tmp_path / "results"

@@ -21,12 +21,12 @@ Thresholds (module constants, stated in each verdict):
   below the fewest; dropped-token fraction at least ``MIN_DROP_RISE`` above.
 * Ablations and placement: strictly better mean quality.
 * Compute: Soft MoE reaches dense quality at ``MIN_COMPUTE_MULTIPLIER`` x less training
-  compute, read from the fitted curves (:mod:`reports.scaling`) in the middle of the quality
-  range both cover.
+  compute, read from the fitted curves (:mod:`reports.analyses.scaling`) in the middle of the
+  quality range both cover.
 
-Every comparison of means carries a 95% interval (:mod:`reports.noise`: a t interval from the
-seed spread, each side's own or the study's pooled, whichever is larger; for the compute
-multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
+Every comparison of means carries a 95% interval (:mod:`reports.analyses.noise`: a t interval
+from the seed spread, each side's own or the study's pooled, whichever is larger; for the
+compute multiplier, the fits' bootstrap). A comparison whose interval straddles its threshold makes
 the verdict **inconclusive** (unless another comparison fails outright), and says how many
 seeds per configuration would settle it at the measured spread. Without any configuration of
 2 or more seeds the spread is unknown and the means decide, as the evidence says. A band
@@ -39,7 +39,6 @@ harness measured there, not whether the paper is right at ImageNet scale.
 from __future__ import annotations
 
 import bisect
-import html
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,17 +46,25 @@ from typing import Any
 
 import polars as pl
 
-from reports.figures import config_label, fmt, primary_quality, router_name, spec_columns
-from reports.metrics import METRICS, label
-from reports.noise import Margin, Spread, difference, pooled, relative_change
-from reports.paper import (
-    N_BLOCKS,
-    PLACEMENT,
-    SOFT_ROUTERS,
-    SPARSE_ROUTERS,
-    TOTAL_SLOTS,
-    derive,
+from reports.aggregate import N_BLOCKS, PLACEMENT, TOTAL_SLOTS, prepared
+from reports.analyses.compare import (
+    better_by,
+    comparable,
+    config_groups,
+    counted,
+    in_band,
+    listing,
+    margin_of,
+    measured,
+    pooled_spread,
+    short_name,
+    stats_of,
+    usable_quality,
 )
+from reports.analyses.noise import Margin, Spread, difference, relative_change
+from reports.analyses.scaling import analyse, quality_of
+from reports.labels import SOFT_ROUTERS, SPARSE_ROUTERS, fmt, router_name
+from reports.metrics import label
 
 HELD, FAILED, LACKS, INCONCLUSIVE = "held", "failed", "lacks data", "inconclusive"
 
@@ -67,7 +74,6 @@ THROUGHPUT_BAND = 0.30  # Soft MoE: within +-30% of its throughput at the fewest
 MIN_THROUGHPUT_FALL = 0.05  # sparse routers: at least 5% slower at the most experts
 MIN_DROP_RISE = 0.01  # sparse routers: at least 1 point more tokens dropped
 MIN_COMPUTE_MULTIPLIER = 2.0  # Soft MoE: dense quality at >= 2x less training compute
-MAX_LISTED = 6  # groups or violations spelled out in one verdict
 
 PARETO_RIVALS = ("dense", *SPARSE_ROUTERS)
 ABLATIONS = ("soft_uniform", "uniform_soft", "uniform", "identity")
@@ -87,93 +93,11 @@ class Verdict:
 # --------------------------------------------------------------------------- helpers
 
 
-def _quality(agg: pl.DataFrame, quality: str | None) -> str | None:
-    quality = quality or primary_quality(agg)
-    return quality if quality and f"{quality}_mean" in agg.columns else None
-
-
-def _gain(quality: str, a: float, b: float) -> float:
-    """How much better ``a`` is than ``b`` (positive = better), by the metric's direction."""
-    return b - a if METRICS[quality].lower_is_better else a - b
-
-
-def _context(agg: pl.DataFrame, vary: Sequence[str]) -> list[str]:
-    """Spec columns that must be equal for two configurations to be compared."""
-    return [c for c in spec_columns(agg) if c not in {*vary, "spec"}]
-
-
-def _groups(data: pl.DataFrame, keys: list[str]) -> list[pl.DataFrame]:
-    if data.height == 0:
-        return []
-    if not keys:
-        return [data]
-    return [g for _, g in data.group_by(keys, maintain_order=True)]
-
-
-def _name(row: dict[str, Any], drop: Sequence[str] = ()) -> str:
-    """A configuration's short name without the parts the claim varies."""
-    row = {k: (None if k in drop else v) for k, v in row.items()}
-    return config_label(row).replace(" None", "")
-
-
-def _values(metric: str, *rows: dict[str, Any]) -> list[Any]:
-    return [row.get(f"{metric}_{s}") for row in rows for s in ("mean", "std", "n")]
-
-
-def _spread(agg: pl.DataFrame, metric: str, relative: bool = False) -> Spread | None:
-    """The study's pooled seed variance of ``metric`` (of std / mean when ``relative``)."""
-    if f"{metric}_std" not in agg.columns or f"{metric}_n" not in agg.columns:
-        return None
-    std = pl.col(f"{metric}_std").cast(pl.Float64)
-    if relative:
-        std = std / pl.col(f"{metric}_mean").cast(pl.Float64)
-    cols = agg.select(std.alias("s"), pl.col(f"{metric}_n").alias("n"))
-    return pooled(cols["s"].to_list(), cols["n"].to_list())
-
-
-def _margin(metric: str, a: dict[str, Any], b: dict[str, Any],
-            spread: Spread | None) -> Margin:
-    """How much better ``a`` is than ``b`` on ``metric`` (direction-aware), with its interval."""
-    first, second = (b, a) if METRICS[metric].lower_is_better else (a, b)
-    return difference(*_values(metric, first, second), spread)
-
-
-def _in_band(change: Margin, band: float) -> str:
-    """Whether a relative change lies within +-band: "inside", "outside" or "unsure"."""
-    lo, hi = (change.lo, change.hi) if change.known else (change.value, change.value)
-    if -band <= lo and hi <= band:
-        return "inside"
-    return "outside" if lo > band or hi < -band else "unsure"
-
-
 def _status(outcomes: Sequence[str]) -> str:
     """FAILED if any comparison fails, INCONCLUSIVE if any straddles its threshold."""
     if "fail" in outcomes:
         return FAILED
     return INCONCLUSIVE if "unsure" in outcomes else HELD
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _listing(items: list[str]) -> str:
-    shown = items[:MAX_LISTED]
-    more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return "; ".join(shown) + more
-
-
-def _prepared(agg: pl.DataFrame) -> pl.DataFrame:
-    from reports.paper import TOKENS
-
-    return agg if TOKENS in agg.columns else derive(agg)
-
-
-def _filter_present(agg: pl.DataFrame, *metrics: str) -> pl.DataFrame:
-    out = agg
-    for m in metrics:
-        out = out.filter(pl.col(f"{m}_mean").cast(pl.Float64).fill_nan(None).is_not_null())
-    return out
 
 
 # --------------------------------------------------------------------------- rules
@@ -185,13 +109,13 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
              "every cost it covers.")
     cost = next((c for c in ("train_exaflops", "train_exaflops_paper", "gflops_per_image")
                  if f"{c}_mean" in agg.columns), None)
-    quality = _quality(agg, quality)
+    quality = usable_quality(agg, quality)
     rule = (f"No dense, Tokens Choice or Experts Choice configuration costing at most what a "
             f"Soft MoE configuration costs (costs within {FRONT_COST_TOL:.0%} are equal) may "
             f"beat Soft MoE's best quality at that cost by more than {FRONT_QUALITY_TOL:g}.")
     if quality is None or cost is None or "router" not in agg.columns:
         return Verdict("pareto", claim, LACKS, "No quality or cost recorded.", rule)
-    data = _filter_present(agg, quality, cost).filter(pl.col(f"{cost}_mean") > 0)
+    data = measured(agg, quality, cost).filter(pl.col(f"{cost}_mean") > 0)
     soft = data.filter(pl.col("router") == "soft")
     rivals = data.filter(pl.col("router").is_in(list(PARETO_RIVALS)))
     if soft.height == 0 or rivals.height == 0:
@@ -201,12 +125,12 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
     by_cost = soft.sort(f"{cost}_mean").to_dicts()
     costs = [r[f"{cost}_mean"] for r in by_cost]
     best_upto = list(itertools.accumulate(  # Soft MoE's best row at costs <= costs[i]
-        by_cost, lambda a, b: b if _gain(quality, b[f"{quality}_mean"],
+        by_cost, lambda a, b: b if better_by(quality, b[f"{quality}_mean"],
                                          a[f"{quality}_mean"]) > 0 else a))
     lo, hi = costs[0], costs[-1]
     slack = 1 + FRONT_COST_TOL
     compared, beaten, unsure = 0, [], []
-    spread = _spread(data, quality)
+    spread = pooled_spread(data, quality)
     for row in rivals.iter_rows(named=True):
         c, q = row[f"{cost}_mean"], row[f"{quality}_mean"]
         if c > hi * slack:
@@ -214,27 +138,27 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
         compared += 1
         at = max(c, lo) * slack
         best = best_upto[bisect.bisect_right(costs, at) - 1]
-        margin = _margin(quality, row, best, spread)
+        margin = margin_of(quality, row, best, spread)
         outcome = margin.outcome(FRONT_QUALITY_TOL)
         if outcome != "fail":  # the rival beats Soft MoE by more than the tolerance, or may
-            text = (f"{_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "
+            text = (f"{short_name(row)}: {fmt(q)} at {fmt(c)} vs Soft MoE's best "
                     f"{fmt(best[f'{quality}_mean'])} at <= {fmt(max(c, lo))} "
                     f"({margin.text(FRONT_QUALITY_TOL)})")
             (beaten if outcome == "pass" else unsure).append((margin.value, text))
     span = (f"Soft MoE covers {label(cost)} {fmt(lo)} to {fmt(hi)} "
-            f"({_count(soft.height, 'configuration')}); "
-            f"{_count(compared, 'configuration')} of other routers cost at most that")
+            f"({counted(soft.height, 'configuration')}); "
+            f"{counted(compared, 'configuration')} of other routers cost at most that")
     if compared == 0:
         return Verdict("pareto", claim, LACKS, span + ": nothing to compare with.", rule)
     if beaten:
         beaten.sort(key=lambda t: -t[0])
         return Verdict("pareto", claim, FAILED, f"{span}; {len(beaten)} beat Soft MoE: "
-                       + _listing([b for _, b in beaten]) + ".", rule)
+                       + listing([b for _, b in beaten]) + ".", rule)
     if unsure:
         unsure.sort(key=lambda t: -t[0])
         return Verdict("pareto", claim, INCONCLUSIVE, f"{span}; {len(unsure)} may beat Soft "
                        f"MoE by more than {FRONT_QUALITY_TOL:g} (the interval straddles it): "
-                       + _listing([b for _, b in unsure]) + ".", rule)
+                       + listing([b for _, b in unsure]) + ".", rule)
     return Verdict("pareto", claim, HELD, f"{span}; none beats Soft MoE by more than "
                    f"{FRONT_QUALITY_TOL:g} in {label(quality)}.", rule)
 
@@ -242,8 +166,9 @@ def soft_on_pareto_front(agg: pl.DataFrame, quality: str | None = None) -> Verdi
 def _expert_sweeps(data: pl.DataFrame, extra: Sequence[str] = ()) -> list[pl.DataFrame]:
     """Groups of configurations equal but for the expert count (and so, at fixed total
     slots, the slots per expert), with two or more expert counts, sorted by experts."""
-    keys = [*_context(data, ("num_experts", "slots_per_expert")), *extra]
-    return [g.sort("num_experts") for g in _groups(data, keys) if g["num_experts"].n_unique() >= 2]
+    keys = [*comparable(data, ("num_experts", "slots_per_expert")), *extra]
+    return [g.sort("num_experts") for g in config_groups(data, keys)
+            if g["num_experts"].n_unique() >= 2]
 
 
 def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
@@ -254,12 +179,12 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
     rule = (f"In every group of Soft MoE configurations equal but for the expert count (total "
             f"slots fixed): quality at the most experts above quality at the fewest, and "
             f"{label(THROUGHPUT)} at every count within +-{band:.0%} of that at the fewest.")
-    quality = _quality(agg, quality)
+    quality = usable_quality(agg, quality)
     if quality is None or not {"router", "num_experts"} <= set(agg.columns):
         return Verdict("soft_experts", claim, LACKS, "No quality or expert counts recorded.",
                        rule)
-    data = _prepared(agg)
-    soft = _filter_present(data, quality).filter(
+    data = prepared(agg)
+    soft = measured(data, quality).filter(
         (pl.col("router") == "soft") & pl.col(TOTAL_SLOTS).is_not_null())
     sweeps = _expert_sweeps(soft, (TOTAL_SLOTS,))
     if not sweeps:
@@ -267,17 +192,17 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
                        "only in the number of experts (at fixed total slots).", rule)
     has_speed = f"{THROUGHPUT}_mean" in data.columns
     lines, failed, speed_missing, unsure = [], False, False, False
-    spread = _spread(soft, quality)
-    speed_spread = _spread(soft, THROUGHPUT, relative=True) if has_speed else None
+    spread = pooled_spread(soft, quality)
+    speed_spread = pooled_spread(soft, THROUGHPUT, relative=True) if has_speed else None
     for g in sweeps:
         rows = g.to_dicts()
         first, last = rows[0], rows[-1]
-        gain = _margin(quality, last, first, spread)
+        gain = margin_of(quality, last, first, spread)
         outcome = gain.outcome()
         experts = "->".join(fmt(r["num_experts"]) for r in rows)
         qs = "->".join(fmt(r[f"{quality}_mean"]) for r in rows)
         says = {"pass": "rises", "fail": "does not rise", "unsure": "rise not settled"}
-        text = (f"{_name(first, ('num_experts', 'slots_per_expert'))}, "
+        text = (f"{short_name(first, ('num_experts', 'slots_per_expert'))}, "
                 f"{fmt(first[TOTAL_SLOTS])} slots: experts {experts}: {label(quality)} {qs} "
                 f"({says[outcome]}, {gain.text()})")
         failed |= outcome == "fail"
@@ -288,7 +213,7 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
             text += f"; {label(THROUGHPUT)} not recorded"
         else:
             ratios = [s / speeds[0] for s in speeds]
-            where = [_in_band(relative_change(*_values(THROUGHPUT, first, r), speed_spread),
+            where = [in_band(relative_change(*stats_of(THROUGHPUT, first, r), speed_spread),
                               band) for r in rows[1:]]
             verdict = ("outside" if "outside" in where else
                        "not settled inside" if "unsure" in where else "inside")
@@ -298,7 +223,7 @@ def soft_scales_with_experts(agg: pl.DataFrame, quality: str | None = None,
                      f"({min(ratios):.2f}-{max(ratios):.2f}x of the fewest, "
                      f"{verdict} +-{band:.0%})")
         lines.append(text)
-    evidence = _listing(lines) + "."
+    evidence = listing(lines) + "."
     if failed:
         return Verdict("soft_experts", claim, FAILED, evidence, rule)
     if unsure:
@@ -313,14 +238,14 @@ def _sparse_trend(agg: pl.DataFrame, metric: str) -> list[tuple[str, dict, dict,
     out = []
     if f"{metric}_mean" not in agg.columns or "router" not in agg.columns:
         return out
-    data = _filter_present(agg, metric).filter(pl.col("router").is_in(list(SPARSE_ROUTERS)))
-    keys = [k for k in _context(data, ("num_experts",)) if k in data.columns]
-    for g in _groups(data, keys):
+    data = measured(agg, metric).filter(pl.col("router").is_in(list(SPARSE_ROUTERS)))
+    keys = [k for k in comparable(data, ("num_experts",)) if k in data.columns]
+    for g in config_groups(data, keys):
         if g["num_experts"].n_unique() < 2:
             continue
         rows = g.sort("num_experts").to_dicts()
         steps = [f"{fmt(r['num_experts'])}: {fmt(r[f'{metric}_mean'])}" for r in rows]
-        out.append((_name(rows[0], ("num_experts",)), rows[0], rows[-1], steps))
+        out.append((short_name(rows[0], ("num_experts",)), rows[0], rows[-1], steps))
     return out
 
 
@@ -336,14 +261,14 @@ def sparse_throughput_falls(agg: pl.DataFrame,
         return Verdict("sparse_speed", claim, LACKS, "No sparse-router configurations that "
                        f"differ only in the number of experts, with {label(THROUGHPUT)}.", rule)
     lines, outcomes = [], []
-    spread = _spread(agg, THROUGHPUT, relative=True)
+    spread = pooled_spread(agg, THROUGHPUT, relative=True)
     for name, first, last, steps in sweeps:
-        fall = (relative_change(*_values(THROUGHPUT, first, last), spread)
+        fall = (relative_change(*stats_of(THROUGHPUT, first, last), spread)
                 if first[f"{THROUGHPUT}_mean"] and last[f"{THROUGHPUT}_mean"] else Margin(0.0))
         outcomes.append(fall.outcome(min_fall))
         lines.append(f"{name}: experts {', '.join(steps)} img/s "
                      f"(falls {fall.text(min_fall, percent=True)})")
-    return Verdict("sparse_speed", claim, _status(outcomes), _listing(lines) + ".", rule)
+    return Verdict("sparse_speed", claim, _status(outcomes), listing(lines) + ".", rule)
 
 
 def dropped_tokens_grow(agg: pl.DataFrame, min_rise: float = MIN_DROP_RISE) -> Verdict:
@@ -357,18 +282,18 @@ def dropped_tokens_grow(agg: pl.DataFrame, min_rise: float = MIN_DROP_RISE) -> V
         return Verdict("dropped", claim, LACKS, "No sparse-router configurations that differ "
                        f"only in the number of experts, with {label(DROPPED)}.", rule)
     lines, outcomes = [], []
-    spread = _spread(agg, DROPPED)
+    spread = pooled_spread(agg, DROPPED)
     for name, first, last, steps in sweeps:
-        rise = difference(*_values(DROPPED, last, first), spread)
+        rise = difference(*stats_of(DROPPED, last, first), spread)
         outcomes.append(rise.outcome(min_rise))
         lines.append(f"{name}: experts {', '.join(steps)} (rises {rise.text(min_rise, 3)})")
-    return Verdict("dropped", claim, _status(outcomes), _listing(lines) + ".", rule)
+    return Verdict("dropped", claim, _status(outcomes), listing(lines) + ".", rule)
 
 
 def _pairwise(quality: str, best: dict[str, Any], other: dict[str, Any],
               spread: Spread | None) -> tuple[str, str]:
     """Whether ``best`` beats ``other`` ("pass", "fail", "unsure") and the margin's text."""
-    margin = _margin(quality, best, other, spread)
+    margin = margin_of(quality, best, other, spread)
     return margin.outcome(), margin.text()
 
 
@@ -378,15 +303,15 @@ def learned_routing_beats_ablations(agg: pl.DataFrame, quality: str | None = Non
              "(Soft/Uniform, Uniform/Soft, Uniform, Identity).")
     rule = ("Soft MoE's mean quality strictly above each ablation's, in every group of "
             "configurations equal but for the router.")
-    quality = _quality(agg, quality)
+    quality = usable_quality(agg, quality)
     if quality is None or "router" not in agg.columns:
         return Verdict("ablations", claim, LACKS, "No quality recorded.", rule)
-    data = _filter_present(agg, quality).filter(
+    data = measured(agg, quality).filter(
         pl.col("router").is_in(["soft", *ABLATIONS]))
-    keys = [k for k in _context(data, ("router",)) if k in data.columns]
+    keys = [k for k in comparable(data, ("router",)) if k in data.columns]
     lines, outcomes = [], []
-    spread = _spread(data, quality)
-    for g in _groups(data, keys):
+    spread = pooled_spread(data, quality)
+    for g in config_groups(data, keys):
         rows = {r["router"]: r for r in g.to_dicts()}
         if "soft" not in rows or not set(rows) & set(ABLATIONS):
             continue
@@ -399,12 +324,12 @@ def learned_routing_beats_ablations(agg: pl.DataFrame, quality: str | None = Non
                 parts.append(f"{router_name(name)} {fmt(rows[name][f'{quality}_mean'])} "
                              f"({text})")
         missing = [router_name(a) for a in ABLATIONS if a not in rows]
-        lines.append(f"{_name(soft, ('router',))}: Soft MoE {fmt(soft[f'{quality}_mean'])} vs "
+        lines.append(f"{short_name(soft, ('router',))}: Soft MoE {fmt(soft[f'{quality}_mean'])} vs "
                      + ", ".join(parts) + (f"; not run: {', '.join(missing)}" if missing else ""))
     if not outcomes:
         return Verdict("ablations", claim, LACKS, "No Soft MoE run next to an ablation with "
                        "the same other settings.", rule)
-    return Verdict("ablations", claim, _status(outcomes), _listing(lines) + ".", rule)
+    return Verdict("ablations", claim, _status(outcomes), listing(lines) + ".", rule)
 
 
 def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Verdict:
@@ -414,21 +339,21 @@ def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Ve
     rule = ("For each number of MoE blocks (2 or more) with both kinds: the best Soft MoE "
             "placement of consecutive blocks ending at the last one has strictly higher mean "
             "quality than the best spread placement, same other settings and total experts.")
-    quality = _quality(agg, quality)
+    quality = usable_quality(agg, quality)
     if quality is None or not {"router", "moe_layers", "num_experts"} <= set(agg.columns):
         return Verdict("placement", claim, LACKS, "No quality or placements recorded.", rule)
-    data = _prepared(agg)
-    soft = _filter_present(data, quality).filter(
+    data = prepared(agg)
+    soft = measured(data, quality).filter(
         pl.col("router").is_in(list(SOFT_ROUTERS)) & pl.col(PLACEMENT).is_in(["last", "spread"])
     ).with_columns((pl.col("num_experts") * pl.col(N_BLOCKS)).alias("_total_experts"))
-    keys = [k for k in _context(soft, ("moe_layers", "num_experts")) if k in soft.columns]
+    keys = [k for k in comparable(soft, ("moe_layers", "num_experts")) if k in soft.columns]
     lines, outcomes = [], []
-    pool = _spread(soft, quality)
-    for g in _groups(soft, [*keys, "_total_experts", N_BLOCKS]):
+    pool = pooled_spread(soft, quality)
+    for g in config_groups(soft, [*keys, "_total_experts", N_BLOCKS]):
         by_kind: dict[str, dict[str, Any]] = {}
         for row in g.to_dicts():
             kind = row[PLACEMENT]
-            if kind not in by_kind or _gain(quality, row[f"{quality}_mean"],
+            if kind not in by_kind or better_by(quality, row[f"{quality}_mean"],
                                             by_kind[kind][f"{quality}_mean"]) > 0:
                 by_kind[kind] = row
         if len(by_kind) < 2:
@@ -443,14 +368,12 @@ def last_blocks_beat_spread(agg: pl.DataFrame, quality: str | None = None) -> Ve
     if not outcomes:
         return Verdict("placement", claim, LACKS, "No pair of last-blocks and spread Soft MoE "
                        "placements with the same number of MoE blocks.", rule)
-    return Verdict("placement", claim, _status(outcomes), _listing(lines) + ".", rule)
+    return Verdict("placement", claim, _status(outcomes), listing(lines) + ".", rule)
 
 
 def soft_saves_compute(agg: pl.DataFrame, quality: str | None = None,
                        minimum: float = MIN_COMPUTE_MULTIPLIER) -> Verdict:
     """Soft MoE reaches dense quality at ``minimum`` x less training compute (from the fits)."""
-    from reports.scaling import analyse, quality_of
-
     claim = (f"Soft MoE reaches dense quality at >= {minimum:g}x less training compute "
              f"(as the paper reports for its backbones).")
     rule = (f"Fitted curves of quality against training compute (reports.scaling): the cost "
@@ -458,7 +381,7 @@ def soft_saves_compute(agg: pl.DataFrame, quality: str | None = None,
             f"middle of the quality range both curves cover, with its 95% bootstrap interval: "
             f"held when the interval is above {minimum:g}x, failed when below, inconclusive "
             f"when it straddles {minimum:g}x or the curves share no quality (extrapolation).")
-    quality = _quality(agg, quality)
+    quality = usable_quality(agg, quality)
     cost = next((c for c in ("train_exaflops", "train_exaflops_paper")
                  if f"{c}_mean" in agg.columns), None)
     if quality is None or cost is None or "router" not in agg.columns:
@@ -503,43 +426,5 @@ RULES: tuple[Callable[[pl.DataFrame], Verdict], ...] = (
 
 def check_claims(agg: pl.DataFrame) -> list[Verdict]:
     """Every rule's verdict on ``agg`` (the aggregated frame), in the page's order."""
-    agg = _prepared(agg)
+    agg = prepared(agg)
     return [rule(agg) for rule in RULES]
-
-
-# --------------------------------------------------------------------------- the section
-
-_BADGE = {HELD: "#d4edda", FAILED: "#f8d7da", INCONCLUSIVE: "#fff3cd", LACKS: "#eeeeee"}
-
-
-def claims_table(verdicts: Sequence[Verdict]) -> str:
-    rows = "".join(
-        f'<tr data-claim="{html.escape(v.key)}" data-verdict="{html.escape(v.status)}">'
-        f"<td>{html.escape(v.claim)}</td>"
-        f'<td style="background:{_BADGE[v.status]};font-weight:600;white-space:nowrap">'
-        f"{html.escape(v.status)}</td><td>{html.escape(v.evidence)}</td>"
-        f'<td class="note">{html.escape(v.rule)}</td></tr>'
-        for v in verdicts)
-    return ('<table class="claims"><thead><tr><th>claim</th><th>verdict</th>'
-            "<th>numbers behind it</th><th>how it is judged</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
-
-
-def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None) -> str | None:
-    """The claims check as a page section (``verdicts``: ``check_claims(agg)`` when the
-    caller has them); None when no run has a quality metric."""
-    if agg.height == 0 or primary_quality(agg) is None:
-        return None
-    verdicts = check_claims(agg) if verdicts is None else verdicts
-    counts = {s: sum(v.status == s for v in verdicts)
-              for s in (HELD, FAILED, INCONCLUSIVE, LACKS)}
-    quality = primary_quality(agg)
-    note = (f'<p class="note">Each of the paper\'s main claims, judged from these records '
-            f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, "
-            f"{counts[INCONCLUSIVE]} inconclusive, {counts[LACKS]} lack data). Quality is the "
-            f"mean {html.escape(label(quality))} over seeds; every comparison carries a 95% "
-            "interval, and one that straddles its threshold makes the verdict inconclusive. A "
-            "verdict describes these runs only: at laptop scale on synthetic data it says "
-            "what the harness measured, not whether the paper holds at its scale.</p>")
-    return (f'<section id="claims"><h2>The paper\'s claims, checked</h2>{note}'
-            f'<div class="scroll">{claims_table(verdicts)}</div></section>')

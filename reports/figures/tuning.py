@@ -1,12 +1,8 @@
-"""The report's tuning section, drawn from the tuning summary in the store.
-
-``moe-harness tune`` writes ``RESULTS/STUDY/tune/summary.json`` (``harness.results.tune_summary``),
-and ``report`` refreshes it from the Optuna storage first; :func:`tuning_section` reads that file
-alone and returns one HTML snippet: trial counts, the best trial or the Pareto set as a table,
-the optimisation history of each objective, the Pareto front of the trials (two objectives)
-and parameter importances (fANOVA). Figures are embedded like every other figure of the page
-(``reports.html.figure_html``). Without a summary it returns None, and the page has no tuning
-section.
+"""The tuning's figures, drawn from the tuning summary in the store
+(``harness.results.tune_summary``,
+which ``moe-harness tune`` writes and ``report`` refreshes): the optimisation history of each
+objective, the Pareto front of the trials (two objectives) and parameter importances (fANOVA).
+The page's "Tuning" section (``reports.page.sections``) embeds them like every other figure.
 """
 
 from __future__ import annotations
@@ -15,46 +11,9 @@ import html
 
 import plotly.graph_objects as go
 
-from harness.results.store import Store
-from harness.results.tune_summary import Trial, TuneSummary, read_summary
+from harness.results.tune_summary import Trial, TuneSummary
 
 BEST_COLOR, OTHER_COLOR = "#d62728", "#1f77b4"
-
-
-def tuning_section(store: Store) -> str | None:
-    summary = read_summary(store.dir)
-    return render(summary) if summary is not None else None
-
-
-def render(s: TuneSummary) -> str:
-    from reports.html import esc, figure_html
-
-    c = s.counts
-    parts = [
-        f'<p class="meta">Optuna study <b>{esc(s.study)}</b> in <code>{esc(s.storage)}</code>: '
-        f"{c['finished']} trials finished ({c['complete']} complete, {c['pruned']} pruned, "
-        f"{c['failed']} failed), {c['stale']} stale (their worker died; parameters queued "
-        f"again), {c['running']} running, {c['waiting']} queued. Objectives: "
-        + esc(", ".join(f"{o.direction} {o.metric}" for o in s.objectives))
-        + (". Constraints: " + esc(", ".join(s.constraints)) if s.constraints else "")
-        + ". Each trial is also a run record (column <code>tune_trial</code>), so tuned runs "
-        "appear in the tables and fronts above.</p>"
-    ]
-    best = s.best_trials()
-    if best:
-        head = ["trial", *s.metrics, "parameters", "run_id"]
-        rows = "".join(
-            "<tr>" + f"<td>{t.number}</td>"
-            + "".join(f'<td class="num">{v:.4g}</td>' for v in t.values or [])
-            + f"<td>{esc(t.params)}</td>"
-            + f"<td><code>{esc(t.run_id)}</code></td></tr>" for t in best)
-        title = "Best trial" if not s.multi else (
-            f"Pareto set ({len(best)} trial{'s' if len(best) != 1 else ''})")
-        parts.append(f"<h3>{title}</h3><table><tr>"
-                     + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>{rows}</table>")
-    for fig_id, fig in figures(s):
-        parts.append(figure_html(fig_id, fig))
-    return '<section id="tuning"><h2>Tuning</h2>' + "".join(parts) + "</section>"
 
 
 def figures(s: TuneSummary) -> list[tuple[str, go.Figure]]:

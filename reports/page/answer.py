@@ -1,13 +1,12 @@
-"""The report's answer, first thing on the page: what the records say, in a few lines.
+"""The page's answer, first thing on the page: what the records say, in a few lines.
 
-The page opens with an "Answer" section built from *answer blocks*, short HTML snippets that
-each link to the section holding their evidence:
+The "Answer" section is built from *answer blocks*, short HTML snippets that each link to the
+section holding their evidence:
 
+* :func:`claims_answer` (with the paper's analyses): how many of the paper's claims held or
+  failed;
 * :func:`best_at_equal_cost` (every page): the best configuration of each router within one
-  compute budget that every router's runs reach;
-* :func:`claims_answer` (``reports.build``): how many of the paper's claims held or failed.
-
-An analysis that has a one-line answer adds it through ``reports.build.ANALYSES``.
+  compute budget that every router's runs reach (``reports.analyses.verdict``).
 """
 
 from __future__ import annotations
@@ -19,41 +18,23 @@ from typing import Any
 
 import polars as pl
 
-from reports.figures import config_label, fmt, fmt_mean_std, primary_quality, router_name
-from reports.metrics import METRICS, label
-
-#: Cost axes for "equal cost", the first one measured wins: training compute, then the
-#: forward cost per image, then active parameters.
-BUDGET_AXES = ("train_exaflops", "gflops_per_image", "params_active")
-COST_TOL = 0.05  # costs within 5% of the budget count as within it
-
-
-def _cost_axis(agg: pl.DataFrame) -> str | None:
-    for cost in BUDGET_AXES:
-        col = f"{cost}_mean"
-        if col in agg.columns and agg[col].drop_nulls().len():
-            return cost
-    return None
+from reports.aggregate import primary_quality
+from reports.analyses.claims import check_claims
+from reports.analyses.verdict import COST_TOL, best_within_budget
+from reports.labels import config_label, fmt, fmt_mean_std, router_name
+from reports.metrics import label
 
 
 def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
-    """The best configuration of each router whose cost is within a common budget: the
-    smallest of the routers' largest costs, so that every router is judged on the same
-    budget and none by a configuration the others never ran. None without quality or cost."""
-    quality, cost = primary_quality(agg), _cost_axis(agg)
-    if quality is None or cost is None or "router" not in agg.columns:
+    """The best configuration of each router within the common budget, as a sentence and a
+    table (None without quality or cost)."""
+    found = best_within_budget(agg)
+    if found is None:
         return None
+    quality, cost = found.quality, found.cost
     qcol, ccol = f"{quality}_mean", f"{cost}_mean"
-    data = agg.filter(pl.col(qcol).is_not_null() & pl.col(ccol).is_not_null())
-    if data.height == 0:
-        return None
-    budget = data.group_by("router").agg(pl.col(ccol).max())[ccol].min()
-    within = data.filter(pl.col(ccol) <= budget * (1 + COST_TOL))
-    higher = not METRICS[quality].lower_is_better
-    best = (within.sort(qcol, descending=higher)
-            .group_by("router", maintain_order=True).first())
     rows = []
-    for i, row in enumerate(best.iter_rows(named=True)):
+    for i, row in enumerate(found.best):
         rows.append(
             f'<tr data-router="{html.escape(str(row["router"]))}"'
             f'{" class=winner" if i == 0 else ""}>'
@@ -62,12 +43,12 @@ def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
             f'<td class="num">{html.escape(fmt_mean_std(row[qcol], row.get(f"{quality}_std")))}'
             f'</td><td class="num">{html.escape(fmt(row[ccol]))}</td>'
             f'<td class="num">{html.escape(fmt(row.get("n_runs")))}</td></tr>')
-    absent = sorted(set(data["router"].to_list()) - set(best["router"].to_list()), key=str)
+    absent = found.absent
     missing = (f" No configuration of {html.escape(', '.join(router_name(r) for r in absent))} "
                "fits this budget." if absent else "")
-    top = best.row(0, named=True)
+    top = found.best[0]
     return (
-        f'<p id="answer-best"><b>At equal cost</b> (at most {html.escape(fmt(budget))} '
+        f'<p id="answer-best"><b>At equal cost</b> (at most {html.escape(fmt(found.budget))} '
         f"{html.escape(label(cost))} within {COST_TOL:.0%}, the largest budget every router's "
         "runs reach), "
         f"<b>{html.escape(router_name(top['router']))}</b> is best by mean "
@@ -81,9 +62,7 @@ def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
 
 def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None) -> str | None:
     """One line: how many of the paper's claims held, failed or lack data, each named
-    (``verdicts``: ``reports.claims.check_claims(agg)`` when the caller has them)."""
-    from reports.claims import check_claims
-
+    (``verdicts``: ``reports.analyses.claims.check_claims(agg)`` when the caller has them)."""
     if agg.height == 0 or primary_quality(agg) is None:
         return None
     verdicts = check_claims(agg) if verdicts is None else verdicts
@@ -98,8 +77,7 @@ def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None) -> s
             f"{items}</ul>")
 
 
-def answer_section(blocks: list[Any]) -> str:
-    """The page's first section from its answer blocks (already-safe HTML)."""
-    body = "".join(b for b in blocks if b) or (
+def answer_body(blocks: list[Any]) -> str:
+    """The answer section's body from its answer blocks (already-safe HTML)."""
+    return "".join(b for b in blocks if b) or (
         '<p class="note">No answer yet: no ok run with a quality metric.</p>')
-    return f'<section id="answer"><h2>Answer</h2>{body}</section>'
