@@ -8,12 +8,17 @@ from typing import Annotated
 
 import typer
 
-from harness.cli.common import output_file, printer, save_json
+from harness.cli.common import output_file, save_json
 
 app = typer.Typer(no_args_is_help=True,
                   help="Benchmarks (layers, train, data, report, tracking, all-to-all).")
 
 OutOpt = Annotated[Path | None, typer.Option(help="Write the results as JSON")]
+
+
+def _progress(line: str) -> None:
+    """A benchmark's progress line, shown at once."""
+    print(line, flush=True)
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -54,7 +59,7 @@ def bench_layers(
         repeats=repeats or (3 if quick else 5), warmup=1,
         compare_reference=reference, device=_bench_device(device),
         precision=_choice(precision, ("fp32", "bf16"), "--precision"),
-        progress=printer)
+        progress=_progress)
     print_layers(result)
     save_json(out, result)
 
@@ -101,7 +106,7 @@ def bench_train(
                        repeats=repeats, warmup=warmup, rounds=rounds, threads=threads,
                        counter=counter,
                        num_classes=num_classes, peak_tflops=peak_tflops,
-                       progress=printer)
+                       progress=_progress)
     print_train(result)
     save_json(out, result)
 
@@ -141,7 +146,7 @@ def bench_data(
     result = run_bench(path, image_size=image_size, resolution=resolution, images=images,
                        workers=tuple(workers or (1, 2)), batch=batch, batches=batches,
                        repeats=repeats, augment=augment,
-                       progress=printer)
+                       progress=_progress)
     print_data(result)
     save_json(out, result)
 
@@ -190,6 +195,6 @@ def bench_tracking(
 
     output_file(out, "--out")
     result = run_bench(model=model, router=router, steps=steps, batch_size=batch_size,
-                       repeats=repeats, threads=threads, progress=printer)
+                       repeats=repeats, threads=threads, progress=_progress)
     print_tracking(result)
     save_json(out, result)

@@ -69,8 +69,3 @@ def writable_store(results: Path | None, study_name: str):
         raise HarnessError(f"--results {store.root}: cannot write results there "
                            f"({err.strerror or err})") from None
     return store
-
-
-def printer(line: str) -> None:
-    """A benchmark's progress line, shown at once."""
-    print(line, flush=True)
