@@ -26,6 +26,7 @@ accumulation the earlier micro-batches' gradients are all there) and the optimiz
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
@@ -383,3 +384,38 @@ def record_fields(plan: MemoryPlan) -> dict:
             "activation_checkpointing": plan.checkpointing,
             "estimated_peak_memory_gb": round(plan.peak_gb, 3),
             "estimated_memory_limit_gb": plan.limit_gb}
+
+
+class MemoryRefusal(HarnessError):
+    """GPU runs of a sweep that need more memory per GPU than ``estimate.gpu_memory_gb``;
+    ``lines`` holds one line per run with its estimate and what would fit."""
+
+    def __init__(self, message: str, lines: list[str]):
+        super().__init__(message)
+        self.lines = lines
+
+
+@dataclass
+class Sweep:
+    """The runs to submit, after the memory check (:func:`plan_sweep`)."""
+
+    specs: list  # each ``train.layout: auto`` replaced by the layout chosen
+    forced: int  # runs submitted although their estimate exceeds the GPU's memory
+    auto_layouts: dict[str, int]  # layout -> runs of more than one GPU that ``auto`` gave it
+
+
+def plan_sweep(study, specs, plans: dict[str, MemoryPlan], *, force: bool = False) -> Sweep:
+    """``specs`` ready to submit: every GPU run whose estimate exceeds the GPU's memory is
+    refused (:class:`MemoryRefusal`, before anything is submitted) unless ``force``, and every
+    ``auto`` layout is resolved to the cheapest layout that fits (``plans``: from
+    :func:`study_plans`)."""
+    lines = unfit(study, specs, plans)
+    if lines and not force:
+        raise MemoryRefusal(
+            f"{study.source or study.name}: {len(lines)} of {len(specs)} runs need more than "
+            f"estimate.gpu_memory_gb = {study.estimate.gpu_memory_gb:g} GB per GPU (above, "
+            "with what would fit); nothing was submitted; --force submits them anyway", lines)
+    chosen = Counter(plans[s.run_id].layout for s in specs
+                     if s.train.layout == "auto" and plans[s.run_id].ranks > 1)
+    return Sweep([with_layout(s, plans[s.run_id]) for s in specs], len(lines),
+                 dict(chosen.most_common()))

@@ -120,3 +120,17 @@ def print_data(result: dict) -> None:
                          f"load. Preparing {result['images']} + val images took "
                          f"{result['prepare_s']:.1f} s")
     wide_console().print(table)
+
+
+def print_tracking(result: dict[str, Any]) -> None:
+    """The ``bench tracking`` line: ms per step with the tracker off and on, their ratio
+    (wall and process CPU time), and the share of the loop spent inside the tracker."""
+    steps, pairs = result["steps"], len(result["ratios"])
+    off, on = result["median_s"]["off"], result["median_s"]["on"]
+    print(f"{result['spec']}, {steps} steps of {result['batch_size']} images, {pairs} pairs: "
+          f"off {1e3 * off / steps:.2f} ms/step, on {1e3 * on / steps:.2f} ms/step; "
+          f"on/off {result['ratio_on_off']:.4f} wall (median of pairs; "
+          f"{', '.join(f'{r:.3f}' for r in result['ratios'])}), "
+          f"{result['cpu_ratio_on_off']:.4f} process CPU time (pairs: "
+          f"{', '.join(f'{r:.3f}' for r in result['cpu_ratios'])}); time inside the "
+          f"tracker's calls: {100 * result['log_share']:.3f}% of the loop")

@@ -143,3 +143,37 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
                       first_line(f"{path.name}: {why}"))
     table.title = f"{study.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return table
+
+
+def print_dry_run(console, study: Study, plan, memory: dict, notes: list[str]) -> None:
+    """``run --dry-run``: the runs and their costs, their memory per GPU (``memory``: the
+    plans of ``harness.cost.memory.study_plans``), then the data notes (``DATA-BOUND`` lines
+    in red, ``WARNING`` lines in yellow)."""
+    from harness.views.memory import memory_table
+
+    console.print(plan_table(study, plan))
+    console.print(memory_table(study, plan.specs, memory))
+    for line in notes:
+        console.print(line, style="bold red" if line.startswith("DATA-BOUND") else
+                      "yellow" if line.startswith("WARNING") else None)
+
+
+def print_nothing_to_do(console, study: Study, plan, store: Store, retry_failed: bool) -> None:
+    """``run`` with no run selected: how many are done, and how to retry the failed ones."""
+    what = "failed runs to retry" if retry_failed else "pending runs"
+    console.print(f"Nothing to do: no {what}; {plan.done} of {len(plan.specs)} "
+                  f"runs of {study.name} are done ({store.runs_dir}).")
+    if plan.failed and not retry_failed:
+        console.print(f"{plan.failed} failed: --retry-failed runs them again.")
+
+
+def print_sweep(console, study: Study, plan, sweep) -> None:
+    """What ``run`` submits (``sweep``: ``harness.cost.memory.plan_sweep``'s): the runs forced
+    past the memory check, the layouts ``train.layout: auto`` chose, the counts."""
+    if sweep.forced:
+        console.print(f"[yellow]--force: {sweep.forced} runs may run out of GPU memory")
+    if sweep.auto_layouts:
+        console.print("train.layout auto (the cheapest layout that fits): " + ", ".join(
+            f"{layout} for {n} runs" for layout, n in sweep.auto_layouts.items()))
+    console.print(f"{study.name}: {len(plan.todo)} to run, {plan.done} done of "
+                  f"{len(plan.specs)}")

@@ -1,0 +1,208 @@
+"""The commands on a study's runs: ``run``, ``status``, ``cancel``, ``report``, ``plan`` and
+``export`` (its records, as tables or MLflow runs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from harness.cli.common import (
+    ProfileOpt,
+    ResultsOpt,
+    SetOpt,
+    StudyArg,
+    keep_study,
+    load_study,
+    output_file,
+    save_json,
+    writable_store,
+)
+from harness.errors import HarnessError
+from harness.views.console import wide_console
+
+app = typer.Typer()
+
+
+@app.command()
+def run(
+    study: StudyArg,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+    executor: Annotated[str | None, typer.Option(help="local (default), debug, slurm")] = None,
+    max_parallel: Annotated[int | None, typer.Option(
+        help="Local runs at the same time", min=1)] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the expanded runs and exit")] = False,
+    rerun: Annotated[bool, typer.Option(help="Redo every run, done or not")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Redo only the failed runs")] = False,
+    wait: Annotated[bool, typer.Option(help="SLURM: follow the jobs until they end")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Submit runs whose memory estimate exceeds the GPU's memory")] = False,
+) -> None:
+    """Run a study's pending runs (skips finished ones); --dry-run shows the plan.
+
+    GPU runs whose estimated peak memory per GPU exceeds estimate.gpu_memory_gb are
+    refused before anything is submitted, one line each with what would fit (exit 2);
+    --force submits them anyway. train.layout auto takes the cheapest layout that fits.
+
+    --executor slurm: one job array; returns at once, printing the job ids and
+    the log folder (--wait follows the jobs). The study's executor.slurm section
+    sets partition, account, qos, time_min, gpus_per_run, cpus_per_run, mem_gb,
+    constraint, array_parallelism, extra_sbatch and setup; override any of them
+    with --set executor.slurm.KEY=VALUE, e.g. --set executor.slurm.partition=gpu.
+    """
+    import runners
+    from harness.cost.estimate import data_path_notes, data_supply_notes
+    from harness.cost.memory import MemoryRefusal, plan_sweep, study_plans
+    from harness.results.store import Store, results_root
+    from harness.views.runs import print_dry_run, print_nothing_to_do, print_sweep
+
+    console = wide_console()
+    spec = load_study(study, set_, profile)
+    runners.check_executor(executor or spec.executor.name, "--executor")
+    store = (Store(results_root(results), spec.name) if dry_run
+             else writable_store(results, spec.name))
+    the_plan = runners.plan(spec, store, rerun=rerun, retry_failed=retry_failed)
+    memory = study_plans(spec, the_plan.specs)
+    if dry_run:
+        notes = data_supply_notes(spec, the_plan.specs) + data_path_notes(spec)
+        print_dry_run(console, spec, the_plan, memory, notes)
+        return
+    if not the_plan.todo:
+        print_nothing_to_do(console, spec, the_plan, store, retry_failed)
+        return
+    try:
+        sweep = plan_sweep(spec, the_plan.todo, memory, force=force)
+    except MemoryRefusal as refused:
+        print("\n".join(refused.lines), file=sys.stderr)
+        raise
+    keep_study(spec, store)
+    print_sweep(console, spec, the_plan, sweep)
+    summary = runners.dispatch(spec, sweep.specs, results_root=store.root, executor=executor,
+                               max_parallel=max_parallel, show_progress=not quiet, wait=wait)
+    if summary.waited:
+        console.print(f"{summary.submitted} runs: {summary.ok} ok, {summary.failed} failed, "
+                      f"{summary.diverged} diverged -> {store.runs_dir}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
+           results: ResultsOpt = None) -> None:
+    """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
+    from harness.results.store import Store, results_root
+    from harness.views.runs import status_table
+    from runners.slurm import live_view
+
+    spec = load_study(study, set_, profile)
+    store = Store(results_root(results), spec.name)
+    live = live_view(store) if store.slurm_jobs_file.exists() else {}
+    wide_console().print(status_table(spec, store, live))
+
+
+@app.command()
+def cancel(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
+           results: ResultsOpt = None) -> None:
+    """Cancel the study's live SLURM jobs."""
+    from harness.results.store import Store, results_root
+    from runners.slurm import cancel as cancel_jobs
+
+    spec = load_study(study, set_, profile)
+    ids = cancel_jobs(Store(results_root(results), spec.name))
+    print(f"cancelled {len(ids)} jobs: {' '.join(ids)}" if ids else "no live jobs")
+
+
+@app.command()
+def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
+           results: ResultsOpt = None,
+           out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
+           json_out: Annotated[Path | None, typer.Option(
+               "--json", help="Also write the fitted curves, compute multipliers, measured "
+                              "matches and claims as JSON to this file")] = None) -> None:
+    """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
+    from harness.results.store import Store, results_root
+    from reports.build import build_report, report_json
+
+    spec = load_study(study, set_, profile)
+    output_file(json_out, "--json")
+    store = (Store(results_root(results), spec.name) if output_file(out, "--out")
+             else writable_store(results, spec.name))
+    if spec.tune is not None:  # the report reads the tuning's summary from the store
+        from runners.tune import refresh_summary
+
+        refresh_summary(spec, store.root)
+    print(f"report: {build_report(spec, store, out)}")
+    if json_out is not None:
+        save_json(json_out, report_json(store))
+        print(f"json: {json_out}")
+
+
+@app.command("plan")
+def plan_command(
+    study: StudyArg,
+    target_quality: Annotated[float, typer.Option(
+        "--target-quality", help="Quality to reach, in the metric's units (accuracy 0..1)")],
+    quality: Annotated[str | None, typer.Option(
+        help="Quality metric (default: the report's primary one, e.g. test_accuracy)")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the plan as JSON to this file")] = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Predict each router's cheapest configuration that reaches --target-quality.
+
+    Curves of quality against training compute are fitted to the finished runs; the
+    candidates are the study's grid (--set train.steps=... to widen it), costed like
+    run --dry-run (GFLOP/img, training exaFLOPs, GPU-hours). A prediction, with its
+    95% interval; memory is not estimated.
+    """
+    from harness.results.store import Store, results_root
+    from reports.aggregate import load_records
+    from reports.plan import plan_json, plan_rows, print_plan
+
+    spec = load_study(study, set_, profile)
+    output_file(json_out, "--json")
+    store = Store(results_root(results), spec.name)
+    rows = plan_rows(spec, load_records(store.runs_dir), target_quality, quality,
+                     source=str(store.runs_dir))
+    print_plan(rows, spec, wide_console())
+    save_json(json_out, plan_json(rows))
+
+
+@app.command()
+def export(
+    study: StudyArg,
+    to: Annotated[str, typer.Option(
+        "--to", help="parquet | csv (the per-run and aggregated tables) | mlflow")] = "parquet",
+    out: Annotated[Path | None, typer.Option(
+        help="parquet/csv: the per-run table's file; the aggregated one is written beside it "
+             "as STEM-aggregated.EXT (default: RESULTS/STUDY/export/runs.EXT)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="mlflow: a tracking server (http://HOST:PORT) or store URI (default: the "
+             "study's tracking.mlflow_uri, else sqlite:///RESULTS/mlflow.db)")] = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Export a study's records: Parquet/CSV tables for polars, pandas and duckdb, or one
+    MLflow run per record (idempotent: matched by run_id)."""
+    from harness.results.store import Store, results_root
+    from reports.export import FORMATS, export_mlflow, export_tables
+
+    if to not in FORMATS:
+        raise HarnessError(f"--to {to!r}: allowed: {', '.join(FORMATS)}")
+    spec = load_study(study, set_, profile)
+    store = Store(results_root(results), spec.name)
+    if to == "mlflow":
+        counts = export_mlflow(store, spec.name, tracking_uri or spec.tracking.mlflow_uri)
+        print(f"mlflow: experiment {spec.name}: " + ", ".join(
+            f"{n} {what}" for what, n in counts.items()))
+        return
+    runs, aggregated = export_tables(store, to, out)
+    print(f"runs: {runs}\naggregated: {aggregated}")
