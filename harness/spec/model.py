@@ -114,8 +114,8 @@ def canonical_placement(placement: str | list[int] | tuple[int, ...]) -> str:
 # --- configuration -------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class _Stored:
-    """What a :class:`ModelConfig` holds: the backbone's fields, the canonical placement and
-    the one resolved router choice (``routing``). Checked here, never changed after."""
+    """What a :class:`ModelConfig` holds (checked by its constructor, never changed after):
+    the backbone's fields, the canonical placement and the one resolved router choice."""
 
     size: str
     patch_size: int
@@ -128,21 +128,19 @@ class _Stored:
     moe_layers: str
     gelu: str
 
-    def __post_init__(self):
-        shape = lookup_size(self.size)
-        if self.pool not in POOLS:
-            raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.gelu not in GELUS:
-            raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
-        if shape.width % shape.heads:
-            raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
-        if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
-            raise ConfigError(
-                f"image_size {self.image_size} must be a positive multiple of patch_size "
-                f"{self.patch_size}"
-            )
-        if self.routing.entry.is_moe:  # resolving the placement validates it against the depth
-            resolve_placement(self.moe_layers, shape.depth)
+
+def _check_backbone(size: str, patch_size: int, image_size: int, pool: str, gelu: str) -> None:
+    shape = lookup_size(size)
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
+    if gelu not in GELUS:
+        raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {gelu!r}")
+    if shape.width % shape.heads:
+        raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
+    if patch_size <= 0 or image_size <= 0 or image_size % patch_size:
+        raise ConfigError(
+            f"image_size {image_size} must be a positive multiple of patch_size {patch_size}"
+        )
 
 
 def _routing_field(name: str, doc: str) -> property:
@@ -185,6 +183,7 @@ class ModelConfig(_Stored):
         router_noise: float | None = None,
         routing: routers.Settings | None = None,
     ):
+        _check_backbone(size, patch_size, image_size, pool, gelu)
         fields = dict(num_experts=num_experts, slots_per_expert=slots_per_expert, k=k,
                       capacity_factor=capacity_factor, capacity_rounding=capacity_rounding,
                       router_noise=router_noise)
@@ -194,6 +193,8 @@ class ModelConfig(_Stored):
                 v is not None for v in fields.values()):
             raise ConfigError("give the router either as routing= (a resolved choice) or as "
                               "router= and its fields, not both")
+        if routing.entry.is_moe:  # resolving the placement validates it against the depth
+            resolve_placement(moe_layers, lookup_size(size).depth)
         super().__init__(size=size, patch_size=patch_size, image_size=image_size,
                          in_chans=in_chans, num_classes=num_classes, pool=pool,
                          attention=attention, routing=routing,
