@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.spec import routers
+
 
 def cli(*args, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     """``moe-harness ARGS`` in a fresh Python process (arguments may be paths or numbers);
@@ -66,3 +68,10 @@ def free_ports(n: int) -> tuple[int, ...]:
     finally:
         for s in sockets:
             s.close()
+
+
+def make_mlp(router: str, dim: int, hidden_dim: int, *, gelu: str = "erf",
+             group_size: int | None = None, **fields):
+    """One MLP block of ``router`` with ``fields`` (resolved as a ModelConfig resolves them),
+    built by its registry entry: the layer tests' shorthand."""
+    return routers.resolve(router, group_size, **fields).build(dim, hidden_dim, gelu=gelu)

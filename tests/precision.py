@@ -30,8 +30,7 @@ from __future__ import annotations
 import copy
 
 import torch
-
-from harness.nn.moe import make_mlp
+from helpers import make_mlp
 
 DIM, HIDDEN, BATCH, TOKENS = 32, 64, 3, 8
 TOLERANCE = {"fp32": {"out": 1e-5, "grad": 1e-4}, "bf16": {"out": 3e-2, "grad": 6e-2}}

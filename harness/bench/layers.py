@@ -96,7 +96,7 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     says so in ``repeats``), so that a loaded machine stretches the run less. Returns
     ``{"machine": {...}, "rows": [...]}``; every row is flat.
     """
-    from harness.nn.moe import MoELayer, make_mlp
+    from harness.nn.moe import MoELayer
     from harness.nn.moe.experts import onednn_ok
     from harness.spec import routers
 
@@ -130,8 +130,8 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
     for kind, e, p in configs:
         if budget_s is not None and time.time() - started > budget_s:
             repeats, warmup = min(full[0], 3), min(full[1], 1)
-        settings = routers.get(kind).settings(num_experts=e, slots_per_expert=p)
-        layer = make_mlp(kind, dim, hidden, num_experts=e, slots_per_expert=p).to(device)
+        settings = routers.resolve(kind, num_experts=e, slots_per_expert=p)
+        layer = settings.build(dim, hidden).to(device)
         layer.train()
         if isinstance(layer, MoELayer):  # a fresh layer, timed without its diagnostics
             layer.track_metrics = False
@@ -169,8 +169,8 @@ def bench_layers(*, dim: int = 384, tokens: int = 196, batch: int = 32,
         # the machine's rate now (the load of a shared machine drifts during a run)
         row["plain_matmul_gflops_per_s"] = plain_matmul_gflops(device, plain_matmul_size,
                                                                repeats=3)
-        if routers.get(kind).is_moe and precision == "fp32":
-            rows_per_expert = batch * routers.get(kind).expert_rows(settings, tokens)
+        if settings.entry.is_moe and precision == "fp32":
+            rows_per_expert = batch * settings.expert_rows(tokens)
             _expert_columns(row, layer, round(rows_per_expert), dim, hidden, device, repeats,
                             warmup, row["plain_matmul_gflops_per_s"])
         rows.append(row)

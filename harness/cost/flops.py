@@ -77,8 +77,6 @@ def analytic_flops(cfg) -> FlopCount:
     routing multiply-adds from its entry in ``harness.spec.routers``); ``routing_parts`` splits
     the routing into router logits, dispatch and combine.
     """
-    from harness.spec import routers
-
     s = cfg.shape
     d, h, m = s.width, s.mlp_dim, cfg.num_tokens
     macs = dict.fromkeys(KINDS, 0)
@@ -89,9 +87,8 @@ def analytic_flops(cfg) -> FlopCount:
     moe = len(cfg.moe_blocks)
     macs["mlp"] = (s.depth - moe) * m * 2 * d * h
     if moe:
-        router, settings = routers.get(cfg.router), cfg.router_settings
-        rows = cfg.num_experts * router.expert_rows(settings, m)  # buffer rows per image
-        parts.update({k: moe * v for k, v in router.routing_macs(settings, d, m).items()})
+        rows = cfg.num_experts * cfg.routing.expert_rows(m)  # buffer rows per image
+        parts.update({k: moe * v for k, v in cfg.routing.routing_macs(d, m).items()})
         macs["experts"] = moe * rows * 2 * d * h
         macs["routing"] = sum(parts.values())
     macs["head"] = d * cfg.num_classes

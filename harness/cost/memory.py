@@ -68,19 +68,17 @@ class Shapes:
     @classmethod
     def of(cls, cfg) -> Shapes:
         from harness.cost.params import closed_form_params
-        from harness.spec import routers
 
         s = cfg.shape
         d, h, m = s.width, s.mlp_dim, cfg.num_tokens
         expert = 2 * d * h + h + d  # fc1 and fc2 with biases
         moe = len(cfg.moe_blocks)
-        router = routers.get(cfg.router)
         experts = cfg.num_experts if moe else 0
-        rows = experts * router.expert_rows(cfg.router_settings, m) if moe else 0.0
+        rows = experts * cfg.routing.expert_rows(m) if moe else 0.0
         total = closed_form_params(cfg)["params_total"]
         return cls(depth=s.depth, width=d, mlp=h, heads=s.heads, tokens=m,
                    image_bytes=FP32 * cfg.in_chans * cfg.image_size**2,
-                   moe_blocks=tuple(cfg.moe_blocks), family=router.family,
+                   moe_blocks=tuple(cfg.moe_blocks), family=cfg.routing.entry.family,
                    experts=experts, rows=rows,
                    dense_params=total - moe * experts * expert, expert_params=expert,
                    attention_scores=cfg.attention == "math",

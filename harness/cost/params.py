@@ -13,8 +13,6 @@ from __future__ import annotations
 def closed_form_params(cfg) -> dict[str, int]:
     """``params_total`` and ``params_active`` (per token) of the model ``cfg`` builds, from
     its shapes alone (the same definitions as :func:`parameter_counts`)."""
-    from harness.spec import routers
-
     s = cfg.shape
     w, h, c = s.width, s.mlp_dim, cfg.num_classes
     mlp = 2 * w * h + h + w  # fc1, fc2 with biases; one expert has the same
@@ -26,9 +24,8 @@ def closed_form_params(cfg) -> dict[str, int]:
         total += w + (w * w + w) + (2 * w * w + 2 * w) + (w * w + w) + 2 * w + mlp
     active = float(total)
     if cfg.moe_blocks:
-        router, settings = routers.get(cfg.router), cfg.router_settings
-        gate = router.router_params(settings, w)
-        per_token = router.experts_per_token(settings, cfg.num_tokens)
+        gate = cfg.routing.router_params(w)
+        per_token = cfg.routing.experts_per_token(cfg.num_tokens)
         for _ in cfg.moe_blocks:
             total += (cfg.num_experts - 1) * mlp + gate
             active += gate + (per_token - 1) * mlp

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from harness.nn.attention import attend, check_backend, resolve_backend
-from harness.nn.moe import Mlp, make_mlp
+from harness.nn.moe import Mlp
 from harness.nn.moe.base import MetricMeans, MoELayer
-from harness.spec import routers
 from harness.spec.model import ModelConfig, parse_model_spec
 
 
@@ -163,8 +162,7 @@ def build(cfg: ModelConfig | str, *, on_moe_layer=None, **overrides):
     shape = cfg.shape
 
     def mlp_factory(dim: int, hidden: int):
-        layer = make_mlp(cfg.router, dim, hidden, gelu=cfg.gelu, group_size=cfg.group_size,
-                         **{f: getattr(cfg, f) for f in routers.FIELDS})
+        layer = cfg.routing.build(dim, hidden, gelu=cfg.gelu)  # the registry's layer
         if on_moe_layer is not None:
             on_moe_layer(layer)
         return layer

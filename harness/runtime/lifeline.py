@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -48,23 +48,23 @@ def alive(pid: int, start: str | None) -> bool:
     return stat[0] != "Z" and (start is None or stat[19] == start)
 
 
+def _this_process() -> tuple[int, str | None]:
+    """This process's PID and start time (what :func:`alive` checks)."""
+    return os.getpid(), process_start(os.getpid())
+
+
 @dataclass(frozen=True)
 class Tethered:
     """``fn`` as a picklable job that ends (SIGKILL) within ``interval_s`` of the submitting
-    process's death. Make it in the submitting process: it records who that is."""
+    process's death. Make it in the submitting process: it records who that is (``submitter``:
+    PID and start time)."""
 
     fn: Callable[..., Any]
-    pid: int = 0
-    start: str | None = None
+    submitter: tuple[int, str | None] = field(default_factory=_this_process)
     interval_s: float = 0.5
 
-    def __post_init__(self):
-        if not self.pid:
-            object.__setattr__(self, "pid", os.getpid())
-            object.__setattr__(self, "start", process_start(self.pid))
-
     def __call__(self, *args, **kwargs):
-        watch(self.pid, self.start, self.interval_s)
+        watch(*self.submitter, self.interval_s)
         return self.fn(*args, **kwargs)
 
 

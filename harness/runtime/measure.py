@@ -33,11 +33,9 @@ def _numel(module: nn.Module) -> int:
 def parameter_counts(model: nn.Module, cfg) -> dict[str, int]:
     """``params_total`` (counted on ``model``) and ``params_active`` (per token, defined in
     the module doc) of the model built from ``cfg``."""
-    from harness.spec import routers
-
     total = _numel(model)
     active = float(total)
-    per_token = routers.get(cfg.router).experts_per_token(cfg.router_settings, cfg.num_tokens)
+    per_token = cfg.routing.experts_per_token(cfg.num_tokens)
     for layer in model.moe_layers():
         per_expert = _numel(layer.experts) / layer.num_experts
         active -= _numel(layer.experts) - per_token * per_expert

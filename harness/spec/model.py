@@ -112,59 +112,102 @@ def canonical_placement(placement: str | list[int] | tuple[int, ...]) -> str:
 
 
 # --- configuration -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything ``build`` needs. Fields a router does not use are normalised to None.
+@dataclass(frozen=True, kw_only=True)
+class _Stored:
+    """What a :class:`ModelConfig` holds (checked by its constructor, never changed after):
+    the backbone's fields, the canonical placement and the one resolved router choice."""
 
+    size: str
+    patch_size: int
+    image_size: int
+    in_chans: int
+    num_classes: int
+    pool: str
+    attention: str
+    routing: routers.Settings
+    moe_layers: str
+    gelu: str
+
+
+def _check_backbone(size: str, patch_size: int, image_size: int, pool: str, gelu: str) -> None:
+    shape = lookup_size(size)
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
+    if gelu not in GELUS:
+        raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {gelu!r}")
+    if shape.width % shape.heads:
+        raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
+    if patch_size <= 0 or image_size <= 0 or image_size % patch_size:
+        raise ConfigError(
+            f"image_size {image_size} must be a positive multiple of patch_size {patch_size}"
+        )
+
+
+def _routing_field(name: str, doc: str) -> property:
+    return property(lambda cfg: getattr(cfg.routing, name), doc=doc)
+
+
+@dataclass(frozen=True, init=False)
+class ModelConfig(_Stored):
+    """Everything ``build`` needs, made from the flat spec fields (those of a RunSpec or a
+    spec string) or from a resolved router choice (``routing=``, a
+    :class:`harness.spec.routers.Settings`).
+
+    The router and its fields (num_experts, slots_per_expert, k, capacity_factor,
+    capacity_rounding, router_noise, group_size) are resolved once, here, into ``routing``:
+    fields the router does not use become None, unset ones take the router's defaults
+    (``capacity_rounding`` "ceil" and ``router_noise`` 1.0, the sparse routers' training
+    noise std in units of 1/E). ``cfg.router``, ``cfg.num_experts``, ... read them back.
     ``gelu`` is the GELU of every MLP ("erf" exact, "tanh" approximation: the paper's).
-    ``capacity_rounding`` and ``router_noise`` (the sparse routers' training noise std in
-    units of 1/E) apply to Tokens and Experts Choice; their defaults: "ceil" and 1.0.
     """
 
-    size: str = "s"
-    patch_size: int = 16
-    image_size: int = 224
-    in_chans: int = 3
-    num_classes: int = 1000
-    pool: str = "gap"
-    attention: str = "auto"
-    router: str = "dense"
-    num_experts: int | None = None
-    slots_per_expert: int | None = None
-    k: int | None = None
-    capacity_factor: float | None = None
-    moe_layers: str = "last_half"
-    group_size: int | None = None
-    gelu: str = "erf"
-    capacity_rounding: str | None = None
-    router_noise: float | None = None
+    def __init__(
+        self,
+        *,
+        size: str = "s",
+        patch_size: int = 16,
+        image_size: int = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        pool: str = "gap",
+        attention: str = "auto",
+        router: str = "dense",
+        num_experts: int | None = None,
+        slots_per_expert: int | None = None,
+        k: int | None = None,
+        capacity_factor: float | None = None,
+        moe_layers: str | list[int] | tuple[int, ...] = "last_half",
+        group_size: int | None = None,
+        gelu: str = "erf",
+        capacity_rounding: str | None = None,
+        router_noise: float | None = None,
+        routing: routers.Settings | None = None,
+    ):
+        _check_backbone(size, patch_size, image_size, pool, gelu)
+        fields = dict(num_experts=num_experts, slots_per_expert=slots_per_expert, k=k,
+                      capacity_factor=capacity_factor, capacity_rounding=capacity_rounding,
+                      router_noise=router_noise)
+        if routing is None:
+            routing = routers.resolve(router, group_size, **fields)
+        elif router != "dense" or group_size is not None or any(
+                v is not None for v in fields.values()):
+            raise ConfigError("give the router either as routing= (a resolved choice) or as "
+                              "router= and its fields, not both")
+        if routing.entry.is_moe:  # resolving the placement validates it against the depth
+            resolve_placement(moe_layers, lookup_size(size).depth)
+        super().__init__(size=size, patch_size=patch_size, image_size=image_size,
+                         in_chans=in_chans, num_classes=num_classes, pool=pool,
+                         attention=attention, routing=routing,
+                         moe_layers=canonical_placement(moe_layers), gelu=gelu)
 
-    def __post_init__(self):
-        shape = lookup_size(self.size)
-        router = routers.get(self.router)
-        if self.pool not in POOLS:
-            raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.gelu not in GELUS:
-            raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
-        if shape.width % shape.heads:
-            raise ConfigError(f"width {shape.width} must be divisible by heads {shape.heads}")
-        if self.patch_size <= 0 or self.image_size <= 0 or self.image_size % self.patch_size:
-            raise ConfigError(
-                f"image_size {self.image_size} must be a positive multiple of patch_size "
-                f"{self.patch_size}"
-            )
-        settings = router.settings(group_size=self.group_size, **{
-            f: getattr(self, f) for f in routers.FIELDS})
-        for f in routers.FIELDS:  # fields the router does not use become None
-            object.__setattr__(self, f, getattr(settings, f))
-        object.__setattr__(self, "moe_layers", canonical_placement(self.moe_layers))
-        _ = self.moe_blocks  # resolving the placement validates it against the depth
-
-    @property
-    def router_settings(self) -> routers.Settings:
-        """The router's fields, as the closed forms of ``harness.spec.routers`` take them."""
-        return routers.Settings(self.router, group_size=self.group_size,
-                                **{f: getattr(self, f) for f in routers.FIELDS})
+    router = _routing_field("router", "The router's name.")
+    num_experts = _routing_field("num_experts", "Experts per MoE layer (None: dense).")
+    slots_per_expert = _routing_field("slots_per_expert", "Soft MoE's slots per expert.")
+    k = _routing_field("k", "Tokens Choice's experts per token.")
+    capacity_factor = _routing_field("capacity_factor", "The sparse routers' capacity factor.")
+    capacity_rounding = _routing_field("capacity_rounding", "The sparse routers' rule.")
+    router_noise = _routing_field("router_noise", "The sparse routers' noise, in 1/E.")
+    group_size = _routing_field("group_size", "Tokens per routing group (None: an image).")
 
     @property
     def shape(self) -> ViTSize:
@@ -177,11 +220,11 @@ class ModelConfig:
     @property
     def expert_capacity(self) -> int | None:
         """Buffer rows per expert and routing group (routers with a capacity)."""
-        return routers.get(self.router).capacity(self.router_settings, self.num_tokens)
+        return self.routing.capacity(self.num_tokens)
 
     @property
     def moe_blocks(self) -> tuple[int, ...]:
-        if not routers.get(self.router).is_moe:
+        if not self.routing.entry.is_moe:
             return ()
         return resolve_placement(self.moe_layers, self.shape.depth)
 
@@ -195,7 +238,7 @@ class ModelConfig:
     def spec(self) -> str:
         """The compact spec string that parses back to this config (sizes and data aside)."""
         parts = [self.name]
-        if routers.get(self.router).is_moe:
+        if self.routing.entry.is_moe:
             parts += [self.router, f"e{self.num_experts}"]
             if self.slots_per_expert is not None:
                 parts.append(f"s{self.slots_per_expert}")
@@ -208,7 +251,19 @@ class ModelConfig:
         return ":".join(parts)
 
     def replace(self, **changes) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``: to any field, to the router or one of its fields (the
+        choice is resolved again from its current fields and these), or ``routing=``."""
+        kept = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if set(changes) & set(self.routing.columns()):
+            del kept["routing"]
+            kept.update(self.routing.columns())
+        return ModelConfig(**{**kept, **changes})
+
+    def derived_fields(self) -> dict[str, Any]:
+        """The :data:`DERIVED_FIELDS` of this config (what :func:`derived_fields` gives for
+        the record of a run of it)."""
+        return _derive(self.num_tokens, self.shape.depth, self.routing.entry, self.routing,
+                       self.moe_blocks)
 
 
 def _placement_token(placement: str) -> str:
@@ -285,7 +340,6 @@ def derived_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`DERIVED_FIELDS` of a record's spec columns (model, image_size, router and
     its fields, moe_layers, group_size). Each is None where the columns do not tell it (an
     unknown size or router, no image_size: a record written before these fields existed)."""
-    out: dict[str, Any] = dict.fromkeys(DERIVED_FIELDS)
     name = MODEL_NAME.fullmatch(str(row.get("model") or ""))
     image = row.get("image_size") or (name and name.group(3))
     tokens = (int(image) // int(name.group(2))) ** 2 if name and image else None
@@ -293,30 +347,40 @@ def derived_fields(row: Mapping[str, Any]) -> dict[str, Any]:
         depth = lookup_size(name.group(1)).depth if name else None
     except ConfigError:
         depth = None
+    entry = routers.ROUTERS.get(row.get("router"))
+    routing = blocks = None
+    if entry is not None and entry.is_moe:
+        try:  # the record's choice, as a ModelConfig of it holds it
+            routing = routers.resolve(entry.name, row.get("group_size"),
+                                      **{f: row.get(f) for f in routers.FIELDS})
+        except ConfigError:
+            pass
+        try:
+            blocks = resolve_placement(row.get("moe_layers"), depth) if depth else None
+        except ConfigError:
+            pass
+    return _derive(tokens, depth, entry, routing, blocks)
+
+
+def _derive(tokens: int | None, depth: int | None, entry: routers.Router | None,
+            routing: routers.Settings | None, blocks: tuple[int, ...] | None) -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(DERIVED_FIELDS)
     out.update(tokens=tokens, depth=depth)
-    router = routers.ROUTERS.get(row.get("router"))
-    if router is None:
+    if entry is None:
         return out
-    out["router_family"] = router.family
-    if not router.is_moe:
+    out["router_family"] = entry.family
+    if not entry.is_moe:
         out["n_moe_blocks"] = 0
         return out
-    try:
-        s = router.settings(group_size=row.get("group_size"),
-                            **{f: row.get(f) for f in routers.FIELDS})
-    except ConfigError:
+    if routing is None:
         return out
-    try:
-        blocks = resolve_placement(row.get("moe_layers"), depth) if depth else None
-    except ConfigError:
-        blocks = None
     out.update(moe_blocks=",".join(map(str, blocks)) if blocks else None,
                n_moe_blocks=len(blocks) if blocks else None,
-               slots_per_token=router.slots_per_token(s, tokens))
+               slots_per_token=routing.slots_per_token(tokens))
     if tokens:
-        out.update(expert_capacity=router.capacity(s, tokens),
-                   expert_rows=router.expert_rows(s, tokens),
-                   active_experts_per_token=router.experts_per_token(s, tokens))
+        out.update(expert_capacity=routing.capacity(tokens),
+                   expert_rows=routing.expert_rows(tokens),
+                   active_experts_per_token=routing.experts_per_token(tokens))
     return out
 
 

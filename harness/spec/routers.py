@@ -14,6 +14,12 @@ use, per MoE layer and per image of ``tokens`` tokens:
 - ``router_params`` and ``routing_macs`` (router logits, dispatch, combine);
 - ``capacity``: buffer rows per expert and routing group (sparse routers).
 
+A router choice is resolved once, into a :class:`Settings` (the entry and its fields, unused
+ones None, the others defaulted and checked): ``harness.spec.model.ModelConfig`` holds it as
+``routing`` and everything downstream reads it (the model, counts, estimates, the memory plan,
+the derived record columns). The entry builds its layer (:meth:`Router.build`: the class named
+by ``layer``, imported then), so that ``harness.nn`` never dispatches on router names.
+
 Adding a router is one :func:`register` call with a :class:`Router` (a subclass where a closed
 form differs from the defaults) plus its layer class: a ``harness.nn.moe.base.MoELayer`` that
 calls ``self.experts`` once on its (E, rows, dim) buffer (docs/moe-layers.md). Models,
@@ -41,12 +47,14 @@ FIELDS: dict[str, Any] = {
 ROUTING_PARTS = ("router_logits", "dispatch", "combine")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """A router with its fields resolved: unused ones None, used ones defaulted and checked.
-    ``group_size`` (tokens per routing group; None: one image) applies to every router."""
+    """One router choice, resolved (made by :meth:`Router.settings` only): the registry entry
+    and its fields, the unused ones None, the used ones defaulted and checked. ``group_size``
+    (tokens per routing group; None: one image) applies to every router. The closed forms of
+    the entry are its methods here, e.g. ``s.expert_rows(tokens)``."""
 
-    router: str
+    entry: Router
     num_experts: int | None = None
     slots_per_expert: int | None = None
     k: int | None = None
@@ -54,6 +62,44 @@ class Settings:
     capacity_rounding: str | None = None
     router_noise: float | None = None
     group_size: int | None = None
+
+    @property
+    def router(self) -> str:
+        """The router's name."""
+        return self.entry.name
+
+    def columns(self) -> dict[str, Any]:
+        """The choice as the flat spec columns: ``router``, the :data:`FIELDS`, ``group_size``
+        (what a RunSpec and a record hold; :func:`resolve` of them gives this choice back)."""
+        return {"router": self.router, **{f: getattr(self, f) for f in FIELDS},
+                "group_size": self.group_size}
+
+    def __repr__(self) -> str:
+        used = ", ".join(f"{k}={v!r}" for k, v in self.columns().items()
+                         if v is not None and k != "router")
+        return f"Settings({self.router!r}{', ' if used else ''}{used})"
+
+    # --- the entry's layer and closed forms, for this choice ------------------------------
+    def build(self, dim: int, hidden_dim: int, *, gelu: str = "erf") -> Any:
+        return self.entry.build(self, dim, hidden_dim, gelu=gelu)
+
+    def capacity(self, tokens: int) -> int | None:
+        return self.entry.capacity(self, tokens)
+
+    def expert_rows(self, tokens: int) -> float:
+        return self.entry.expert_rows(self, tokens)
+
+    def experts_per_token(self, tokens: int) -> float:
+        return self.entry.experts_per_token(self, tokens)
+
+    def slots_per_token(self, tokens: int | None) -> float | None:
+        return self.entry.slots_per_token(self, tokens)
+
+    def router_params(self, dim: int) -> int:
+        return self.entry.router_params(self, dim)
+
+    def routing_macs(self, dim: int, tokens: int) -> dict[str, float]:
+        return self.entry.routing_macs(self, dim, tokens)
 
 
 @dataclass(frozen=True)
@@ -88,18 +134,22 @@ class Router:
         for f in ("capacity_factor", "router_noise"):
             if values[f] is not None:
                 values[f] = float(values[f])
-        s = Settings(self.name, group_size=group_size, **values)
+        s = Settings(self, group_size=group_size, **values)
         _check(s)
         return s
 
     # --- the layer -------------------------------------------------------------------------
-    def layer_class(self) -> type:
-        module, _, name = self.layer.partition(":")
-        return getattr(importlib.import_module(module), name)
-
     def layer_kwargs(self, s: Settings) -> dict[str, Any]:
         """Keyword arguments of the layer class besides ``dim``, ``hidden_dim`` and ``gelu``."""
         return {"num_experts": s.num_experts} if self.is_moe else {}
+
+    def build(self, s: Settings, dim: int, hidden_dim: int, *, gelu: str = "erf") -> Any:
+        """The layer of choice ``s`` (an ``nn.Module``): the class named by ``layer``, imported
+        here (torch loads when a layer is built, not with the registry), called as
+        ``Class(dim=, hidden_dim=, gelu=, **layer_kwargs(s))``."""
+        module, _, name = self.layer.partition(":")
+        layer_class = getattr(importlib.import_module(module), name)
+        return layer_class(dim=dim, hidden_dim=hidden_dim, gelu=gelu, **self.layer_kwargs(s))
 
     # --- closed forms (per MoE layer, per image of ``tokens`` tokens) ------------------------
     def capacity(self, s: Settings, tokens: int) -> int | None:
@@ -254,6 +304,12 @@ def get(name: str) -> Router:
 def names(family: str | None = None) -> tuple[str, ...]:
     """Registered routers, of one ``family`` if given."""
     return tuple(n for n, r in ROUTERS.items() if family is None or r.family == family)
+
+
+def resolve(router: str, group_size: int | None = None, **fields: Any) -> Settings:
+    """The choice of router ``router`` with ``fields`` (the :data:`FIELDS`; unset ones
+    defaulted, the ones it does not read ignored), checked: what ``ModelConfig`` holds."""
+    return get(router).settings(group_size=group_size, **fields)
 
 
 SOFT_LAYER = "harness.nn.moe.soft:SoftMoE"

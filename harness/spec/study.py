@@ -37,7 +37,7 @@ from harness.spec.config import (
     TrackingConfig,
     TrainConfig,
 )
-from harness.spec.model import MODEL_NAME, PLACEMENT_HELP, ModelConfig, derived_fields
+from harness.spec.model import MODEL_NAME, PLACEMENT_HELP, ModelConfig
 from harness.spec.rules import check_backend
 
 # Axes of the model; their defaults apply when neither grid nor fixed names them.
@@ -118,11 +118,12 @@ class RunSpec(Section):
     def flat(self) -> dict[str, Any]:
         """The spec as flat record columns: the spec's axes, the key training knobs and the
         columns derived from them (``harness.spec.model.DERIVED_FIELDS``)."""
+        cfg = self.model_config_()
         out = {key: getattr(self, key) for key in AXES}
         out.update({key: getattr(self.train, key) for key in TRAIN_AXES})
         out.update(study=self.study, run_id=self.run_id, data=self.data.name,
-                   image_size=self.data.image_size, spec=self.model_config_().spec)
-        out.update(derived_fields(out))
+                   image_size=self.data.image_size, spec=cfg.spec)
+        out.update(cfg.derived_fields())
         return out
 
 
@@ -264,12 +265,10 @@ class Study(Section):
         except (ValidationError, TypeError, ValueError) as err:
             raise HarnessError(f"{where}: {_first_error(err)}") from None
         return RunSpec(
-            study=self.name, model=f"vit-{cfg.size}/{cfg.patch_size}", router=cfg.router,
-            num_experts=cfg.num_experts, slots_per_expert=cfg.slots_per_expert, k=cfg.k,
-            capacity_factor=cfg.capacity_factor,
+            study=self.name, model=f"vit-{cfg.size}/{cfg.patch_size}",
+            **cfg.routing.columns(),  # the resolved choice, flat again: the run id's columns
             moe_layers=cfg.moe_layers if cfg.moe_blocks else "none",
-            pool=cfg.pool, attention=cfg.attention, group_size=cfg.group_size, gelu=cfg.gelu,
-            capacity_rounding=cfg.capacity_rounding, router_noise=cfg.router_noise,
+            pool=cfg.pool, attention=cfg.attention, gelu=cfg.gelu,
             seed=point["seed"], data=self.data, train=train, measure=self.measure,
             tracking=self.tracking,
         )

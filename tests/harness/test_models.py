@@ -5,7 +5,14 @@ import torch
 
 from harness.errors import ConfigError
 from harness.nn.vit import build
-from harness.spec.model import SIZES, ModelConfig, parse_model_spec, resolve_placement
+from harness.spec import routers
+from harness.spec.model import (
+    SIZES,
+    ModelConfig,
+    derived_fields,
+    parse_model_spec,
+    resolve_placement,
+)
 from harness.spec.routers import ROUTERS
 
 TINY = "vit-w32d4h4m64/4@16"  # 16 tokens
@@ -34,6 +41,26 @@ def test_spec_fields():
     assert (cfg.shape.width, cfg.patch_size, cfg.num_tokens) == (384, 16, 196)
     assert (cfg.router, cfg.num_experts, cfg.slots_per_expert, cfg.k) == ("soft", 128, 1, None)
     assert cfg.moe_blocks == tuple(range(6, 12))
+
+
+@pytest.mark.parametrize("router", routers.names())
+def test_a_config_holds_its_router_choice_resolved_once(router):
+    fields = dict(num_experts=8, slots_per_expert=2, k=2, capacity_factor=1.5)
+    backbone = dict(size="w32d4h4m64", patch_size=4, image_size=16, moe_layers="every:2")
+    cfg = ModelConfig(**backbone, router=router, **fields)
+    assert cfg.routing == routers.resolve(router, **fields)  # one value: entry and fields
+    assert cfg.routing.entry is routers.get(router)
+    assert cfg.routing.columns() == {"router": cfg.router, "group_size": cfg.group_size,
+                                     **{f: getattr(cfg, f) for f in routers.FIELDS}}
+    assert ModelConfig(**backbone, routing=cfg.routing) == cfg
+    assert cfg.replace(num_classes=10).routing is cfg.routing  # kept, not resolved again
+    assert cfg.replace(router="dense").routing == routers.resolve("dense")
+    with pytest.raises(ConfigError, match="not both"):
+        ModelConfig(routing=cfg.routing, num_experts=4)
+    # the record of a run of it derives the same columns from its flat fields
+    record = {"model": "vit-w32d4h4m64/4", "image_size": 16, "moe_layers": cfg.moe_layers,
+              **cfg.routing.columns()}
+    assert cfg.derived_fields() == derived_fields(record)
 
 
 @pytest.mark.parametrize("bad,message", [

@@ -3,12 +3,13 @@ rows, aux loss, metrics kept as tensors and switched by one context manager."""
 
 import pytest
 import torch
+from helpers import make_mlp
 from torch import nn
 
 from harness.data import load_data
 from harness.data.datasets import InMemoryImages
 from harness.data.pipeline import Loader
-from harness.nn.moe import MetricMeans, MoELayer, SoftMoE, make_mlp, moe_layers, tracking_metrics
+from harness.nn.moe import MetricMeans, MoELayer, SoftMoE, moe_layers, tracking_metrics
 from harness.nn.vit import build
 from harness.runtime.train import evaluate, features, fit
 from harness.spec import routers

@@ -1,6 +1,8 @@
 """MoE layers. Every MLP kind maps (batch, tokens, dim) -> (batch, tokens, dim); the MoE kinds
 keep one contract, :class:`harness.nn.moe.base.MoELayer` (experts, number of experts, aux loss,
 metrics, router parameters), and :func:`tracking_metrics` switches their metrics on or off.
+Which class a router uses, and with which arguments, is its registry entry's business
+(``harness.spec.routers``: ``Router.build``); nothing here dispatches on router names.
 
 Axis letters used in this package: G groups (one image by default), S tokens per group,
 E experts, K choices per token, C capacity (buffer rows per expert and group), D model dim,
@@ -15,8 +17,6 @@ from typing import TYPE_CHECKING
 from harness.spec.rules import GELUS, check_capacity_rule, compute_capacity
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from harness.nn.moe.base import MetricMeans, MoELayer, moe_layers, tracking_metrics
     from harness.nn.moe.dense import Mlp
     from harness.nn.moe.experts import BatchedExperts
@@ -38,30 +38,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'harness.nn.moe' has no attribute {name!r}")
 
 
-def make_mlp(
-    router: str,
-    dim: int,
-    hidden_dim: int,
-    *,
-    gelu: str = "erf",
-    group_size: int | None = None,
-    **fields,
-) -> nn.Module:
-    """Build the MLP block for ``router`` (``harness.spec.routers``): its layer class with the
-    router's fields (num_experts, slots_per_expert, k, capacity_factor, capacity_rounding,
-    router_noise) resolved; fields a router does not use are ignored, unset ones defaulted.
-
-    ``gelu`` applies to every MLP ("erf" | "tanh"); ``group_size`` (tokens per routing group)
-    to the routers that group tokens.
-    """
-    from harness.spec import routers
-
-    spec = routers.get(router)
-    settings = spec.settings(group_size=group_size, **fields)
-    return spec.layer_class()(dim=dim, hidden_dim=hidden_dim, gelu=gelu,
-                              **spec.layer_kwargs(settings))
-
-
 __all__ = [
     "GELUS",
     "BatchedExperts",
@@ -73,7 +49,6 @@ __all__ = [
     "TokensChoice",
     "check_capacity_rule",
     "compute_capacity",
-    "make_mlp",
     "moe_layers",
     "tracking_metrics",
 ]
