@@ -105,10 +105,8 @@ class Store:
                 record["status"] not in DONE
                 or (record.get("started_at") or "") < (current.get("started_at") or "")):
             return atomic_write_json(self._history_path(record["run_id"], record), record)
-        if current is not None and current["status"] in DONE and current != record and (
-                current.get("started_at") != record.get("started_at")
-                or record.get("started_at") is None):
-            # another attempt's result: the one it replaces stays in the run's history
+        if current is not None and current["status"] in DONE and current != record:
+            # a newer attempt's result: the one it replaces stays in the run's history
             atomic_write_json(self._history_path(record["run_id"], current), current)
         return atomic_write_json(path, record)
 
