@@ -138,6 +138,25 @@ def prepare_tracking(uri: str, results_root: Path, study: str,
         return mlflow_experiment(client, study, results_root)
 
 
+def prepare_sweep_tracking(tracking, results_root: Path, study: str) -> str | None:
+    """What a sweep calls once before its runs start (``tracking``: the study's ``tracking``
+    section): with live MLflow logging on, prepare its store and experiment
+    (``prepare_tracking``, HTTP bounded). None when done or off; else one warning line (a
+    tracker is never worth a sweep: each run's tracker then tries again, and fails alone)."""
+    if not tracking.mlflow:
+        return None
+    uri = mlflow_uri(tracking.mlflow_uri, results_root)
+    try:
+        with bounded_http():
+            prepare_tracking(uri, results_root, study)
+    except Exception as err:  # noqa: BLE001 - reported, the sweep goes on
+        text = str(err).strip()
+        return (f"warning: MLflow {uri} not ready ({type(err).__name__}"
+                f"{': ' + text.splitlines()[0][:300] if text else ''}); the runs go on, "
+                f"their points are kept for moe-harness export --to mlflow")
+    return None
+
+
 def mlflow_run_for(client, experiment_id: str, run_id: str, *, create, uri: str,
                    results_root: Path, wait: float = LOCK_WAIT_S):
     """The MLflow run tagged ``run_id`` (an ``mlflow.entities.Run``), else the one

@@ -284,6 +284,7 @@ def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(sharded_cost(cfg) if shard else measure_cost(model, cfg, spec, device))
     workdir = store.workdir(spec.run_id)
+    distributed.barrier()  # no rank reads a checkpoint before rank 0 set a rerun's aside
     progress = progress_writer(store.progress_path(spec.run_id), spec) if ctx.is_main else None
     log, close_log = open_log(spec, workdir, store.root) if ctx.is_main \
         else (None, lambda status: {})

@@ -58,7 +58,10 @@ def test_a_rerun_trains_from_scratch_and_drops_the_old_folder_once_ok(spec, tmp_
     assert store.read(spec.run_id)["started_at"] == rerun["started_at"]
     assert not store.replaced_path(spec.run_id).exists()  # removed: the new run is ok
     replaced = [json.loads(p.read_text()) for p in store.history(spec.run_id)]
-    assert sorted(replaced, key=json.dumps) == sorted([first, again], key=json.dumps)
+    def key(record):
+        return json.dumps(record, sort_keys=True)
+
+    assert sorted(replaced, key=key) == sorted([first, again], key=key)
 
 
 def test_a_failed_rerun_puts_the_old_folder_back(spec, tmp_path):

@@ -185,3 +185,21 @@ def test_parallel_runs_share_one_default_store_without_duplicates(tmp_path):
     assert set(runs) == {s.run_id for s in specs} | {f"shared-{i}" for i in range(4)}
     assert len(client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
                ) == 7
+
+
+def test_a_sweep_prepares_the_store_once_or_warns(tmp_path):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from helpers import free_ports
+
+    from harness.results.mlflow import mlflow_client, mlflow_uri, prepare_sweep_tracking
+    from harness.spec.config import TrackingConfig
+
+    assert prepare_sweep_tracking(TrackingConfig(), tmp_path, "s") is None  # off: nothing
+    assert not (tmp_path / "mlflow.db").exists()
+    assert prepare_sweep_tracking(TrackingConfig(mlflow=True), tmp_path, "s") is None
+    assert mlflow_client(mlflow_uri(None, tmp_path)).get_experiment_by_name("s") is not None
+    (port,) = free_ports(1)
+    down = TrackingConfig(mlflow=True, mlflow_uri=f"http://127.0.0.1:{port}")
+    warning = prepare_sweep_tracking(down, tmp_path, "s")
+    assert warning.startswith(f"warning: MLflow http://127.0.0.1:{port} not ready (")
+    assert "\n" not in warning
