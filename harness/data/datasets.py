@@ -282,10 +282,19 @@ def _cifar10(cfg: DataConfig) -> Datasets:
             file = root / name
             if not file.is_file():
                 raise HarnessError(f"data.path: {file} does not exist (cifar10 needs {layout})")
-            with open(file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            try:
+                with open(file, "rb") as f:
+                    batch = pickle.load(f, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1))
+            except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError,
+                    ValueError) as err:  # an empty file: EOFError
+                raise HarnessError(f"data.path: {file} is not a CIFAR-10 python batch (a "
+                                   f"pickled dict of data (N, 3072) uint8 and N labels; "
+                                   f"{type(err).__name__}: {err})") from None
+            if len(xs[-1]) != len(ys[-1]):
+                raise HarnessError(f"data.path: {file} has {len(xs[-1])} images but "
+                                   f"{len(ys[-1])} labels")
         x, y = np.concatenate(xs), np.concatenate(ys)
         if len(y) == 0:
             raise HarnessError(f"data.path: {', '.join(str(root / n) for n in names[split])}: "

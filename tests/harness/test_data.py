@@ -212,3 +212,12 @@ def test_no_loader_gives_an_empty_set(monkeypatch):
     monkeypatch.setitem(datasets.LOADERS, "digits", empty)
     with pytest.raises(HarnessError, match="^data.path: digits: the train set is empty"):
         load_data(DataConfig(name="digits"))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle", pickle.dumps({b"data": [1, 2]})])
+def test_a_broken_cifar10_batch_is_one_clear_line(tmp_path, content):
+    make_cifar(tmp_path)
+    (tmp_path / "data_batch_2").write_bytes(content)
+    with pytest.raises(HarnessError, match=f"^data.path: {tmp_path / 'data_batch_2'} is not a "
+                                           "CIFAR-10 python batch"):
+        load_data(DataConfig(name="cifar10", path=str(tmp_path)))
