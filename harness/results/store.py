@@ -145,37 +145,57 @@ class Store:
 
         When a folder is set aside already (a rerun that has not ended), that one is kept;
         the work folder is that rerun's: resumed from when ``attempt`` (e.g. a SLURM job id,
-        the same after a requeue) is the one that set it aside, else emptied."""
+        the same after a requeue) is the one that set it aside, else emptied. Each step can be
+        killed: the next call finishes what an earlier one left half done (a move aside, a
+        move back, a removal) before it starts, and nothing set aside is lost."""
         work, aside = self.workdir(run_id), self.replaced_path(run_id)
-        marker = aside / ASIDE_MARKER
+        self._finish_aside(run_id)
         if aside.is_dir():
-            if attempt is not None and _read(marker) == attempt:
+            if attempt is not None and _read(aside / ASIDE_MARKER) == attempt:
                 return  # the same rerun, requeued: it resumes from its own checkpoint
             for entry in _entries(work):
                 _remove(entry)
-        else:
-            aside.mkdir(parents=True)
-            for entry in _entries(work):
-                os.replace(entry, aside / entry.name)
-        marker.write_text(attempt or "")
+            (aside / ASIDE_MARKER).write_text(attempt or "")
+            return
+        moving = _beside(aside, "moving")  # renamed to ``aside`` once complete
+        moving.mkdir(parents=True, exist_ok=True)
+        for entry in _entries(work):
+            os.replace(entry, moving / entry.name)
+        (moving / ASIDE_MARKER).write_text(attempt or "")
+        os.replace(moving, aside)
 
     def drop_aside(self, run_id: str) -> None:
         """The run has a new finished record: remove the folder its rerun set aside."""
         aside = self.replaced_path(run_id)
         if aside.exists():
-            shutil.rmtree(aside)
+            dropped = _beside(aside, "dropped")
+            shutil.rmtree(dropped, ignore_errors=True)
+            os.replace(aside, dropped)  # at once: never a half-removed folder in its place
+            shutil.rmtree(dropped)
 
     def restore_aside(self, run_id: str) -> None:
         """A rerun failed: put the work folder it set aside back in place of its own files."""
         aside = self.replaced_path(run_id)
         if not aside.is_dir():
             return
-        work = self.workdir(run_id)
-        for entry in _entries(work):
+        (aside / RESTORING).write_text("")
+        for entry in _entries(self.workdir(run_id)):
             _remove(entry)
-        (aside / ASIDE_MARKER).unlink(missing_ok=True)
+        self._finish_aside(run_id)
+
+    def _finish_aside(self, run_id: str) -> None:
+        """Finish a removal (``drop_aside``) or a move back (``restore_aside``) that was
+        killed halfway; a move aside that was is finished by ``set_aside`` itself."""
+        aside = self.replaced_path(run_id)
+        shutil.rmtree(_beside(aside, "dropped"), ignore_errors=True)
+        if not (aside / RESTORING).exists():
+            return
+        work = self.workdir(run_id)
         for entry in _entries(aside):
-            os.replace(entry, work / entry.name)
+            if entry.name not in (ASIDE_MARKER, RESTORING):
+                os.replace(entry, work / entry.name)
+        for name in (ASIDE_MARKER, RESTORING):
+            (aside / name).unlink(missing_ok=True)
         aside.rmdir()
 
     def keep_attempt(self, record: dict[str, Any]) -> Path:
@@ -260,6 +280,11 @@ class Store:
 
 LOCK_FILE = "run.lock"
 ASIDE_MARKER = ".set-aside-by"  # in replaced/RUN_ID/: the attempt that set the folder aside
+RESTORING = ".set-aside-restoring"  # in replaced/RUN_ID/: being moved back
+
+
+def _beside(path: Path, what: str) -> Path:
+    return path.with_name(f".{path.name}.{what}")
 
 
 def _read(path: Path) -> str | None:

@@ -139,3 +139,39 @@ def test_interrupts_are_recorded_and_raised_again(spec, tmp_path, error):
     assert type(error).__name__ in attempt["error"]
     resumed = execute(spec, root)
     assert resumed["status"] == "ok" and resumed["resumed_from_step"] is None  # no ckpt at 2
+
+
+def test_setting_aside_survives_being_killed_halfway(tmp_path):
+    """Each step of setting aside, dropping and restoring can be killed between two of its
+    file operations: the next rerun finishes it, and no file set aside is lost."""
+    store = Store(tmp_path, "s")
+    work = store.workdir("r")
+    (work / "run.lock").write_text("")
+    for name in ("a", "b", CHECKPOINT):
+        (work / name).write_text(f"old {name}")
+    # a move aside killed after one file: the next one goes on with the others
+    moving = store.replaced_path("r").with_name(".r.moving")
+    moving.mkdir(parents=True)
+    (work / "a").rename(moving / "a")
+    store.set_aside("r")
+    assert sorted(p.name for p in store.replaced_path("r").iterdir()) == sorted(
+        [".set-aside-by", CHECKPOINT, "a", "b"])
+    assert not moving.exists()
+    # a move back killed after one file: the next rerun first finishes it, then sets aside
+    (work / CHECKPOINT).write_text("new, failed")
+    (store.replaced_path("r") / ".set-aside-restoring").write_text("")
+    (work / CHECKPOINT).unlink()
+    (store.replaced_path("r") / "a").rename(work / "a")
+    store.set_aside("r")
+    assert sorted(p.name for p in work.iterdir()) == ["run.lock"]
+    assert {p.name: p.read_text() for p in store.replaced_path("r").iterdir()
+            if not p.name.startswith(".")} == {n: f"old {n}" for n in ("a", "b", CHECKPOINT)}
+    # a removal killed halfway leaves a hidden folder, never a half-removed one in place;
+    # the next rerun removes it
+    store.drop_aside("r")
+    assert not list(store.replaced_path("r").parent.iterdir())
+    dropped = store.replaced_path("r").with_name(".r.dropped")
+    dropped.mkdir()
+    (dropped / "half").write_text("")
+    store.set_aside("r")
+    assert not dropped.exists() and store.replaced_path("r").is_dir()
