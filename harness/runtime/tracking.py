@@ -79,7 +79,9 @@ def open_log(spec, workdir: Path, results_root: Path
         try:
             getattr(sink, method)(*args)
         except Exception as err:  # noqa: BLE001 - a tracker never fails the run
-            failed[sink.name] = f"{sink.name}: {type(err).__name__}: {err}"
+            text = str(err).strip()
+            failed[sink.name] = (f"{sink.name}: {type(err).__name__}"
+                                 f"{': ' + text.splitlines()[0][:300] if text else ''}")
             print(f"warning: tracking off for the rest of this run ({failed[sink.name]})",
                   file=sys.stderr, flush=True)
 
