@@ -118,13 +118,27 @@ def tracking_lock_path(uri: str, results_root: Path) -> Path:
     return Path(results_root) / "mlflow.lock"
 
 
+_HELD: set[Path] = set()  # the tracking locks this process holds (they nest)
+
+
+@contextmanager
 def tracking_lock(uri: str, results_root: Path, wait: float = LOCK_WAIT_S):
     """``with tracking_lock(uri, root):`` waits (at most ``wait`` seconds, else
     ``harness.results.store.Busy``) until no other process of this machine (or of a shared
-    file system) creates, migrates or writes the harness runs of this tracking store."""
+    file system) creates, migrates or writes the harness runs of this tracking store. It
+    nests: ``prepare_tracking`` and ``mlflow_run_for`` may be called inside it."""
     from harness.results.store import hold_lock
 
-    return hold_lock(tracking_lock_path(uri, results_root), f"MLflow store {uri}", wait=wait)
+    path = tracking_lock_path(uri, results_root).resolve()
+    if path in _HELD:
+        yield
+        return
+    with hold_lock(path, f"MLflow store {uri}", wait=wait):
+        _HELD.add(path)
+        try:
+            yield
+        finally:
+            _HELD.discard(path)
 
 
 def prepare_tracking(uri: str, results_root: Path, study: str,

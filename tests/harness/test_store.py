@@ -189,3 +189,13 @@ def test_a_lock_can_be_waited_for(tmp_path):
     finally:
         release.set()
         thread.join()
+
+
+def test_the_tracking_lock_nests_in_one_process(tmp_path):
+    from harness.results.mlflow import tracking_lock, tracking_lock_path
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_lock_path(uri, tmp_path / "elsewhere") == tmp_path / "mlflow.db.lock"
+    assert tracking_lock_path("http://h:5000", tmp_path) == tmp_path / "mlflow.lock"
+    with tracking_lock(uri, tmp_path, wait=0), tracking_lock(uri, tmp_path, wait=0):
+        pass  # an export holding it may call prepare_tracking and mlflow_run_for inside
