@@ -5,7 +5,7 @@ input pipeline. :func:`load_data` is the one entry point; a new dataset is a loa
 
 from __future__ import annotations
 
-from harness.data.datasets import LOADERS, Datasets
+from harness.data.datasets import LOADERS, Datasets, check_not_empty
 from harness.data.prepared import load_prepared
 from harness.errors import HarnessError
 from harness.spec.config import DataConfig
@@ -14,8 +14,8 @@ from harness.spec.config import DataConfig
 def load_data(cfg: DataConfig) -> Datasets:
     """The train and test sets that ``cfg`` names (see the module docstring)."""
     if cfg.name == "prepared":
-        return load_prepared(cfg)
+        return check_not_empty(load_prepared(cfg), cfg)
     if cfg.augment != "none" and cfg.name not in ("imagefolder", "prepared"):
         raise HarnessError(f"data.augment: {cfg.augment} applies to imagefolder and prepared "
                            f"(decoded per image); {cfg.name} is held in memory, use 'none'")
-    return LOADERS[cfg.name](cfg)
+    return check_not_empty(LOADERS[cfg.name](cfg), cfg)

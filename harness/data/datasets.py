@@ -36,6 +36,7 @@ were chosen, and what they do and do not show: ``docs/synthetic-data.md``.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,11 +282,23 @@ def _cifar10(cfg: DataConfig) -> Datasets:
             file = root / name
             if not file.is_file():
                 raise HarnessError(f"data.path: {file} does not exist (cifar10 needs {layout})")
-            with open(file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            try:
+                with open(file, "rb") as f:
+                    batch = pickle.load(f, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1))
+            except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError,
+                    ValueError) as err:  # an empty file: EOFError
+                raise HarnessError(f"data.path: {file} is not a CIFAR-10 python batch (a "
+                                   f"pickled dict of data (N, 3072) uint8 and N labels; "
+                                   f"{type(err).__name__}: {err})") from None
+            if len(xs[-1]) != len(ys[-1]):
+                raise HarnessError(f"data.path: {file} has {len(xs[-1])} images but "
+                                   f"{len(ys[-1])} labels")
         x, y = np.concatenate(xs), np.concatenate(ys)
+        if len(y) == 0:
+            raise HarnessError(f"data.path: {', '.join(str(root / n) for n in names[split])}: "
+                               f"the {split} set is empty; allowed: at least one image")
         keep = capped(len(y), cap, cfg.seed, salt)
         images = torch.from_numpy(x[keep]).float() / 255.0
         if cfg.image_size != 32:
@@ -316,9 +329,11 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
                            f"0000080{dims})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
     body = raw[4 + 4 * dims:]
-    if len(body) != int(np.prod(shape)):
+    size = math.prod(shape)  # Python integers: 3 dimensions of 2**32 - 1 overflow int64
+    if len(body) != size:
+        why = "truncated file?" if len(body) < size else "extra bytes at the end"
         raise HarnessError(f"data.path: {path} holds {len(body)} bytes of data, its header "
-                           f"{shape} says {int(np.prod(shape))} (truncated file?)")
+                           f"{shape} says {size} ({why})")
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -341,6 +356,12 @@ def _mnist(cfg: DataConfig) -> Datasets:
         if len(x) != len(y):
             raise HarnessError(f"data.path: {images_file} has {len(x)} images but "
                                f"{labels_file} has {len(y)} labels")
+        if len(y) == 0:
+            raise HarnessError(f"data.path: {images_file}, {labels_file}: the {split} set is "
+                               f"empty; allowed: at least one image")
+        if 0 in x.shape[1:]:
+            raise HarnessError(f"data.path: {images_file}: images of {x.shape[1]} x "
+                               f"{x.shape[2]} pixels; allowed: at least 1 x 1")
         keep = capped(len(y), cap, cfg.seed, salt)
         images = torch.from_numpy(x[keep].astype(np.float32) / 255.0).unsqueeze(1)
         if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
@@ -349,9 +370,7 @@ def _mnist(cfg: DataConfig) -> Datasets:
                 antialias=cfg.image_size < x.shape[-1]).clamp(0, 1)
         sets[split] = InMemoryImages(_normalize(images).expand(-1, 3, -1, -1),
                                      torch.from_numpy(y[keep].astype(np.int64)))
-        classes = max(classes, int(y.max()) + 1 if len(y) else 0)
-    if len(sets["train"]) == 0:
-        raise HarnessError(f"data.path: {root} has an empty training set")
+        classes = max(classes, int(y.max()) + 1)
     return Datasets(sets["train"], sets["test"], classes)
 
 
@@ -359,6 +378,16 @@ LOADERS = {"synthetic": _synthetic, "digits": _digits, "imagefolder": imagefolde
            "cifar10": _cifar10, "mnist": _mnist}
 """The in-memory and image-folder loaders by ``DataConfig.name`` (prepared shards: their own
 module)."""
+
+def check_not_empty(data: Datasets, cfg: DataConfig) -> Datasets:
+    """``data``, or HarnessError when its training or test set is empty (every loader refuses
+    its own empty files by name; this is the last word for any loader)."""
+    for split, dataset in (("train", data.train), ("test", data.test)):
+        if len(dataset) == 0:
+            raise HarnessError(f"data.path: {cfg.path or cfg.name}: the {split} set is empty; "
+                               f"allowed: at least one image")
+    return data
+
 
 __all__ = ["IDX_FILES", "LOADERS", "SYNTHETIC_DEFAULTS", "Datasets", "ImageFiles",
            "InMemoryImages", "imagefolder", "read_idx", "synthetic_arrays", "synthetic_knobs"]

@@ -5,6 +5,7 @@
     ROOT/STUDY/runs/RUN_ID.json          the current record of each run
     ROOT/STUDY/history/RUN_ID/           earlier, refused or invalid attempts
     ROOT/STUDY/work/RUN_ID/              scratch: run.lock, progress.json, checkpoints, logs
+    ROOT/STUDY/replaced/RUN_ID/          a rerun's predecessor: its work folder, set aside
     ROOT/STUDY/sweep.lock                held by a local sweep
     ROOT/STUDY/submitit/JOB/             local and debug jobs (submitit's pickles and logs)
     ROOT/STUDY/slurm/JOB/, jobs.json     SLURM jobs, and run_id -> job handles
@@ -13,8 +14,12 @@
 Records are written atomically (a temporary file in the same folder, fsync, ``os.replace``),
 so concurrent writers never corrupt or lose a record, and a reader never sees half a file.
 A finished record (``ok``, ``diverged``, ``pruned``) is replaced only by a finished record of a
-newer attempt (``--rerun``); a failed attempt over it, and any file that is not a valid record,
-goes to ``ROOT/STUDY/history/RUN_ID/`` instead of being lost.
+newer attempt (``--rerun``), and is then kept in ``ROOT/STUDY/history/RUN_ID/``; a failed attempt
+over it, and any file that is not a valid record, goes there too instead of being lost.
+
+A rerun starts from scratch (``set_aside``): the run's work folder (checkpoints, event files)
+moves to ``ROOT/STUDY/replaced/RUN_ID/`` and stays there until the new attempt has a finished
+record (``drop_aside``); when it fails instead, the folder is put back (``restore_aside``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -83,7 +89,8 @@ class Store:
 
     def write(self, record: dict[str, Any]) -> Path:
         """Write ``record`` as its run's current record; a failed attempt never replaces a
-        finished one (it goes to the run's history), and an invalid file is kept there too."""
+        finished one (it goes to the run's history), a finished one that a newer attempt
+        replaces is kept there, and so is an invalid file."""
         if record.get("status") not in STATUSES:
             raise ValueError(f"record status must be one of {STATUSES}, got {record.get('status')}")
         path = self.path(record["run_id"])
@@ -98,6 +105,9 @@ class Store:
                 record["status"] not in DONE
                 or (record.get("started_at") or "") < (current.get("started_at") or "")):
             return atomic_write_json(self._history_path(record["run_id"], record), record)
+        if current is not None and current["status"] in DONE and current != record:
+            # a newer attempt's result: the one it replaces stays in the run's history
+            atomic_write_json(self._history_path(record["run_id"], current), current)
         return atomic_write_json(path, record)
 
     def _history_path(self, run_id: str, record: dict | None = None) -> Path:
@@ -117,7 +127,7 @@ class Store:
 
     def lock_run(self, run_id: str):
         """Held while a process executes the run: two sweeps never train one run at once."""
-        return hold_lock(self.work_path(run_id) / "run.lock", f"run {run_id}")
+        return hold_lock(self.work_path(run_id) / LOCK_FILE, f"run {run_id}")
 
     def lock_sweep(self):
         """Held by a local sweep of the study for its whole duration."""
@@ -128,6 +138,70 @@ class Store:
         path = self.work_path(run_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def set_aside(self, run_id: str, attempt: str | None = None) -> None:
+        """Before a rerun: move what the run's work folder holds (all but its lock, which the
+        caller holds) to ``replaced/RUN_ID/``, so that the new attempt starts from scratch.
+
+        When a folder is set aside already (a rerun that has not ended), that one is kept;
+        the work folder is that rerun's: resumed from when ``attempt`` (e.g. a SLURM job id,
+        the same after a requeue) is the one that set it aside, else emptied. Each step can be
+        killed: the next call finishes what an earlier one left half done (a move aside, a
+        move back, a removal) before it starts, and nothing set aside is lost."""
+        work, aside = self.workdir(run_id), self.replaced_path(run_id)
+        self._finish_aside(run_id)
+        if aside.is_dir():
+            if attempt is not None and _read(aside / ASIDE_MARKER) == attempt:
+                return  # the same rerun, requeued: it resumes from its own checkpoint
+            for entry in _entries(work):
+                _remove(entry)
+            (aside / ASIDE_MARKER).write_text(attempt or "")
+            return
+        moving = _beside(aside, "moving")  # renamed to ``aside`` once complete
+        moving.mkdir(parents=True, exist_ok=True)
+        for entry in _entries(work):
+            os.replace(entry, moving / entry.name)
+        (moving / ASIDE_MARKER).write_text(attempt or "")
+        os.replace(moving, aside)
+
+    def drop_aside(self, run_id: str) -> None:
+        """The run has a new finished record: remove the folder its rerun set aside."""
+        aside = self.replaced_path(run_id)
+        if aside.exists():
+            dropped = _beside(aside, "dropped")
+            shutil.rmtree(dropped, ignore_errors=True)
+            os.replace(aside, dropped)  # at once: never a half-removed folder in its place
+            shutil.rmtree(dropped)
+
+    def restore_aside(self, run_id: str) -> None:
+        """A rerun failed: put the work folder it set aside back in place of its own files."""
+        aside = self.replaced_path(run_id)
+        if not aside.is_dir():
+            return
+        (aside / RESTORING).write_text("")
+        for entry in _entries(self.workdir(run_id)):
+            _remove(entry)
+        self._finish_aside(run_id)
+
+    def _finish_aside(self, run_id: str) -> None:
+        """Finish a removal (``drop_aside``) or a move back (``restore_aside``) that was
+        killed halfway; a move aside that was is finished by ``set_aside`` itself."""
+        aside = self.replaced_path(run_id)
+        shutil.rmtree(_beside(aside, "dropped"), ignore_errors=True)
+        if not (aside / RESTORING).exists():
+            return
+        work = self.workdir(run_id)
+        for entry in _entries(aside):
+            if entry.name not in (ASIDE_MARKER, RESTORING):
+                os.replace(entry, work / entry.name)
+        for name in (ASIDE_MARKER, RESTORING):
+            (aside / name).unlink(missing_ok=True)
+        aside.rmdir()
+
+    def keep_attempt(self, record: dict[str, Any]) -> Path:
+        """Keep ``record`` in the run's history only, whatever its current record (an attempt
+        stopped from outside, which does not change what the run has to do)."""
+        return atomic_write_json(self._history_path(record["run_id"], record), record)
 
     def keep_study(self, text: str) -> Path:
         """Keep the study file the runs are made from (``STUDY/study.yaml``): the report shows
@@ -143,6 +217,10 @@ class Store:
     # --- the layout (nothing created here) --------------------------------------------------
     def work_path(self, run_id: str) -> Path:
         return self.dir / "work" / run_id
+
+    def replaced_path(self, run_id: str) -> Path:
+        """Where a rerun keeps its predecessor's work folder until it has a finished record."""
+        return self.dir / "replaced" / run_id
 
     def progress_path(self, run_id: str) -> Path:
         """What a running run reports (step, loss, ...), rewritten as it trains."""
@@ -200,25 +278,61 @@ class Store:
         return {r["run_id"]: r.get("status", "failed") for r in self.records()}
 
 
+LOCK_FILE = "run.lock"
+ASIDE_MARKER = ".set-aside-by"  # in replaced/RUN_ID/: the attempt that set the folder aside
+RESTORING = ".set-aside-restoring"  # in replaced/RUN_ID/: being moved back
+
+
+def _beside(path: Path, what: str) -> Path:
+    return path.with_name(f".{path.name}.{what}")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _entries(folder: Path) -> list[Path]:
+    """A work folder's entries but its lock."""
+    return [p for p in folder.iterdir() if p.name != LOCK_FILE] if folder.is_dir() else []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class Busy(HarnessError):
     """Another process holds the lock (its message names the holder)."""
 
 
 @contextlib.contextmanager
-def hold_lock(path: Path, what: str):
-    """An exclusive, non-blocking lock on ``path`` for the ``with`` block (flock: the kernel
-    frees it when the holder dies, SIGKILL included); Busy if another process holds it."""
+def hold_lock(path: Path, what: str, wait: float = 0.0):
+    """An exclusive lock on ``path`` for the ``with`` block (flock: the kernel frees it when
+    the holder dies, SIGKILL included); Busy if another process holds it for longer than
+    ``wait`` seconds (0: do not wait)."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
     with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise Busy(f"{what} is in use by {holder} (lock {path}); wait for it to end or "
-                       f"stop it") from None
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                waited = f" for {wait:g} s" if wait else ""
+                raise Busy(f"{what} is in use by {holder} (lock {path}){waited}; wait for it "
+                           f"to end or stop it") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -253,7 +367,37 @@ def check_record(record: Any, name: str | None = None) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, _KINDS[kind])):
             raise BadRecord(f"{key}: expected {'a number' if kind != 'str' else 'a string'}, "
                             f"got {shorten(value)}")
+    _check_history(record.get("history"))
+    _check_spec_json(record.get("spec_json"))
     return record
+
+
+def _check_history(history: Any) -> None:
+    """None, or a list of points: JSON objects each with an integer ``step``."""
+    if history is None:
+        return
+    allowed = "allowed: a list of objects, each with an integer step"
+    if not isinstance(history, list):
+        raise BadRecord(f"history: {shorten(history)}; {allowed}")
+    for i, point in enumerate(history):
+        if not isinstance(point, dict):
+            raise BadRecord(f"history[{i}]: {shorten(point)}; {allowed}")
+        step = point.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise BadRecord(f"history[{i}].step: {shorten(step)}; {allowed}")
+
+
+def _check_spec_json(spec_json: Any) -> None:
+    """None, or the run spec as JSON text of an object."""
+    if spec_json is None:
+        return
+    try:
+        ok = isinstance(json.loads(spec_json), dict) if isinstance(spec_json, str) else False
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BadRecord(f"spec_json: {shorten(spec_json, 60)}; allowed: the run spec as the "
+                        f"JSON text of an object")
 
 
 def read_record(path: Path) -> dict[str, Any]:

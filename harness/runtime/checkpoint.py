@@ -48,10 +48,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, Any] | None, str | None]:
+def load_checkpoint(path: Path, device: torch.device, restore=None
+                    ) -> tuple[dict[str, Any] | None, str | None]:
     """The newest readable checkpoint (``path``, else the previous one), and a note saying
     what was wrong with any that could not be read (None when all was well). Neither
-    readable: (None, note), and the run starts afresh."""
+    readable: (None, note), and the run starts afresh.
+
+    ``restore(saved)`` (sharded layouts: read the shards the file names into the model) is
+    part of reading a candidate: when it raises (anything but a ``HarnessError``, a
+    ``KeyboardInterrupt`` or ``SystemExit``, which go on), the candidate counts as
+    unreadable; it must then leave the model and optimizer as they were."""
+    from harness.errors import HarnessError
+
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
     problems = []
@@ -63,14 +71,30 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, Any] | 
             saved = torch.load(candidate, map_location=device, weights_only=False)
             if not isinstance(saved, dict) or "state" not in saved:
                 raise ValueError("not a training checkpoint")
-        except Exception as err:  # noqa: BLE001 - truncated or corrupt: fall back
-            problems.append(f"{candidate} unreadable ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})")
+            if restore is not None:
+                restore(saved)
+        except (HarnessError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:  # noqa: BLE001 - truncated or corrupt: fall back
+            problems.append(f"{candidate} unreadable ({first_line(err)})")
             continue
         if problems:
             return saved, f"{'; '.join(problems)}: resumed from {candidate.name}"
         return saved, None
     return None, f"{'; '.join(problems)}: started afresh" if problems else None
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``; for torch.distributed.checkpoint's
+    CheckpointException, that of the first rank's error it wraps."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, wrapped = sorted(failures.items())[0]
+        inner = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped
+        if isinstance(inner, BaseException):
+            return f"rank {rank}: {first_line(inner)}"
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:

@@ -1,7 +1,16 @@
 """``execute(spec, results_root) -> record``: the one function every runner calls.
 
 Build the model, measure its cost, train and evaluate it, and write one record to the store.
-Any exception inside becomes a ``failed`` record with the error; the caller decides retries.
+Any exception inside, of any type, becomes a ``failed`` record with the error; the caller
+decides retries. ``KeyboardInterrupt`` and ``SystemExit`` (Ctrl-C, SIGTERM in a sweep, a SLURM
+job requeued by submitit) stop the attempt from outside: its ``failed`` record (with
+``interrupted: true``) goes to the run's history, which leaves the run as it was (pending, or
+its earlier record current; a requeued job resumes), and the exception goes on.
+
+``execute(..., fresh=True)`` (``run --rerun``) trains from scratch: the run's work folder is
+set aside first (``Store.set_aside``), removed once the new attempt has a finished record,
+put back if it fails (an interrupted attempt leaves both as they are: the same SLURM job,
+requeued, resumes from its own checkpoint; a later rerun starts over).
 
 A multi-process run (several SLURM tasks, one per GPU, or ``torchrun``; see
 ``harness.runtime.distributed``) calls ``execute`` on every rank: all ranks train, rank 0
@@ -11,6 +20,7 @@ errors, which end the job step, rather than writing a record of their own).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -23,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from harness.results.store import Busy, Store, atomic_write_json
+from harness.results.store import DONE, Busy, Store, atomic_write_json
 from harness.runtime import distributed
 from harness.spec.study import RunSpec
 
@@ -117,12 +127,14 @@ def _chain(*callbacks):
 
 
 def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
-            tags: dict[str, Any] | None = None) -> dict[str, Any]:
+            tags: dict[str, Any] | None = None, fresh: bool = False) -> dict[str, Any]:
     """Run one grid point end to end and write its record; returns the record.
 
     ``on_progress`` (optional) gets each progress dict of training (step, steps, loss, and
     evaluation results when there are some) and may raise :class:`Pruned` to stop the run.
-    ``tags`` are extra record columns (e.g. ``tune_trial``).
+    ``tags`` are extra record columns (e.g. ``tune_trial``). ``fresh``: start from scratch,
+    not from the run's checkpoint (a rerun); its earlier work folder is kept aside until this
+    attempt has a finished record, and put back if it has not.
 
     In a multi-process run only rank 0 calls ``on_progress`` (so a pruner cannot stop one rank
     alone: runs that may be pruned are single-process) and writes the record; other ranks
@@ -134,34 +146,65 @@ def execute(spec: RunSpec, results_root: str | Path, *, on_progress=None,
         return _execute(spec, store, on_progress, tags)
     try:
         with store.lock_run(spec.run_id):
-            return _execute(spec, store, on_progress, tags)
+            return _attempt(spec, store, on_progress, tags, fresh)
     except Busy as busy:
         print(f"skipped: {busy}", file=sys.stderr, flush=True)
         return None
 
 
-def _execute(spec: RunSpec, store: Store, on_progress, tags) -> dict[str, Any] | None:
+def _attempt(spec: RunSpec, store: Store, on_progress, tags, fresh: bool) -> dict[str, Any]:
+    """Rank 0's attempt, the run's lock held: a fresh one sets the work folder aside first
+    (before the other ranks can read a checkpoint: they wait for rank 0 in the session)."""
+    set_aside = functools.partial(store.set_aside, spec.run_id, slurm_job_id()) if fresh \
+        else None
+    record = _execute(spec, store, on_progress, tags, set_aside)  # interrupted: raises
+    if record["status"] in DONE:
+        store.drop_aside(spec.run_id)
+    elif fresh:
+        store.restore_aside(spec.run_id)
+    return record
+
+
+def _execute(spec: RunSpec, store: Store, on_progress, tags,
+             before=None) -> dict[str, Any] | None:
     # what is recorded if the run fails early; its results replace status and error
     record = failed_record(spec, None, **(tags or {}), started_at=now(),
                            slurm_job_id=slurm_job_id())
     partial: dict[str, Any] = {}
     main = distributed.env_context().is_main
     try:
+        if before is not None:
+            before()
         with distributed.session(distributed.pick_device(spec.train.device).type) as ctx:
             record.update(_run(spec, store, partial, on_progress if main else None, ctx))
     except Pruned as stop:
         record.update(partial)
         record.update(status="pruned", pruned_step=stop.step, prune_reason=str(stop))
-    except Exception as err:  # noqa: BLE001 - a failed run is a record, not a crashed sweep
+    except (KeyboardInterrupt, SystemExit) as err:
+        if main:  # kept in the run's history when possible; it goes on stopping the process
+            record.update(status="failed", interrupted=True, log_path=job_log_path(),
+                          error=f"interrupted ({type(err).__name__}{_args(err)})",
+                          finished_at=now())
+            with contextlib.suppress(Exception):
+                store.keep_attempt(record)
+        raise
+    except BaseException as err:  # noqa: BLE001 - a failed run is a record, not a crashed sweep
+        # (BaseException: torch.distributed.checkpoint's CheckpointException is one)
         if not main:
             raise  # rank 0 records the run; this rank's error ends the job step (its log)
         record.update(status="failed", error=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=20), log_path=job_log_path())
+        if partial.get("tracking_error"):
+            record["tracking_error"] = partial["tracking_error"]
     if not main:
         return None
     record["finished_at"] = now()
     store.write(record)
     return record
+
+
+def _args(err: BaseException) -> str:
+    return f": {err}" if str(err) else ""
 
 
 def measure_cost(model, cfg, spec: RunSpec, device) -> dict[str, Any]:
@@ -241,16 +284,17 @@ def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
         out.update(sharded_cost(cfg) if shard else measure_cost(model, cfg, spec, device))
     workdir = store.workdir(spec.run_id)
+    distributed.barrier()  # no rank reads a checkpoint before rank 0 set a rerun's aside
     progress = progress_writer(store.progress_path(spec.run_id), spec) if ctx.is_main else None
     log, close_log = open_log(spec, workdir, store.root) if ctx.is_main \
-        else (None, lambda status: None)
+        else (None, lambda status: {})
     try:
         quality = fit(model, spec, data, workdir=workdir, device=device,
                       on_progress=_chain(progress, on_progress), log=log)
     except BaseException as err:
-        close_log("pruned" if isinstance(err, Pruned) else "failed")
+        out.update(close_log("pruned" if isinstance(err, Pruned) else "failed"))
         raise
-    close_log(quality["status"] if quality else "ok")
+    out.update(close_log(quality["status"] if quality else "ok"))
     if not ctx.is_main:
         return out  # rank 0 has the results
     out.update(quality)

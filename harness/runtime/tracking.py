@@ -18,6 +18,10 @@ resumed run purges the points after its checkpoint (TensorBoard's ``purge_step``
 MLflow: one experiment per study, one MLflow run per harness run, found by its ``run_id``
 tag. The helpers here are shared with ``moe-harness export --to mlflow``
 (``reports.export``), so a run logged live and its record exported later are one MLflow run.
+
+A tracker is never worth a run: one that fails (a tracking server out of reach, a full disk)
+is switched off with a warning, its error goes into the record (``tracking_error``), and the
+MLflow points it could not send are kept in the work folder for a later export.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,11 +37,14 @@ from typing import Any
 
 from harness.results.mlflow import (
     MLFLOW_STATUS,
+    PENDING,
+    bounded_http,
+    keep_pending,
     log_batches,
     mlflow_client,
-    mlflow_experiment,
-    mlflow_runs,
+    mlflow_run_for,
     mlflow_uri,
+    prepare_tracking,
     spec_params,
 )
 
@@ -49,25 +57,45 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def open_log(spec, workdir: Path, results_root: Path) -> tuple[Log | None, Callable[[], None]]:
-    """The run's ``log`` callable (None when no tracker is on) and the function closing it."""
+def open_log(spec, workdir: Path, results_root: Path
+             ) -> tuple[Log | None, Callable[..., dict[str, Any]]]:
+    """The run's ``log`` callable (None when no tracker is on) and the function closing it,
+    which returns the record's fields about the trackers: ``tracking_error`` when one failed
+    (a tracker that fails is switched off with a warning; the run goes on)."""
     cfg = spec.tracking
     sinks: list[Any] = []
     if cfg.tensorboard and tensorboard_available():
         sinks.append(TensorBoardLog(Path(workdir), spec))
     if cfg.mlflow:
-        sinks.append(MlflowLog(spec, mlflow_uri(cfg.mlflow_uri, results_root)))
+        sinks.append(MlflowLog(spec, mlflow_uri(cfg.mlflow_uri, results_root), results_root,
+                               Path(workdir)))
     if not sinks:
-        return None, lambda status="ok": None
+        return None, lambda status="ok": {}
+    failed: dict[str, str] = {}
+
+    def guarded(sink, method: str, *args) -> None:
+        if sink.name in failed:
+            return
+        try:
+            getattr(sink, method)(*args)
+        except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+            text = str(err).strip()
+            failed[sink.name] = (f"{sink.name}: {type(err).__name__}"
+                                 f"{': ' + text.splitlines()[0][:300] if text else ''}")
+            print(f"warning: tracking off for the rest of this run ({failed[sink.name]})",
+                  file=sys.stderr, flush=True)
 
     def log(step: int, values: dict[str, Any]) -> None:
         values = {k: float(v) for k, v in values.items() if _is_number(v)}
         for sink in sinks:
-            sink.log(step, values)
+            guarded(sink, "log", step, values)
 
-    def close(status: str = "ok") -> None:
+    def close(status: str = "ok") -> dict[str, Any]:
         for sink in sinks:
-            sink.close(status)
+            guarded(sink, "close", status)
+        errors = [failed.get(s.name) or getattr(s, "error", None) for s in sinks]
+        errors = [e for e in errors if e]
+        return {"tracking_error": "; ".join(errors)} if errors else {}
 
     return log, close
 
@@ -88,6 +116,8 @@ class TensorBoardLog:
     thread instead; here the tracker's whole cost lies inside ``log`` (which ``bench tracking``
     times), and a point is on disk, visible to a running TensorBoard, when ``log`` returns.
     """
+
+    name = "tensorboard"
 
     def __init__(self, logdir: Path, spec):
         self.logdir, self.spec, self.records = logdir, spec, None
@@ -138,39 +168,75 @@ class TensorBoardLog:
 
 
 class MlflowLog:
-    """Scalars into the study's MLflow experiment while the run trains (``tracking.mlflow``)."""
+    """Scalars into the study's MLflow experiment while the run trains (``tracking.mlflow``).
 
-    def __init__(self, spec, uri: str):
-        self.spec, self.uri, self.run = spec, uri, None
+    Never worth the run: the store is prepared under its lock (``prepare_tracking``), HTTP
+    retries and timeouts are bounded (``bounded_http``), and the first error of any kind
+    switches the tracker off for the rest of the run (``error`` says why, for the record's
+    ``tracking_error``); the points from then on are kept in the work folder
+    (``harness.results.mlflow.PENDING``) for ``moe-harness export --to mlflow``.
+    """
+
+    name = "mlflow"
+
+    def __init__(self, spec, uri: str, results_root: Path, workdir: Path):
+        self.spec, self.uri, self.root, self.workdir = spec, uri, Path(results_root), workdir
+        self.run, self.client, self.error = None, None, None
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        if self.run is None:
-            self._start()
         now = int(time.time() * 1000)
-        log_batches(self.client, self.run,
-                    metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        if self.error is None:
+            try:
+                from mlflow.entities import Metric
+
+                with bounded_http():
+                    if self.run is None:
+                        self._start()
+                    log_batches(self.client, self.run,
+                                metrics=[Metric(k, v, now, step) for k, v in values.items()])
+                return
+            except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+                self._failed(err)
+        keep_pending(self.workdir, step, values, now)
 
     def _start(self) -> None:
         from mlflow.entities import Param
 
+        experiment = prepare_tracking(self.uri, self.root, self.spec.study)
         self.client = mlflow_client(self.uri)
-        experiment = mlflow_experiment(self.client, self.spec.study)
-        existing = mlflow_runs(self.client, experiment).get(self.spec.run_id)
-        if existing is not None:  # a resumed run goes on in its MLflow run
-            self.run = existing.info.run_id
+
+        def create():
+            run = self.client.create_run(
+                experiment, run_name=self.spec.label,
+                tags={"run_id": self.spec.run_id, "study": self.spec.study})
+            params = spec_params(self.spec.canonical_json())
+            log_batches(self.client, run.info.run_id,
+                        params=[Param(k, v) for k, v in params.items()])
+            return run
+
+        found = mlflow_run_for(self.client, experiment, self.spec.run_id, create=create,
+                               uri=self.uri, results_root=self.root)
+        self.run = found.info.run_id
+        if found.info.status != "RUNNING":  # a resumed run goes on in its MLflow run
             self.client.update_run(self.run, status="RUNNING")
-            return
-        self.run = self.client.create_run(
-            experiment, run_name=self.spec.label,
-            tags={"run_id": self.spec.run_id, "study": self.spec.study}).info.run_id
-        params = spec_params(self.spec.canonical_json())
-        log_batches(self.client, self.run, params=[Param(k, v) for k, v in params.items()])
+
+    def _failed(self, err: Exception) -> None:
+        text = str(err).strip()
+        self.error = (f"mlflow {self.uri}: {type(err).__name__}"
+                      f"{': ' + text.splitlines()[0][:300] if text else ''}")
+        print(f"warning: tracking off for the rest of this run ({self.error}); training goes "
+              f"on, the points are kept in {Path(self.workdir) / PENDING} for moe-harness "
+              f"export --to mlflow", file=sys.stderr, flush=True)
 
     def close(self, status: str = "ok") -> None:
-        if self.run is not None:
-            self.client.set_terminated(self.run, status=MLFLOW_STATUS.get(status, "FAILED"))
+        if self.run is None or self.error is not None:
+            return
+        try:
+            with bounded_http():
+                self.client.set_terminated(self.run,
+                                           status=MLFLOW_STATUS.get(status, "FAILED"))
+        except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+            self._failed(err)
 
 
 # --- overhead benchmark ----------------------------------------------------------------------

@@ -357,10 +357,8 @@ def fit(
     state: dict[str, Any] = {"step": 0, "history": [], "loss_sum": 0.0, "loss_count": 0,
                              "train_time_s": 0.0, "status": "ok", "diverged_step": None}
     resumed_from = None
-    saved, checkpoint_note = load_checkpoint(ckpt_path, device)
-    if checkpoint_note:
-        print(f"checkpoint: {checkpoint_note}", file=sys.stderr, flush=True)
-    if saved is not None:
+
+    def restore(saved: dict) -> None:  # a candidate checkpoint; sharded: its shards too
         if saved.get("run_id") != _run_id(spec):
             raise HarnessError(f"{ckpt_path}: belongs to run {saved.get('run_id')}, not "
                                f"{_run_id(spec)}; remove it or use another workdir")
@@ -369,9 +367,14 @@ def fit(
                 f"{ckpt_path}: written by a run with layout "
                 f"{'ddp' if 'model' in saved else 'fsdp or experts'}, this one uses "
                 f"{layout.name}; resume with the same kind of layout or remove the checkpoint")
-        if sharded_checkpoint:
+        if sharded_checkpoint:  # all or nothing: else the previous checkpoint, or afresh
             parallel.checkpoint.load(workdir / saved["sharded"], trained, optimizer)
-        else:
+
+    saved, checkpoint_note = load_checkpoint(ckpt_path, device, restore)
+    if checkpoint_note:
+        print(f"checkpoint: {checkpoint_note}", file=sys.stderr, flush=True)
+    if saved is not None:
+        if not sharded_checkpoint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

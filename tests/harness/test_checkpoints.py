@@ -51,3 +51,31 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["state"]["step"] == 1
+
+
+def test_corrupt_sharded_checkpoints_fall_back_as_single_files_do(tmp_path):
+    """A sharded layout (FSDP, here on one process) keeps its weights in a folder of shards
+    that the small checkpoint file names: shards that cannot be read make that checkpoint
+    unreadable (the previous one is used, else a fresh start, said in checkpoint_note),
+    never a crash of the run."""
+    from harness.runtime.checkpoint import SHARDED_DIR
+
+    spec = spec_for("soft", checkpoint_every=5, layout="fsdp", fewshot_shots=0)
+    reference = run(spec, tmp_path / "unbroken")
+    run(spec, tmp_path)
+    shards = tmp_path / SHARDED_DIR
+    (last,) = (shards / "step-000000012").glob("*.distcp")
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    again = run(spec, tmp_path)
+    assert again["resumed_from_step"] == 10
+    assert "step-000000012: rank 0: EOFError" in again["checkpoint_note"]
+    assert again["checkpoint_note"].endswith("resumed from checkpoint.previous.pt")
+    assert again["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-6)
+    for folder in shards.iterdir():
+        for part in folder.glob("*.distcp"):
+            part.write_bytes(b"garbage")
+    fresh = run(spec, tmp_path)
+    assert fresh["resumed_from_step"] is None and fresh["steps_done"] == 12
+    assert fresh["checkpoint_note"].endswith("started afresh")
+    # the failed reads left neither weights nor optimizer moments behind
+    assert fresh["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-6)

@@ -190,3 +190,34 @@ def test_cifar10_missing_batch(tmp_path):
         load_data(DataConfig(name="cifar10", path=str(tmp_path)))
     with pytest.raises(HarnessError, match="does not exist \\(cifar10 needs"):
         load_data(DataConfig(name="cifar10", path=str(tmp_path / "nope")))
+
+
+def test_an_empty_cifar10_test_batch_is_refused_naming_it(tmp_path):
+    make_cifar(tmp_path)
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f)
+    with pytest.raises(HarnessError, match=f"^data.path: {tmp_path / 'test_batch'}: the test "
+                                           "set is empty; allowed: at least one image$"):
+        load_data(DataConfig(name="cifar10", path=str(tmp_path)))
+
+
+def test_no_loader_gives_an_empty_set(monkeypatch):
+    """Whatever a loader returns, an empty training or test set stops the run at loading."""
+    from harness.data import datasets
+
+    def empty(cfg):
+        none = InMemoryImages(torch.zeros(0, 3, 8, 8), torch.zeros(0))
+        return datasets.Datasets(none, none, 2)
+
+    monkeypatch.setitem(datasets.LOADERS, "digits", empty)
+    with pytest.raises(HarnessError, match="^data.path: digits: the train set is empty"):
+        load_data(DataConfig(name="digits"))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle", pickle.dumps({b"data": [1, 2]})])
+def test_a_broken_cifar10_batch_is_one_clear_line(tmp_path, content):
+    make_cifar(tmp_path)
+    (tmp_path / "data_batch_2").write_bytes(content)
+    with pytest.raises(HarnessError, match=f"^data.path: {tmp_path / 'data_batch_2'} is not a "
+                                           "CIFAR-10 python batch"):
+        load_data(DataConfig(name="cifar10", path=str(tmp_path)))

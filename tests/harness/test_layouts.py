@@ -208,3 +208,19 @@ def test_sharded_checkpoint_resumes_exactly_and_on_fewer_ranks(tmp_path):
     assert moved["result"]["resumed_from_step"] == 2
     assert_equal_runs({"losses": [0.0] * STEPS, "params": moved["params"]},
                       {"losses": [0.0] * STEPS, "params": unbroken["params"]}, "4 -> 2 ranks")
+
+
+def test_corrupt_shards_of_one_rank_restart_every_rank_afresh(tmp_path):
+    """One rank's shard file truncated: every rank finds the checkpoint unreadable (DCP fails
+    them all together), none keeps what it read, and the run starts afresh: the same as an
+    unbroken one."""
+    spawn_resume(2, tmp_path, [("unbroken", "unbroken"), ("stop", "two")])
+    part = tmp_path / "two" / "checkpoint-shards" / "step-000000002" / "__1_0.distcp"
+    part.write_bytes(part.read_bytes()[:500])
+    spawn_resume(2, tmp_path, [("resumed", "two")])
+    unbroken, resumed = (torch.load(tmp_path / f"{name}.pt", weights_only=False)
+                         for name in ("unbroken", "resumed"))
+    assert resumed["result"]["resumed_from_step"] is None
+    assert resumed["result"]["checkpoint_note"].endswith("started afresh")
+    for key, value in unbroken["params"].items():
+        assert torch.equal(resumed["params"][key], value), key

@@ -136,3 +136,26 @@ def test_fashion_mnist_study_runs_end_to_end(tmp_path):
     assert len(html) > 10_000
     # the fitted-curves section: a curve where a router has 3+ distinct costs, else the note
     assert 'id="fits"' in html and ('id="fig-fit-' in html or 'id="fits-note"' in html)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_idx_set_is_refused_naming_its_files(tmp_path, split):
+    write_idx(tmp_path, gz=False, **{f"n_{split}": 0})
+    images, labels = IDX_FILES[split]
+    with pytest.raises(HarnessError) as err:
+        load_data(DataConfig(name="mnist", path=str(tmp_path)))
+    assert str(err.value) == (f"data.path: {tmp_path / images}, {tmp_path / labels}: the "
+                              f"{split} set is empty; allowed: at least one image")
+
+
+def test_idx_dimensions_that_overflow_int64_are_one_clear_line(tmp_path):
+    """Three dimensions of 2**32 - 1: their product (about 2**96) is computed exactly."""
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    big = (1 << 32) - 1
+    for dims in ((big, big, big), (1 << 31, 1 << 31, 4), (big, 1, 1)):
+        path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in dims)
+                         + bytes(16))
+        with pytest.raises(HarnessError) as err:
+            read_idx(path, 3)
+        assert str(err.value) == (f"data.path: {path} holds 16 bytes of data, its header "
+                                  f"{dims} says {dims[0] * dims[1] * dims[2]} (truncated file?)")

@@ -187,3 +187,115 @@ def test_bench_data_reports_each_source(tmp_path):
     assert {r["source"] for r in result["rows"]} == {"jpeg", "prepared", "in-memory"}
     assert all(r["images_per_s"] > 0 and r["images_per_cpu_s"] > 0 for r in result["rows"])
     assert "prepared shards" in proc.stdout and "JPEG" in proc.stdout
+
+
+# --- hostile manifests -------------------------------------------------------------------------
+def _edit(root, change) -> None:
+    """Change the manifest and give it a matching checksum, as someone who means it would."""
+    from harness.data.prepared import _checksum
+
+    manifest = json.loads((root / MANIFEST).read_text())
+    change(manifest)
+    manifest["checksum"] = _checksum(manifest)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prepared")
+    make_folder(folder / "src", per_class=3)
+    prepare(folder / "src", folder / "p", 12, shard_size=4, workers=1, log=lambda _: None)
+    return folder / "p"
+
+
+def _copy(prepared, tmp_path):
+    import shutil
+
+    shutil.copytree(prepared, tmp_path / "p")
+    return tmp_path / "p"
+
+
+def _shard(i=0, split="train"):
+    return lambda m: m["splits"][split]["shards"][i]
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda m: _shard()(m).update(file="../outside.npy"),
+     "splits.train.shards[0].file: '../outside.npy'; allowed: the plain name of a file in"),
+    (lambda m: _shard()(m).update(file="/etc/passwd"), "splits.train.shards[0].file: '/etc"),
+    (lambda m: m["splits"]["test"]["labels"].update(file="sub/labels.npy"),
+     "splits.test.labels.file: 'sub/labels.npy'"),
+    (lambda m: m["splits"]["train"].update(shard_size=0),
+     "splits.train.shard_size: 0; allowed: a positive integer"),
+    (lambda m: m["splits"]["train"].update(shard_size=5),
+     "splits.train.shards[0].count: 4; allowed: the shard size 5"),
+    (lambda m: m["splits"]["train"].pop("shard_size"), "splits.train.shard_size: None"),
+    (lambda m: m["splits"].pop("test"), "splits.test: None; allowed: an object"),
+    (lambda m: m.update(resolution="12"), "resolution: '12'; allowed: a positive integer"),
+    (lambda m: m.update(classes=[]), "classes: []; allowed: a non-empty list"),
+    (lambda m: m["splits"]["test"].update(count=0, shards=[]),
+     "splits.test.count: 0; allowed: a positive integer (an empty test set cannot be used)"),
+    (lambda m: m["splits"]["test"].update(count=5),
+     "splits.test.count: 5; allowed: the sum of its shards' counts, 6"),
+    (lambda m: _shard()(m).update(sha256="x"), "splits.train.shards[0].sha256: 'x'"),
+])
+def test_a_manifest_is_validated_before_any_file_is_read(prepared, tmp_path, change, says):
+    root = _copy(prepared, tmp_path)
+    (tmp_path / "outside.npy").write_bytes((root / "train-00000.npy").read_bytes())
+    _edit(root, change)
+    for check in (read_manifest, verify,
+                  lambda r: load_data(DataConfig(name="prepared", path=str(r), image_size=12))):
+        with pytest.raises(HarnessError) as err:
+            check(root)
+        assert str(err.value).startswith(f"data.path: {root / MANIFEST}: "), err.value
+        assert says in str(err.value)
+
+
+def test_a_symlink_out_of_the_folder_is_refused(prepared, tmp_path):
+    root = _copy(prepared, tmp_path)
+    outside = tmp_path / "outside.npy"
+    (root / "train-00000.npy").rename(outside)
+    (root / "train-00000.npy").symlink_to(outside)
+    with pytest.raises(HarnessError, match=r"splits.train.shards\[0\].file: 'train-00000.npy'; "
+                                           r"allowed: a file in .* \(this one is a link to"):
+        verify(root)
+    (root / "train-00000.npy").unlink()
+    (root / "train-00000.npy").symlink_to(root / "train-00001.npy")  # inside: the checksum
+    with pytest.raises(HarnessError, match="train-00000.npy does not match its checksum"):
+        verify(root)
+
+
+def test_every_field_is_under_the_checksum(prepared, tmp_path):
+    root = _copy(prepared, tmp_path)
+    manifest = json.loads((root / MANIFEST).read_text())
+    assert manifest["version"] == 2 and verify(root)["checksum"] == manifest["checksum"]
+    manifest["splits"]["train"]["class_counts"] = [9, 9, 9]  # not checksummed by version 1
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(HarnessError, match="its checksum field does not match its entries"):
+        verify(root)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY garbage"])
+def test_an_empty_or_broken_npy_is_one_clear_line(prepared, tmp_path, content):
+    root = _copy(prepared, tmp_path)
+    (root / "test-labels.npy").write_bytes(content)
+    with pytest.raises(HarnessError, match=f"^data.path: {root / 'test-labels.npy'} is not a "
+                                           "numpy array file"):
+        load_data(DataConfig(name="prepared", path=str(root), image_size=12))
+
+
+def test_prepared_labels_outside_the_classes_are_refused(prepared, tmp_path):
+    root = _copy(prepared, tmp_path)
+    labels = np.load(root / "train-labels.npy")
+    labels[0] = 7
+    np.save(root / "train-labels.npy", labels)
+    with pytest.raises(HarnessError, match=r"train-labels.npy: labels range 0..7; allowed: 0..2"):
+        load_data(DataConfig(name="prepared", path=str(root), image_size=12))
+
+
+def test_data_verify_of_a_hostile_manifest_exits_2_with_one_line(prepared, tmp_path):
+    root = _copy(prepared, tmp_path)
+    (root / "test-00000.npy").write_bytes(b"")
+    out = cli("data", "verify", root, check=False)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert f"{root / 'test-00000.npy'} is not a numpy array file" in out.stderr

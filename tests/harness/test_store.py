@@ -111,6 +111,15 @@ def test_a_finished_record_is_replaced_only_by_a_newer_finished_one(tmp_path):
     (b'{"run_id": "bad", "status": "maybe"}', "status: 'maybe'; allowed"),
     (b'{"run_id": "other", "status": "ok"}', "is not the file's name 'bad'"),
     (b'{"run_id": "bad", "status": "ok", "seed": true}', "seed: expected a number, got True"),
+    (b'{"run_id": "bad", "status": "ok", "history": [0.5, 0.7]}', "history[0]: 0.5; allowed"),
+    (b'{"run_id": "bad", "status": "ok", "history": [{"train_loss": 1}]}',
+     "history[0].step: None; allowed: a list of objects, each with an integer step"),
+    (b'{"run_id": "bad", "status": "ok", "history": [{"step": "3"}]}', "history[0].step: '3'"),
+    (b'{"run_id": "bad", "status": "ok", "history": {"step": 3}}', "history: {'step': 3}"),
+    (b'{"run_id": "bad", "status": "ok", "spec_json": "{not json"}',
+     "spec_json: '{not json'; allowed: the run spec as the JSON text of an object"),
+    (b'{"run_id": "bad", "status": "ok", "spec_json": {"model": "vit"}}', "spec_json: {'model'"),
+    (b'{"run_id": "bad", "status": "ok", "spec_json": "[1]"}', "spec_json: '[1]'"),
 ])
 def test_invalid_records_are_problems_not_crashes(tmp_path, content, says):
     store = Store(tmp_path, "s")
@@ -137,3 +146,56 @@ def test_the_store_names_every_path_of_the_study_folder(tmp_path):
         "local": "submitit/%j", "debug": "submitit/%j", "slurm": "slurm/%j",
         "tune": "tune/submitit/%j"}
     assert not (study / "slurm").exists() and not (study / "tune").exists()  # named, not made
+
+
+def test_record_params_refuses_a_bad_record_before_mlflow_is_called():
+    """The MLflow export's parameters come from a checked record: a bad one is BadRecord
+    (a problem row), never a half-made MLflow run."""
+    from harness.results.mlflow import record_params
+    from harness.results.store import BadRecord
+
+    good = {"run_id": "r", "status": "ok", "spec_json": '{"router": "soft", "train": {"lr": 1}}',
+            "history": [{"step": 5, "train_loss": 1.0}]}
+    assert record_params(good) == {"router": "soft", "train.lr": "1"}
+    for bad in ({**good, "spec_json": "{"}, {**good, "history": [1.0]},
+                {**good, "history": [{"train_loss": 1.0}]}, {**good, "status": "done"}):
+        with pytest.raises(BadRecord):
+            record_params(bad)
+
+
+def test_a_lock_can_be_waited_for(tmp_path):
+    import threading
+
+    from harness.results.store import Busy, hold_lock
+
+    path = tmp_path / "x.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with hold_lock(path, "x"):
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    try:
+        with pytest.raises(Busy, match="x is in use by pid .* for 0.2 s"):
+            with hold_lock(path, "x", wait=0.2):
+                pass
+        threading.Timer(0.2, release.set).start()
+        with hold_lock(path, "x", wait=5):
+            pass
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_the_tracking_lock_nests_in_one_process(tmp_path):
+    from harness.results.mlflow import tracking_lock, tracking_lock_path
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_lock_path(uri, tmp_path / "elsewhere") == tmp_path / "mlflow.db.lock"
+    assert tracking_lock_path("http://h:5000", tmp_path) == tmp_path / "mlflow.lock"
+    with tracking_lock(uri, tmp_path, wait=0), tracking_lock(uri, tmp_path, wait=0):
+        pass  # an export holding it may call prepare_tracking and mlflow_run_for inside

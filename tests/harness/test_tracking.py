@@ -93,3 +93,113 @@ def test_a_resumed_run_replaces_the_points_after_its_checkpoint(study_file, tmp_
     second.close()
     assert scalars(tmp_path)["train/loss"] == [
         *((s, 1.0) for s in range(0, 20, 5)), *((s, 2.0) for s in range(20, 50, 5))]
+
+
+# --- trackers that fail ----------------------------------------------------------------------
+MLFLOW_STUDY = STUDY.replace("steps: 24,", "steps: 8,").replace("eval_every: 8", "eval_every: 4")
+
+
+def test_an_unreachable_tracker_costs_seconds_and_the_run_is_ok(tmp_path, capfd):
+    """A tracking server out of reach: the run ends ok within seconds, says why in the record
+    (and a warning) and keeps the points for a later export."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    import time
+
+    from helpers import free_ports
+
+    from harness.results.mlflow import PENDING, pending_metrics
+
+    (port,) = free_ports(1)  # nothing listens there
+    path = tmp_path / "t.yaml"
+    path.write_text(MLFLOW_STUDY + f"tracking: {{tensorboard: false, mlflow: true, "
+                                   f"mlflow_uri: 'http://127.0.0.1:{port}'}}\n")
+    spec = load(path).expand()[0]
+    tic = time.monotonic()
+    record = execute(spec, tmp_path / "results")
+    assert time.monotonic() - tic < 60  # MLflow's own retries took about 4 minutes
+    assert record["status"] == "ok", record.get("error")
+    assert f"http://127.0.0.1:{port}" in record["tracking_error"]
+    assert "tracking off" in capfd.readouterr().err
+    workdir = Store(tmp_path / "results", "tracked").work_path(spec.run_id)
+    kept = pending_metrics(workdir)
+    assert (workdir / PENDING).is_file()
+    assert {"train/loss", "eval/test_accuracy", "final/test_accuracy"} <= {k for k, *_ in kept}
+    assert sorted({s for k, _, s, _ in kept if k == "train/loss"}) == list(range(1, 9))
+
+
+def test_a_failing_event_file_turns_tensorboard_off_not_the_run(study_file, tmp_path,
+                                                                 monkeypatch):
+    from harness.runtime import tracking
+
+    def full_disk(self, step, values):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracking.TensorBoardLog, "log", full_disk)
+    record = execute(load(study_file).expand()[0], tmp_path / "results")
+    assert record["status"] == "ok", record.get("error")
+    assert record["tracking_error"].startswith("tensorboard: OSError")
+
+
+def _live_and_export(args: tuple) -> tuple[dict, list[str]]:
+    """One process: a live tracker of its own run (one point), then find-or-create the MLflow
+    runs of shared run ids, as an export does."""
+    from harness.results.mlflow import mlflow_client, mlflow_run_for, prepare_tracking
+    from harness.runtime.tracking import open_log
+
+    spec, root = args
+    log, close = open_log(spec, root / "work" / spec.run_id, root)
+    log(1, {"train/loss": 1.0})
+    fields = close("ok")
+    uri = spec.tracking.mlflow_uri or f"sqlite:///{root / 'mlflow.db'}"
+    experiment = prepare_tracking(uri, root, spec.study)
+    client = mlflow_client(uri)
+    made = [mlflow_run_for(client, experiment, f"shared-{i}", uri=uri, results_root=root,
+                           create=lambda i=i: client.create_run(
+                               experiment, tags={"run_id": f"shared-{i}"})).info.run_id
+            for i in range(4)]
+    return fields, made
+
+
+@pytest.mark.slow
+def test_parallel_runs_share_one_default_store_without_duplicates(tmp_path):
+    """Three processes start at once on a fresh default store (SQLite, which two migrations
+    at once leave half-migrated): the first creates it, the others wait; each live run logs;
+    finding or creating the MLflow run of one harness run makes exactly one."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from harness.results.mlflow import mlflow_client, mlflow_runs, mlflow_uri
+
+    path = tmp_path / "t.yaml"
+    path.write_text(STUDY.replace("grid: {", "grid: {seed: [0, 1, 2], ")
+                    + "tracking: {tensorboard: false, mlflow: true}\n")
+    specs = load(path).expand()
+    root = tmp_path / "results"
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_live_and_export, [(spec, root) for spec in specs]))
+    assert [fields for fields, _ in results] == [{}, {}, {}]
+    assert len({tuple(made) for _, made in results}) == 1  # the same 4 runs for everyone
+    client = mlflow_client(mlflow_uri(None, root))
+    runs = mlflow_runs(client, client.get_experiment_by_name("tracked").experiment_id)
+    assert set(runs) == {s.run_id for s in specs} | {f"shared-{i}" for i in range(4)}
+    assert len(client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+               ) == 7
+
+
+def test_a_sweep_prepares_the_store_once_or_warns(tmp_path):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from helpers import free_ports
+
+    from harness.results.mlflow import mlflow_client, mlflow_uri, prepare_sweep_tracking
+    from harness.spec.config import TrackingConfig
+
+    assert prepare_sweep_tracking(TrackingConfig(), tmp_path, "s") is None  # off: nothing
+    assert not (tmp_path / "mlflow.db").exists()
+    assert prepare_sweep_tracking(TrackingConfig(mlflow=True), tmp_path, "s") is None
+    assert mlflow_client(mlflow_uri(None, tmp_path)).get_experiment_by_name("s") is not None
+    (port,) = free_ports(1)
+    down = TrackingConfig(mlflow=True, mlflow_uri=f"http://127.0.0.1:{port}")
+    warning = prepare_sweep_tracking(down, tmp_path, "s")
+    assert warning.startswith(f"warning: MLflow http://127.0.0.1:{port} not ready (")
+    assert "\n" not in warning

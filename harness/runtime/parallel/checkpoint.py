@@ -70,7 +70,43 @@ def save(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> No
 
 def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read the model and optimizer states from ``folder`` into this rank's shards (every rank
-    calls it), whatever number of ranks and layout wrote it."""
+    calls it), whatever number of ranks and layout wrote it.
+
+    All or nothing: when the folder cannot be read (missing, truncated or corrupt files; DCP
+    raises ``CheckpointException``, a ``BaseException``, on every rank), the model's weights
+    are put back as they were, the optimizer is left without state (as new), and
+    ``UnreadableShards`` is raised, so that the caller can try an older checkpoint or start
+    afresh."""
+    if not (folder / ".metadata").is_file():
+        raise UnreadableShards(f"{folder}: no .metadata (not a complete sharded checkpoint)")
+    with torch.no_grad():
+        before = [t.to("cpu", copy=True) for t in _locals(model)]
+    try:
+        _load(folder, model, optimizer)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - CheckpointException is a BaseException
+        with torch.no_grad():
+            for tensor, saved in zip(_locals(model), before, strict=True):
+                tensor.copy_(saved)
+        optimizer.state.clear()  # get_state_dict gave it zero moments at step 1
+        from harness.runtime.checkpoint import first_line
+
+        raise UnreadableShards(f"{folder}: {first_line(err)}") from err
+
+
+class UnreadableShards(Exception):
+    """A sharded checkpoint folder that could not be read; nothing was changed."""
+
+
+def _locals(model: nn.Module) -> list[torch.Tensor]:
+    """This rank's own storage of every parameter and buffer (a DTensor's local shard)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return [t.to_local() if hasattr(t, "to_local") else t
+            for t in (*inner.parameters(), *inner.buffers())]
+
+
+def _load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     states = _states(model, optimizer)
     with _single_process_quiet():
         dcp.load(states, checkpoint_id=str(folder), no_dist=_alone())
