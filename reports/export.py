@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from harness.errors import HarnessError
-from harness.results.store import SCHEMA, Store
+from harness.results.store import SCHEMA, BadRecord, Store
 from reports.aggregate import aggregate
 from reports.metrics import SEED_KEY, SPEC_KEYS
 from reports.records import load_records
@@ -136,49 +136,66 @@ def record_tags(record: dict[str, Any], digest: str) -> dict[str, str]:
 
 def export_mlflow(store: Store, study: str, uri: str | None = None) -> dict[str, int]:
     """Log every record of ``store`` to MLflow; returns how many runs were created, updated
-    (a changed record, or a run logged live), or left unchanged."""
+    (a changed record, or a run logged live), left unchanged, or skipped as bad records (counted
+    only when there are some).
+
+    The whole export holds the tracking store's lock, so that two exports (or an export and
+    a live run) never make two MLflow runs of one harness run; a record is checked before any
+    MLflow call, so a bad one is skipped, never a half-written MLflow run. The points a live
+    tracker could not send are logged with the record's."""
     from mlflow.entities import Metric, Param, RunTag
 
     from harness.results.mlflow import (
         MLFLOW_STATUS,
         log_batches,
         mlflow_client,
-        mlflow_experiment,
         mlflow_runs,
         mlflow_uri,
-        spec_params,
+        pending_metrics,
+        prepare_tracking,
+        record_params,
+        tracking_lock,
     )
 
     records = store.records()
     if not records:
         raise HarnessError(f"{store.runs_dir}: no records to export yet (run the study first)")
-    client = mlflow_client(mlflow_uri(uri, store.root))
-    experiment = mlflow_experiment(client, study, store.root)
-    existing = mlflow_runs(client, experiment)
+    uri = mlflow_uri(uri, store.root)
+    experiment = prepare_tracking(uri, store.root, study)
+    client = mlflow_client(uri)
     counts = {"created": 0, "updated": 0, "unchanged": 0}
-    for record in records:
-        digest = record_digest(record)
-        found = existing.get(record["run_id"])
-        if found is not None and found.data.tags.get("record_sha") == digest:
-            counts["unchanged"] += 1
-            continue
-        if found is not None and "record_sha" in found.data.tags:
-            client.delete_run(found.info.run_id)  # a rerun: its metrics would mix with these
-            found = None
-        if found is None:
-            counts["created"] += 1
-            run = client.create_run(experiment, start_time=_ms(record.get("started_at")),
-                                    run_name=record.get("label") or record["run_id"],
-                                    tags={"run_id": record["run_id"]}).info.run_id
-            params = spec_params(record["spec_json"]) if record.get("spec_json") else {}
-        else:
-            counts["updated"] += 1
-            run, params = found.info.run_id, {}  # logged live: it has its parameters
-        stamp = _ms(record.get("finished_at")) or 0
-        log_batches(client, run,
-                    params=[Param(k, v[:6000]) for k, v in params.items()],
-                    metrics=[Metric(k, v, stamp, s) for k, v, s in record_metrics(record)],
-                    tags=[RunTag(k, v) for k, v in record_tags(record, digest).items()])
-        client.set_terminated(run, status=MLFLOW_STATUS.get(record.get("status"), "FAILED"),
-                              end_time=_ms(record.get("finished_at")))
+    with tracking_lock(uri, store.root):
+        existing = mlflow_runs(client, experiment)
+        for record in records:
+            try:
+                params = record_params(record)
+            except BadRecord:
+                counts["bad records skipped"] = counts.get("bad records skipped", 0) + 1
+                continue
+            digest = record_digest(record)
+            found = existing.get(record["run_id"])
+            if found is not None and found.data.tags.get("record_sha") == digest:
+                counts["unchanged"] += 1
+                continue
+            if found is not None and "record_sha" in found.data.tags:
+                client.delete_run(found.info.run_id)  # a rerun: its metrics would mix
+                found = None
+            if found is None:
+                counts["created"] += 1
+                run = client.create_run(experiment, start_time=_ms(record.get("started_at")),
+                                        run_name=record.get("label") or record["run_id"],
+                                        tags={"run_id": record["run_id"]}).info.run_id
+            else:
+                counts["updated"] += 1
+                run, params = found.info.run_id, {}  # logged live: it has its parameters
+            stamp = _ms(record.get("finished_at")) or 0
+            metrics = [Metric(k, v, stamp, s) for k, v, s in record_metrics(record)]
+            metrics += [Metric(k, v, ts, s) for k, v, s, ts in
+                        pending_metrics(store.work_path(record["run_id"]))]
+            log_batches(client, run,
+                        params=[Param(k, v[:6000]) for k, v in params.items()],
+                        metrics=metrics,
+                        tags=[RunTag(k, v) for k, v in record_tags(record, digest).items()])
+            client.set_terminated(run, status=MLFLOW_STATUS.get(record.get("status"), "FAILED"),
+                                  end_time=_ms(record.get("finished_at")))
     return counts

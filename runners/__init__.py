@@ -19,12 +19,12 @@ from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
 from runners.executors import EXECUTORS, RUNNERS, check_executor, make_runner, runner_class
 
-__all__ = ["EXECUTORS", "RUNNERS", "Plan", "Runner", "Summary", "cancel", "check_executor",
-           "dispatch", "live_view", "plan", "runner_class"]
+__all__ = ["EXECUTORS", "RUNNERS", "Selection", "Runner", "Summary", "cancel", "check_executor",
+           "dispatch", "live_view", "select", "runner_class"]
 
 
 @dataclass
-class Plan:
+class Selection:
     """What a ``run`` would do: all specs, and those selected to run now."""
 
     specs: list[RunSpec]
@@ -40,7 +40,8 @@ class Plan:
         return sum(1 for s in self.specs if self.statuses.get(s.run_id) == "failed")
 
 
-def plan(study: Study, store: Store, *, rerun: bool = False, retry_failed: bool = False) -> Plan:
+def select(study: Study, store: Store, *, rerun: bool = False,
+           retry_failed: bool = False) -> Selection:
     specs = study.expand()
     statuses = store.statuses()
     if rerun:
@@ -49,17 +50,18 @@ def plan(study: Study, store: Store, *, rerun: bool = False, retry_failed: bool 
         todo = [s for s in specs if statuses.get(s.run_id) == "failed"]
     else:
         todo = [s for s in specs if s.run_id not in statuses]
-    return Plan(specs, todo, statuses)
+    return Selection(specs, todo, statuses)
 
 
 def dispatch(study: Study, specs: list[RunSpec], *, results_root: Path, executor: str | None = None,
              max_parallel: int | None = None, wait: bool = False,
-             show_progress: bool = True) -> Summary:
+             show_progress: bool = True, fresh: bool = False) -> Summary:
     """Run ``specs`` with ``executor`` (default: the study's). ``max_parallel`` applies to the
     local executor (the debug one runs one at a time), ``wait`` to SLURM (local runs are
-    always waited for)."""
+    always waited for); ``fresh`` (a rerun) trains each run from scratch."""
     runner = make_runner(executor or study.executor.name, study, Store(results_root, study.name),
-                         max_parallel=max_parallel, wait=wait, show_progress=show_progress)
+                         max_parallel=max_parallel, wait=wait, show_progress=show_progress,
+                         fresh=fresh)
     return runner.run(specs)
 
 

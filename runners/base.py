@@ -65,10 +65,11 @@ class Runner(ABC):
     in_process: ClassVar[bool] = False  # jobs run in this process, when their result is asked
 
     def __init__(self, study: Study, store: Store, *, max_parallel: int | None = None,
-                 wait: bool = False, show_progress: bool = True):
+                 wait: bool = False, show_progress: bool = True, fresh: bool = False):
         self.study, self.store, self.show_progress = study, store, show_progress
         self.max_parallel = max_parallel
         self.wait = wait or not self.remote
+        self.fresh = fresh  # a rerun: each run trains from scratch, its old work set aside
 
     @abstractmethod
     def run(self, specs: list[RunSpec]) -> Summary:

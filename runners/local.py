@@ -29,15 +29,13 @@ class LocalRunner(Runner):
 
     name = "local"
 
-    def __init__(self, study: Study, store: Store, *, max_parallel: int | None = None,
-                 wait: bool = False, show_progress: bool = True, max_retries: int | None = None,
-                 timeout_min: int = 24 * 60):
-        super().__init__(study, store, max_parallel=max_parallel, wait=wait,
-                         show_progress=show_progress)
+    def __init__(self, study: Study, store: Store, *, max_retries: int | None = None,
+                 timeout_min: int = 24 * 60, **options):
+        super().__init__(study, store, **options)
         if self.in_process:
             self.max_parallel = 1
         else:
-            self.max_parallel = max_parallel or study.executor.max_parallel
+            self.max_parallel = self.max_parallel or study.executor.max_parallel
         self.max_retries = study.executor.max_retries if max_retries is None else max_retries
         self.executor = self.make_executor(store.jobs_folder(self.name), study,
                                            timeout_min=timeout_min)
@@ -74,7 +72,8 @@ class LocalRunner(Runner):
                     while queue and len(running) < self.max_parallel:
                         spec, tries = queue.pop(0)
                         with self.submitting(threads):
-                            job = self.executor.submit(task, spec, str(self.store.root))
+                            job = self.executor.submit(task, spec, str(self.store.root),
+                                                       fresh=self.fresh)
                         summary.job_ids.append(str(job.job_id))
                         running[job] = (spec, tries, now())
                         progress.started(spec)

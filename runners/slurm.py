@@ -69,7 +69,7 @@ class RunJob(submitit.helpers.Checkpointable):
     the run's workdir, so nothing else needs pickling.
     """
 
-    def __call__(self, spec: RunSpec, results_root: str) -> dict | None:
+    def __call__(self, spec: RunSpec, results_root: str, fresh: bool = False) -> dict | None:
         # submitit only logs SIGTERM (the job goes on until USR2 or the kill). Ignoring it
         # instead is the same for this process, and its children inherit the ignore: the
         # `scontrol requeue` that submitit's USR2 handler runs must outlive the SIGTERM which
@@ -78,7 +78,7 @@ class RunJob(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         from harness.runtime.run import execute
 
-        return execute(spec, results_root)
+        return execute(spec, results_root, fresh=fresh)
 
 
 def executor_parameters(study: Study) -> dict:
@@ -112,13 +112,11 @@ class SlurmRunner(Runner):
     name = "slurm"
     remote = True
 
-    def __init__(self, study: Study, store: Store, *, max_parallel: int | None = None,
-                 wait: bool = False, show_progress: bool = True, poll_s: float = 2.0):
+    def __init__(self, study: Study, store: Store, *, poll_s: float = 2.0, **options):
         if not shutil.which("sbatch"):
             raise HarnessError("--executor slurm: 'sbatch' is not on PATH; is this a SLURM "
                                "login node (or is SLURM_CONF set)?")
-        super().__init__(study, store, max_parallel=max_parallel, wait=wait,
-                         show_progress=show_progress)
+        super().__init__(study, store, **options)
         self.poll_s = poll_s
 
     @classmethod
@@ -184,7 +182,8 @@ class SlurmRunner(Runner):
         submitted = now()
         try:
             executor = self.make_executor(self.store.jobs_folder(self.name), self.study)
-            jobs = executor.map_array(RunJob(), specs, [str(self.store.root)] * len(specs))
+            jobs = executor.map_array(RunJob(), specs, [str(self.store.root)] * len(specs),
+                                      [self.fresh] * len(specs))
         except (submitit.core.utils.UncompletedJobError,
                 submitit.core.utils.FailedSubmissionError, OSError) as err:
             lines = [x for x in str(err).splitlines() if "error:" in x] or [str(err)]

@@ -310,12 +310,12 @@ def test_plan_table_of_every_study_and_profile(name, profile, tmp_path):
 
     from harness.results.store import Store
     from harness.views.runs import plan_table
-    from runners import plan
+    from runners import select
 
     s = study(name, profile, "data.path=/nonexistent")
     console = Console(width=250, record=True)
     with console.capture() as out:
-        console.print(plan_table(s, plan(s, Store(tmp_path, s.name))))
+        console.print(plan_table(s, select(s, Store(tmp_path, s.name))))
     text = out.get()
     runs = len(s.expand())
     assert f"{runs} runs" in text and "total" in text and "ESTIMATE" in text

@@ -58,6 +58,7 @@ def run(
     import runners
     from harness.cost.estimate import data_path_notes, data_supply_notes
     from harness.cost.memory import MemoryRefusal, plan_sweep, study_plans
+    from harness.results.mlflow import prepare_sweep_tracking
     from harness.results.store import Store, results_root
     from harness.views.runs import print_dry_run, print_nothing_to_do, print_sweep
 
@@ -66,24 +67,27 @@ def run(
     runners.check_executor(executor or spec.executor.name, "--executor")
     store = (Store(results_root(results), spec.name) if dry_run
              else writable_store(results, spec.name))
-    the_plan = runners.plan(spec, store, rerun=rerun, retry_failed=retry_failed)
-    memory = study_plans(spec, the_plan.specs)
+    chosen = runners.select(spec, store, rerun=rerun, retry_failed=retry_failed)
+    memory = study_plans(spec, chosen.specs)
     if dry_run:
-        notes = data_supply_notes(spec, the_plan.specs) + data_path_notes(spec)
-        print_dry_run(console, spec, the_plan, memory, notes)
+        notes = data_supply_notes(spec, chosen.specs) + data_path_notes(spec)
+        print_dry_run(console, spec, chosen, memory, notes)
         return
-    if not the_plan.todo:
-        print_nothing_to_do(console, spec, the_plan, store, retry_failed)
+    if not chosen.todo:
+        print_nothing_to_do(console, spec, chosen, store, retry_failed)
         return
     try:
-        sweep = plan_sweep(spec, the_plan.todo, memory, force=force)
+        sweep = plan_sweep(spec, chosen.todo, memory, force=force)
     except MemoryRefusal as refused:
         print("\n".join(refused.lines), file=sys.stderr)
         raise
     keep_study(spec, store)
-    print_sweep(console, spec, the_plan, sweep)
+    print_sweep(console, spec, chosen, sweep)
+    if warning := prepare_sweep_tracking(spec.tracking, store.root, spec.name):
+        console.print(warning, style="yellow")
     summary = runners.dispatch(spec, sweep.specs, results_root=store.root, executor=executor,
-                               max_parallel=max_parallel, show_progress=not quiet, wait=wait)
+                               max_parallel=max_parallel, show_progress=not quiet, wait=wait,
+                               fresh=rerun)
     if summary.waited:
         console.print(f"{summary.submitted} runs: {summary.ok} ok, {summary.failed} failed, "
                       f"{summary.diverged} diverged -> {store.runs_dir}")

@@ -33,7 +33,7 @@ def _elapsed(record: dict) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def plan_table(study: Study, plan) -> Table:
+def plan_table(study: Study, chosen) -> Table:
     """The runs a ``run`` would do, each with its estimated cost, and the totals.
 
     Costs come from the shapes alone (``harness.cost.estimate``): the dataset is not opened and no
@@ -43,16 +43,16 @@ def plan_table(study: Study, plan) -> Table:
     from harness.cost.estimate import CONVENTIONS, describe, study_costs, totals
     from harness.cost.memory import on_gpu
 
-    costs = study_costs(study, plan.specs)
-    todo = {s.run_id for s in plan.todo}
-    gpu = {s.run_id for s in plan.specs if on_gpu(study, s)}  # GPU-hours of GPU runs only
+    costs = study_costs(study, chosen.specs)
+    todo = {s.run_id for s in chosen.todo}
+    gpu = {s.run_id for s in chosen.specs if on_gpu(study, s)}  # GPU-hours of GPU runs only
     knobs = {"seed": lambda s: str(s.seed), "lr": lambda s: f"{s.train.lr:g}",
              "steps": lambda s: f"{s.train.steps:,}", "batch": lambda s: f"{s.train.batch_size:,}"}
-    values = {name: [get(s) for s in plan.specs] for name, get in knobs.items()}
+    values = {name: [get(s) for s in chosen.specs] for name, get in knobs.items()}
     shared = {n: v[0] for n, v in values.items() if v and len(set(v)) == 1}
     varying = [n for n in knobs if n not in shared]
-    title = (f"{study.name}: {len(plan.specs)} runs, {plan.done} done, {plan.failed} failed, "
-             f"{len(plan.todo)} to run")
+    title = (f"{study.name}: {len(chosen.specs)} runs, {chosen.done} done, {chosen.failed} failed, "
+             f"{len(chosen.todo)} to run")
     if shared:
         title += " (every run: " + ", ".join(f"{n} {v}" for n, v in shared.items()) + ")"
     table = Table(title=title, title_justify="left", caption_justify="left")
@@ -60,8 +60,8 @@ def plan_table(study: Study, plan) -> Table:
         table.add_column(col)
     for col in ("GFLOP/img", "train EF ours", "train EF paper", "GPU-h est."):
         table.add_column(col, justify="right")
-    for i, (spec, cost) in enumerate(zip(plan.specs, costs, strict=True)):
-        state = plan.statuses.get(spec.run_id, "pending")
+    for i, (spec, cost) in enumerate(zip(chosen.specs, costs, strict=True)):
+        state = chosen.statuses.get(spec.run_id, "pending")
         if spec.run_id in todo:
             state += " -> run"
         table.add_row(str(i), spec.run_id, spec.model_config_().spec,
@@ -71,7 +71,7 @@ def plan_table(study: Study, plan) -> Table:
                       _num(cost.train_exaflops_paper),
                       _num(cost.gpu_hours) if spec.run_id in gpu else "-")
     rows = [("total", totals(costs))]
-    if plan.todo and len(plan.todo) != len(plan.specs):
+    if chosen.todo and len(chosen.todo) != len(chosen.specs):
         rows.append(("to run", totals(c for c in costs if c.run_id in todo)))
     table.add_section()
     for name, t in rows:
@@ -145,29 +145,29 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
     return table
 
 
-def print_dry_run(console, study: Study, plan, memory: dict, notes: list[str]) -> None:
+def print_dry_run(console, study: Study, chosen, memory: dict, notes: list[str]) -> None:
     """``run --dry-run``: the runs and their costs, their memory per GPU (``memory``: the
     plans of ``harness.cost.memory.study_plans``), then the data notes (``DATA-BOUND`` lines
     in red, ``WARNING`` lines in yellow)."""
     from harness.views.memory import memory_table
 
-    console.print(plan_table(study, plan))
-    console.print(memory_table(study, plan.specs, memory))
+    console.print(plan_table(study, chosen))
+    console.print(memory_table(study, chosen.specs, memory))
     for line in notes:
         console.print(line, style="bold red" if line.startswith("DATA-BOUND") else
                       "yellow" if line.startswith("WARNING") else None)
 
 
-def print_nothing_to_do(console, study: Study, plan, store: Store, retry_failed: bool) -> None:
+def print_nothing_to_do(console, study: Study, chosen, store: Store, retry_failed: bool) -> None:
     """``run`` with no run selected: how many are done, and how to retry the failed ones."""
     what = "failed runs to retry" if retry_failed else "pending runs"
-    console.print(f"Nothing to do: no {what}; {plan.done} of {len(plan.specs)} "
+    console.print(f"Nothing to do: no {what}; {chosen.done} of {len(chosen.specs)} "
                   f"runs of {study.name} are done ({store.runs_dir}).")
-    if plan.failed and not retry_failed:
-        console.print(f"{plan.failed} failed: --retry-failed runs them again.")
+    if chosen.failed and not retry_failed:
+        console.print(f"{chosen.failed} failed: --retry-failed runs them again.")
 
 
-def print_sweep(console, study: Study, plan, sweep) -> None:
+def print_sweep(console, study: Study, chosen, sweep) -> None:
     """What ``run`` submits (``sweep``: ``harness.cost.memory.plan_sweep``'s): the runs forced
     past the memory check, the layouts ``train.layout: auto`` chose, the counts."""
     if sweep.forced:
@@ -175,5 +175,5 @@ def print_sweep(console, study: Study, plan, sweep) -> None:
     if sweep.auto_layouts:
         console.print("train.layout auto (the cheapest layout that fits): " + ", ".join(
             f"{layout} for {n} runs" for layout, n in sweep.auto_layouts.items()))
-    console.print(f"{study.name}: {len(plan.todo)} to run, {plan.done} done of "
-                  f"{len(plan.specs)}")
+    console.print(f"{study.name}: {len(chosen.todo)} to run, {chosen.done} done of "
+                  f"{len(chosen.specs)}")
