@@ -220,3 +220,119 @@ def data_path_notes(study) -> list[str]:
                 "would fail at start unless it exists where the jobs run (give the real "
                 "folder with --set data.path=...)."]
     return []
+
+
+# --- calibrated from a finished study ------------------------------------------------------------
+@dataclass(frozen=True)
+class Calibration:
+    """Measured training time on one device, fitted to a finished study's runs::
+
+        seconds = per_step_s x steps + per_gflop_s x training GFLOPs / GPUs
+
+    (training GFLOPs: 3 x forward GFLOPs x images, ours). ``per_step_s`` is what every step
+    costs whatever its size (launches, the optimizer's loop, data, the Python around them);
+    ``per_gflop_s`` the device's time per GFLOP at these shapes. ``form`` says which terms
+    were fitted; ``rms_error`` is the fit's relative error on its own runs."""
+
+    device: str
+    runs: int
+    per_step_s: float
+    per_gflop_s: float
+    rms_error: float
+    form: str
+
+    def seconds(self, gflops_per_image: float, images: float, steps: float,
+                gpus: int = 1) -> float:
+        """Predicted training time (the steps alone, as ``train_time_s`` measures)."""
+        return (self.per_step_s * steps
+                + self.per_gflop_s * 3.0 * gflops_per_image * images / max(gpus, 1))
+
+    def utilization(self, peak_tflops: float) -> float:
+        """The achieved share of ``peak_tflops`` (per GPU) the FLOP term implies."""
+        if not self.per_gflop_s:
+            return float("nan")
+        return 1e9 / self.per_gflop_s / (peak_tflops * 1e12)
+
+
+def _timed(record) -> tuple[float, float, float, float] | None:
+    """(seconds, steps, GFLOPs, GPUs) of a finished record with a measured training time."""
+    try:
+        seconds = float(record.get("train_time_s") or 0)
+        steps = float(record.get("steps_done") or record.get("steps") or 0)
+        gflops = float(record.get("gflops_per_image") or 0)
+        batch = float(record.get("batch_size") or 0)
+        gpus = float(record.get("ranks") or record.get("world_size") or 1)
+    except (TypeError, ValueError):
+        return None
+    if record.get("status") != "ok" or min(seconds, steps, gflops, batch) <= 0:
+        return None
+    return seconds, steps, 3.0 * gflops * batch * steps, gpus
+
+
+def _fit_time(rows: list[tuple[float, float, float, float]]) -> tuple[float, float, str]:
+    """Non-negative least squares on relative errors: (per step, per GFLOP, form)."""
+    import numpy as np
+
+    t = np.array([r[0] for r in rows])
+    cols = np.array([[r[1], r[2] / r[3]] for r in rows]) / t[:, None]
+    fits = {"FLOPs only": (0.0, float(np.sum(cols[:, 1]) / np.sum(cols[:, 1] ** 2))),
+            "steps only": (float(np.sum(cols[:, 0]) / np.sum(cols[:, 0] ** 2)), 0.0)}
+    if len(rows) >= 3 and np.linalg.cond(cols) < 1e8:
+        both = np.linalg.lstsq(cols, np.ones(len(rows)), rcond=None)[0]
+        if (both >= 0).all():
+            fits["steps + FLOPs"] = (float(both[0]), float(both[1]))
+
+    def sse(p):
+        return float(np.sum((cols @ np.array(p) - 1.0) ** 2))
+
+    form = min(fits, key=lambda k: sse(fits[k]))
+    return (*fits[form], form)
+
+
+def calibrate(records: Iterable[dict]) -> dict[str, Calibration]:
+    """Device name -> its :class:`Calibration` from a store's records (``ok`` runs with a
+    measured ``train_time_s``, ``gflops_per_image``, ``batch_size`` and steps). With fewer
+    than 3 runs, or runs whose steps and FLOPs do not vary apart, one term is fitted."""
+    by_device: dict[str, list] = {}
+    for record in records:
+        row = _timed(record)
+        if row is not None:
+            by_device.setdefault(str(record.get("device") or "unknown"), []).append(row)
+    out = {}
+    for device, rows in by_device.items():
+        per_step, per_gflop, form = _fit_time(rows)
+        rel = [(per_step * s + per_gflop * f / g) / t - 1.0 for t, s, f, g in rows]
+        out[device] = Calibration(device, len(rows), per_step, per_gflop,
+                                  (sum(r * r for r in rel) / len(rel)) ** 0.5, form)
+    return out
+
+
+def pick_calibration(calibrations: dict[str, Calibration],
+                     device: str | None = None) -> Calibration | None:
+    """The calibration of ``device`` (a substring of its name), else of the device with the
+    most runs; None when there is none."""
+    if device is not None:
+        found = [c for name, c in calibrations.items() if device.lower() in name.lower()]
+        return max(found, key=lambda c: c.runs) if found else None
+    return max(calibrations.values(), key=lambda c: c.runs) if calibrations else None
+
+
+def calibrated_seconds(cost: RunCost, steps: int, calibration: Calibration) -> float:
+    """A dry run's :class:`RunCost` as measured training seconds (wall, its GPUs together)."""
+    return calibration.seconds(cost.gflops_per_image, cost.images, steps, cost.gpus)
+
+
+def describe_calibration(calibration: Calibration) -> str:
+    """One line: where the calibrated times come from and how well they fit."""
+    c = calibration
+    return (f"Wall times CALIBRATED on {c.runs} finished runs on {c.device}: "
+            f"{c.per_step_s * 1e3:.3g} ms per step + {c.per_gflop_s * 1e3:.3g} ms per training "
+            f"GFLOP ({c.form}); the fit is within {c.rms_error:.0%} (rms) of its own runs. "
+            "Training steps only; another device or other shapes make it an extrapolation.")
+
+
+__all__ = ["ASSUMED_FOLDER_CLASSES", "CONVENTIONS", "IMAGES_PER_CPU_S", "KNOWN_CLASSES",
+           "PATH_DATASETS", "THREADS_WITHOUT_WORKERS", "Calibration", "DataSupply", "RunCost",
+           "Totals", "calibrate", "calibrated_seconds", "data_path_notes", "data_supply",
+           "data_supply_notes", "describe", "describe_calibration", "gpu_hours",
+           "head_classes", "pick_calibration", "run_cost", "study_costs", "totals"]
