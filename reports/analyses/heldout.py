@@ -164,6 +164,13 @@ def flagged_curve(checks: Sequence[HeldOut], curve: Curve) -> HeldOut | None:
     return None
 
 
+def warnings_by_router(checks: Sequence[HeldOut], cost: str = "train_exaflops") -> dict[str, str]:
+    """Router -> the sentence of its flagged check on ``cost`` (``moe-harness plan``: a
+    warning on that router's row; the plan's curves are on training compute)."""
+    return {h.router: h.sentence() for h in checks
+            if h.kind == "curve" and h.axis == cost and h.flagged}
+
+
 # --------------------------------------------------------------------------- joint laws
 
 
@@ -223,4 +230,4 @@ def check_json(check: HeldOut) -> dict[str, Any]:
 
 
 __all__ = ["HeldOut", "by_curve", "check_json", "curve_check", "curve_checks", "flagged_curve",
-           "law_check", "law_checks"]
+           "law_check", "law_checks", "warnings_by_router"]

@@ -88,3 +88,15 @@ def test_the_pareto_fronts_make_one_figure(study):
     fig = fig_compare_fronts(data)
     assert [t["name"] for t in fig["data"]] == ["A", "B+0.02"]
     go.Figure(fig)
+
+
+def test_the_changes_as_table_rows(study):
+    from reports.analyses.law_tables import COMPARE_HEADERS, compare_rows
+
+    a = law_records(study, LAW, noise=SEED_SD, seed=0)
+    b = [{**r, "test_accuracy": r["test_accuracy"] + 5 * SEED_SD} for r in a]
+    data = compare(a, b)
+    rows = compare_rows(data)
+    assert len(rows) == 15 and all(len(r) == len(COMPARE_HEADERS) for r in rows)
+    assert rows[0][1] == "test accuracy" and rows[0][4].endswith("(flagged)")
+    assert len(compare_rows(data, flagged_only=False)) > len(rows)

@@ -100,3 +100,18 @@ def test_joint_laws_flag_a_law_that_bends_at_the_largest_costs(folder):
     assert clean_flags <= 1 and bent_flags == DRAWS, (clean_flags, bent_flags)
     check = law_check(laws[0])
     assert check.kind == "surface" and "e32" in check.held[0] and "FLAGGED" in check.sentence()
+
+
+def test_the_checks_as_table_rows_and_plan_warnings(folder):
+    from reports.analyses.heldout import warnings_by_router
+    from reports.analyses.law_tables import HELDOUT_HEADERS, heldout_rows
+
+    study = study_file(folder, "curves", models=CURVE_SIZES, experts=(8,))
+    flat = flattened(curve, knees(law_records(study, curve)), keep=0.2)
+    checks = curve_checks(curves_of(law_records(study, flat, noise=0.005, seed=0)))
+    rows = heldout_rows(checks)
+    assert len(rows) == 2 and all(len(r) == len(HELDOUT_HEADERS) for r in rows)
+    assert rows[0][-1].startswith("NO: outside")
+    warnings = warnings_by_router(checks)
+    assert "dense" in warnings and "FLAGGED" in warnings["dense"]
+    assert warnings_by_router(checks, cost="gflops_per_image") == {}

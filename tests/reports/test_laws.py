@@ -130,3 +130,22 @@ def test_surface_json_and_figure_are_plain_data(study):
     assert [t["type"] for t in fig["data"]] == ["surface", "scatter3d"]
     assert len(fig_joint_law([law], steps=7)["data"]) == 1  # one trace per router
     go.Figure(fig)  # valid plotly
+
+
+def test_the_tables_rows(study, tmp_path):
+    from reports.analyses.law_tables import (
+        LAW_HEADERS,
+        MULTIPLIER_HEADERS,
+        law_multiplier_rows,
+        law_rows,
+    )
+
+    law = soft_law(law_records(study, LAW, noise=0.01, seed=2), n_boot=50, transform=LOG)
+    small = soft_law(law_records(study_file(tmp_path, "one", models=SIZES[:1]), LAW))
+    rows = law_rows([law, small])
+    assert all(len(r) == len(LAW_HEADERS) for r in rows)
+    assert rows[0][2] == LOG and rows[0][8].startswith("converged")
+    assert rows[1][2] == "refused" and rows[1][-1].startswith(TOO_SMALL)
+    multipliers = law_multiplier_rows([law, small])
+    assert len(multipliers) == 12 and all(len(r) == len(MULTIPLIER_HEADERS) for r in multipliers)
+    assert "x [" in multipliers[0][4]

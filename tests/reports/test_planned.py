@@ -104,3 +104,12 @@ def test_missing_sides_stay_empty_and_the_frame_joins_on_run_id():
     runs = pl.DataFrame({"run_id": [r["run_id"] for r in records]})
     assert runs.join(frame, on="run_id", how="left").height == 18
     assert planned_frame([]).columns[:3] == ["run_id", "spec", "device"]
+
+
+def test_the_summary_as_table_rows():
+    from reports.analyses.law_tables import PLANNED_HEADERS, planned_table_rows
+
+    rows = planned_table_rows(planned_summary(planned_rows(quickstart_records())))
+    assert [r[0] for r in rows][:3] == ["training peak memory (GB per rank)",
+                                        "measurement-step memory (GB)", "GFLOP per image"]
+    assert all(len(r) == len(PLANNED_HEADERS) and r[1] == "18" for r in rows)
