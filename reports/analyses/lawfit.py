@@ -207,7 +207,7 @@ def solve(start_points: list[np.ndarray], x, e, y, delta: float, saturating: boo
     if not results:
         return None, 0
     best = min(results, key=lambda r: r.cost)
-    return best, sum(r.cost <= best.cost * (1 + 1e-6) + 1e-18 for r in results)
+    return best, sum(r.cost - best.cost <= 1e-6 * max(best.cost, delta**2) for r in results)
 
 
 def bootstrap(theta: np.ndarray, x, e, y, noise: np.ndarray, delta: float, saturating: bool,

@@ -239,8 +239,8 @@ def interval(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray
 
 def noise_delta(points: LawPoints, y: np.ndarray | None = None) -> float:
     """The Huber ``delta`` in log space: 1.345 x the points' median seed noise (``sem / L``);
-    without a measured noise, 1.345 x the MAD of a least-squares fit's residuals; 1e-3 when
-    even that is 0 (an exact law)."""
+    without a measured noise, 1.345 x the MAD of a least-squares fit's residuals, at least
+    1e-3 (Hoffmann et al.'s value; an exact law has no residuals)."""
     rel = points.sem / points.error
     if np.any(rel > 0):
         return lawfit.HUBER_TUNING * float(np.median(rel))
@@ -249,8 +249,7 @@ def noise_delta(points: LawPoints, y: np.ndarray | None = None) -> float:
                           np.log(points.e))
         r = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
         mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-        if mad > 1e-9:
-            return lawfit.HUBER_TUNING * mad
+        return max(lawfit.HUBER_TUNING * mad, lawfit.HUBER_DEFAULT)
     return lawfit.HUBER_DEFAULT
 
 

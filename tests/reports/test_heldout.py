@@ -115,3 +115,22 @@ def test_the_checks_as_table_rows_and_plan_warnings(folder):
     warnings = warnings_by_router(checks)
     assert "dense" in warnings and "FLAGGED" in warnings["dense"]
     assert warnings_by_router(checks, cost="gflops_per_image") == {}
+
+
+def test_the_huber_refit_of_each_curve_converges_and_agrees(folder):
+    from reports.analyses.robust import disagreements, huber_refits, refit_json
+
+    study = study_file(folder, "curves", models=CURVE_SIZES, experts=(8,))
+    exact = huber_refits(curves_of(law_records(study, curve)))
+    assert [f.router for f in exact] == ["dense", "soft"]
+    for fit in exact:
+        assert fit.converged and "5 of 5 starts reached the best objective" in fit.convergence
+        assert fit.params["E"] == pytest.approx(0.15, abs=1e-6)
+        assert fit.params["alpha"] == pytest.approx(0.5, rel=1e-6)
+        assert not fit.floor_at_bound
+    noisy = huber_refits(curves_of(law_records(study, curve, noise=0.005, seed=1)))
+    assert disagreements(noisy) == []
+    assert json.loads(json.dumps(refit_json(noisy[0])))["converged"] is True
+    four = huber_refits(curves_of(law_records(
+        study_file(folder, "four", models=CURVE_SIZES[:4], experts=(8,)), curve)))
+    assert all(f.params["E"] == 0.0 for f in four)  # a plain power law, as the curve
