@@ -18,6 +18,6 @@ ones above it in this list:
   sections), ``render`` (the one page function, ``render_report`` / ``write_report``),
   ``answer``, ``tables``, ``html``;
 * ``reports.build``     ``moe-harness report``: store in, page (and ``--json``) out;
-  ``reports.export`` tables and MLflow; ``reports.bench`` the 10,000-record report benchmark;
+  ``reports.export`` tables and MLflow;
   ``reports.published`` the paper's points; ``reports.synthetic`` synthetic records.
 """

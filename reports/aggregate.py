@@ -36,12 +36,10 @@ from reports.metrics import (
     SPEC_KEYS,
     looks_like_metric,
 )
-from reports.records import load_records, moe_blocks
+from reports.records import moe_blocks
 
-# ``load_records`` lives in ``reports.records``; it is named here too because ``moe-harness plan``
-# (harness.cli) imports it from this module.
 __all__ = ["BLOCKS", "DEPTH", "N_BLOCKS", "PLACEMENT", "ROW", "SLOTS_PER_TOKEN", "TOKENS",
-           "TOTAL_SLOTS", "aggregate", "best_per", "derive", "load_records", "metric_columns",
+           "TOTAL_SLOTS", "aggregate", "best_per", "derive", "metric_columns",
            "ok_runs", "placement_kind", "prepared", "present", "primary_quality", "problems",
            "quality_axes", "spec_columns", "spec_keys", "status_counts", "summarise",
            "with_rows"]

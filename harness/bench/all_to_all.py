@@ -100,10 +100,3 @@ def bench_all_to_all(*, ranks: int = 2, dim: int = 384, tokens: int = 196, batch
             **shape, **result}
 
 
-def print_all_to_all(result: dict[str, Any]) -> None:
-    print(f"Soft MoE layer, {result['experts']} experts x {result['slots']} slot(s) sharded "
-          f"over {result['ranks']} {result['device']} processes ({result['threads_per_rank']} "
-          f"thread(s) each); per rank {result['batch']} images x {result['tokens']} tokens x "
-          f"{result['dim']} dims; forward+backward, median of {result['repeats']}:")
-    print(f"  layer {result['layer_ms']:.2f} ms, all-to-all {result['all_to_all_ms']:.2f} ms: "
-          f"{100 * result['share']:.1f}% of the layer's time")

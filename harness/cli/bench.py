@@ -117,7 +117,7 @@ def bench_report(
 ) -> None:
     """Time `report` (read the store, aggregate, fronts, figures, claims, page) over synthetic
     records; the target is under 5 s for 10,000 on 2 cores."""
-    from reports.bench import main as bench_main
+    from harness.bench.report import main as bench_main
 
     bench_main([str(records)])
 
@@ -168,7 +168,7 @@ def bench_all_to_all(
     """The all-to-all overhead of a Soft MoE layer with its experts sharded over --ranks
     processes: its share of the layer's forward+backward time."""
     from harness.bench.all_to_all import bench_all_to_all as run_bench
-    from harness.bench.all_to_all import print_all_to_all
+    from harness.views.bench import print_all_to_all
 
     output_file(out, "--out")
     result = run_bench(ranks=ranks, dim=dim, tokens=tokens, batch=batch, experts=experts,

@@ -101,11 +101,11 @@ def status(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
     """Every run's state (done / failed / diverged / pending / scheduler states) and metrics."""
     from harness.results.store import Store, results_root
     from harness.views.runs import status_table
-    from runners.slurm import live_view
+    from runners import live_view
 
     spec = load_study(study, set_, profile)
     store = Store(results_root(results), spec.name)
-    live = live_view(store) if store.slurm_jobs_file.exists() else {}
+    live = live_view(store)
     wide_console().print(status_table(spec, store, live))
 
 
@@ -114,7 +114,7 @@ def cancel(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            results: ResultsOpt = None) -> None:
     """Cancel the study's live SLURM jobs."""
     from harness.results.store import Store, results_root
-    from runners.slurm import cancel as cancel_jobs
+    from runners import cancel as cancel_jobs
 
     spec = load_study(study, set_, profile)
     ids = cancel_jobs(Store(results_root(results), spec.name))
@@ -167,8 +167,8 @@ def plan_command(
     95% interval; memory is not estimated.
     """
     from harness.results.store import Store, results_root
-    from reports.aggregate import load_records
     from reports.plan import plan_json, plan_rows, print_plan
+    from reports.records import load_records
 
     spec = load_study(study, set_, profile)
     output_file(json_out, "--json")

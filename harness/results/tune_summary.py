@@ -2,7 +2,7 @@
 
 ``moe-harness tune`` (``runners.tune``) writes it from the Optuna storage when a call ends,
 and ``tune --show`` and ``report`` refresh it first; the terminal view
-(``harness.views.tune``) and the report's tuning section (``reports.tuning``) read this file
+(``harness.views.tune``) and the report's tuning section (``reports.page.sections``) read this file
 alone, so neither needs Optuna, the storage or the tuner. The storage is named without its
 password.
 """

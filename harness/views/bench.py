@@ -134,3 +134,12 @@ def print_tracking(result: dict[str, Any]) -> None:
           f"{result['cpu_ratio_on_off']:.4f} process CPU time (pairs: "
           f"{', '.join(f'{r:.3f}' for r in result['cpu_ratios'])}); time inside the "
           f"tracker's calls: {100 * result['log_share']:.3f}% of the loop")
+
+
+def print_all_to_all(result: dict[str, Any]) -> None:
+    print(f"Soft MoE layer, {result['experts']} experts x {result['slots']} slot(s) sharded "
+          f"over {result['ranks']} {result['device']} processes ({result['threads_per_rank']} "
+          f"thread(s) each); per rank {result['batch']} images x {result['tokens']} tokens x "
+          f"{result['dim']} dims; forward+backward, median of {result['repeats']}:")
+    print(f"  layer {result['layer_ms']:.2f} ms, all-to-all {result['all_to_all_ms']:.2f} ms: "
+          f"{100 * result['share']:.1f}% of the layer's time")

@@ -6,8 +6,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from harness.bench.report import bench_report_detailed
 from reports.aggregate import aggregate, with_rows
-from reports.bench import bench_report_detailed
 from reports.build import build_report
 from reports.figures.common import expected_points, hover_texts
 from reports.figures.pareto import fig_pareto

@@ -5,7 +5,7 @@ writing them as a store is set-up and not timed; what is timed is what ``moe-har
 does: read the store (``load_records``), aggregate, compute the fronts, build the figures
 (the paper's figures and the claims check included) and write the page.
 
-    python -m reports.bench            # prints the timings
+    python -m harness.bench.report     # prints the timings
     moe-harness bench report           # the same, through the CLI
 """
 
