@@ -1,0 +1,187 @@
+"""A run across several ranks of this machine: ``train.gpus: N`` on the local executor.
+
+The local executor (``runners.local.LocalRunner``) submits such a run as one submitit job whose
+function is a :class:`RankJob`: it starts N processes through PyTorch's elastic launcher
+(``torch.distributed.launcher.api.elastic_launch``, the machinery of ``torchrun``), each
+calling ``harness.runtime.run.execute``; the launcher sets ``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK`` and the rendezvous address, which ``harness.runtime.distributed`` reads (NCCL on
+GPUs, one per rank: ``cuda:LOCAL_RANK`` among the job's ``CUDA_VISIBLE_DEVICES``; gloo on CPU).
+Rank 0 writes the record.
+
+- Addresses: the rendezvous is the launcher's own c10d store on ``127.0.0.1`` with a port the
+  system picks (``127.0.0.1:0``), so two multi-rank runs on one machine never collide.
+- Faults: a rank that dies (a signal, an exception on that rank alone) makes the launcher stop
+  the other ranks at once (no restarts); the job then records the run ``failed``, naming the
+  rank and its cause. Every rank watches the sweep and the job's launcher
+  (``harness.runtime.lifeline``): when either is gone, the rank ends itself.
+- Devices: :class:`Slots` hands out the ranks of ``executor.max_parallel`` (which counts ranks on
+  the local executor, not runs) and, on GPUs, the devices of each run (disjoint sets while
+  ``max_parallel`` is at most the number of GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.runtime.lifeline import process_start, this_process, watch
+from harness.spec.study import RunSpec
+
+
+def on_gpus(spec: RunSpec) -> bool:
+    """Whether ``spec`` trains on this machine's GPUs (``cuda``, or ``auto`` with CUDA)."""
+    import torch
+
+    return spec.train.device == "cuda" or (spec.train.device == "auto"
+                                           and torch.cuda.is_available())
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_ranks(specs: list[RunSpec]) -> None:
+    """A GPU run needs as many GPUs as ranks: refuse one that asks for more than there are."""
+    wide = [s for s in specs if s.train.gpus > 1 and on_gpus(s)]
+    if wide and (n := gpu_count()) < max(s.train.gpus for s in wide):
+        most = max(s.train.gpus for s in wide)
+        raise HarnessError(f"train.gpus: {most} ranks, one per GPU, but this machine has {n} "
+                           f"GPU{'s' if n != 1 else ''} (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); lower "
+                           "train.gpus or use train.device: cpu (gloo ranks)")
+
+
+@dataclass
+class Slots:
+    """The ranks (``capacity``: ``max_parallel``) and GPUs (``gpus``; 0 on CPU) that running
+    jobs hold. A run wider than ``capacity`` runs alone."""
+
+    capacity: int
+    gpus: int = 0
+    used: dict[int, int] = field(default_factory=dict)  # GPU -> runs on it
+    held: int = 0
+
+    def take(self, spec: RunSpec, busy: bool) -> tuple[int, tuple[int, ...]] | None:
+        """``(ranks, devices)`` for ``spec`` if it may start now (``busy``: jobs are running),
+        else None; ``devices``: the GPUs it gets (empty on CPU)."""
+        ranks = spec.train.gpus
+        if busy and self.held + ranks > self.capacity:
+            return None
+        devices: tuple[int, ...] = ()
+        if self.gpus and on_gpus(spec):
+            load = sorted(range(self.gpus), key=lambda d: (self.used.get(d, 0), d))
+            devices = tuple(sorted(load[:ranks]))
+            for d in devices:
+                self.used[d] = self.used.get(d, 0) + 1
+        self.held += ranks
+        return ranks, devices
+
+    def give(self, grant: tuple[int, tuple[int, ...]]) -> None:
+        ranks, devices = grant
+        self.held -= ranks
+        for d in devices:
+            self.used[d] -= 1
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """A submitit job function: ``spec`` as ``spec.train.gpus`` ranks on this machine.
+
+    Made in the sweep's process (``submitter``: its PID and start time, which every rank
+    watches). Returns rank 0's record; a rank that fails makes it a ``failed`` record naming
+    the rank and the cause.
+    """
+
+    submitter: tuple[int, str | None] = field(default_factory=this_process)
+    monitor_s: float = 0.2
+
+    def __call__(self, spec: RunSpec, results_root: str, fresh: bool = False) -> dict | None:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+        from harness.runtime.run import now
+
+        watch(*self.submitter)  # the launcher too ends with the sweep
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=spec.train.gpus,
+                              run_id=spec.run_id, rdzv_backend="c10d",
+                              rdzv_endpoint="127.0.0.1:0", max_restarts=0,
+                              monitor_interval=self.monitor_s, start_method="spawn")
+        started = now()
+        try:
+            returned = elastic_launch(config, rank_main)(spec, results_root, fresh,
+                                                         self.submitter)
+        except ChildFailedError as err:
+            return record_failure(spec, results_root, err, started)
+        return returned.get(0)
+
+
+def rank_main(spec: RunSpec, results_root: str, fresh: bool,
+              submitter: tuple[int, str | None]) -> dict | None:
+    """One rank: ends with the sweep or its launcher, then runs ``execute``."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from harness.runtime.run import execute
+
+    launcher = os.getppid()
+    watch(launcher, process_start(launcher))
+    watch(*submitter)
+    return record(execute)(spec, results_root, fresh=fresh)
+
+
+def failure_text(err: Any, ranks: int) -> str:
+    """``rank R of N: <cause>`` for the first rank that failed (``ChildFailedError``)."""
+    rank, failure = err.get_first_failure()
+    if failure.exitcode < 0:
+        cause = f"killed by {failure.signal_name()} (exit code {failure.exitcode})"
+    else:
+        message = failure.message
+        if isinstance(message, dict):
+            message = message.get("message", "")
+        first = str(message or "").strip().splitlines()
+        cause = f"exit code {failure.exitcode}" + (f": {first[0]}" if first else "")
+    return f"rank {rank} of {ranks}: {cause}"
+
+
+def record_failure(spec: RunSpec, results_root: str, err: Any, started: str) -> dict:
+    """The run's ``failed`` record after a rank failed; what rank 0 recorded in this attempt
+    (an error of its own, e.g. a peer gone) is kept in ``rank0_error``."""
+    from harness.results.store import Store
+    from harness.runtime.run import failed_record, job_log_path
+
+    store = Store(Path(results_root), spec.study)
+    earlier = store.read(spec.run_id)
+    extra = {}
+    if earlier is not None and (earlier.get("started_at") or "") >= started:
+        if earlier.get("status") != "failed":
+            return earlier  # it wrote its record, then a rank died: keep what it recorded
+        extra["rank0_error"] = earlier.get("error")
+    record = failed_record(spec, f"a rank failed: {failure_text(err, spec.train.gpus)}",
+                          ranks=spec.train.gpus, failed_rank=err.get_first_failure()[0],
+                          log_path=job_log_path(), **extra)
+    store.write(record)
+    return record
+
+
+@contextmanager
+def visible_devices(devices: tuple[int, ...]):
+    """Jobs submitted in this block see only ``devices`` (``CUDA_VISIBLE_DEVICES``; nothing
+    changes when empty)."""
+    if not devices:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = old.split(",") if old else [str(d) for d in range(max(devices) + 1)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names[d] for d in devices)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
