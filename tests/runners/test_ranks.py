@@ -1,0 +1,165 @@
+"""``train.gpus: N`` on the local executor: N gloo ranks on the CPU through PyTorch's elastic
+launcher, rank 0 writing the record; the same losses as one rank; a rank killed mid-run fails
+the run (naming the rank) with no process left, and ``--retry-failed`` resumes it; two
+multi-rank runs side by side; ``max_parallel`` counting ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers import processes_with
+
+from harness.errors import HarnessError
+from harness.results.store import Store
+from harness.runtime.launch import Slots, check_ranks
+from harness.spec.study import load
+
+STUDY = """
+name: {name}
+data: {{name: synthetic, image_size: 16, num_classes: 4, train_size: 128, test_size: 16}}
+train: {{steps: {steps}, batch_size: 16, lr: 0.003, warmup_steps: 1, eval_every: 0,
+        checkpoint_every: {checkpoint}, fewshot_shots: 0, eval_batch_size: 16, threads: 1,
+        device: cpu, gpus: 2, layout: {layout}}}
+measure: {{enabled: false}}
+fixed: {{model: vit-w32d2h4m64/4, num_experts: 4, moe_layers: last_half, router_noise: 0.0}}
+grid: {grid}
+executor: {{max_parallel: {parallel}}}
+"""
+# float32 summation order differs between 1 and 2 ranks (tests/harness/test_layouts.py's TOL)
+TOL = dict(abs=2e-5, rel=1e-4)
+
+
+def study_of(tmp_path: Path, name: str, *, layout: str = "ddp", steps: int = 4,
+             checkpoint: int = 0, grid: str = "{router: [soft]}", parallel: int = 2,
+             overrides: tuple[str, ...] = ()):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(STUDY).format(
+        name=name, layout=layout, steps=steps, checkpoint=checkpoint, grid=grid,
+        parallel=parallel))
+    return load(path, list(overrides))
+
+
+def sweep(study, root: Path, specs=None, **options):
+    import runners
+
+    return runners.dispatch(study, study.expand() if specs is None else specs,
+                            results_root=root, show_progress=False, **options)
+
+
+def records(root: Path, name: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / name / "runs").glob("*.json"))]
+
+
+# --- the scheduling, without processes -------------------------------------------------------
+def test_max_parallel_counts_ranks_and_gpu_runs_get_disjoint_devices(tmp_path):
+    spec = study_of(tmp_path, "slots", overrides=("train.device=cuda",)).expand()[0]
+    slots = Slots(capacity=4, gpus=4)
+    slots_on_gpu = [slots.take(spec, busy=i > 0) for i in range(3)]
+    assert slots_on_gpu[2] is None  # 2 + 2 ranks hold all 4
+    (_, first), (_, second) = slots_on_gpu[:2]
+    assert set(first).isdisjoint(second) and len(first) == len(second) == 2
+    slots.give(slots_on_gpu[0])
+    assert slots.take(spec, busy=True) == (2, first)  # the devices given back
+    alone = Slots(capacity=1)  # wider than max_parallel: runs alone, when nothing else runs
+    assert alone.take(spec, busy=True) is None and alone.take(spec, busy=False) == (2, ())
+
+
+def test_more_ranks_than_gpus_are_refused_in_one_line(tmp_path, monkeypatch):
+    import harness.runtime.launch as launch
+
+    monkeypatch.setattr(launch, "gpu_count", lambda: 1)
+    monkeypatch.setattr(launch, "on_gpus", lambda spec: True)
+    specs = study_of(tmp_path, "refused").expand()
+    with pytest.raises(HarnessError, match=r"^train.gpus: 2 ranks, one per GPU, but this "
+                                           r"machine has 1 GPU \(") as err:
+        check_ranks(specs)
+    assert "\n" not in str(err.value)
+
+
+# --- runs on 2 gloo ranks --------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["experts", "ddp", "fsdp"])
+def test_a_two_rank_local_run_records_two_ranks_and_one_rank_losses(tmp_path, layout):
+    """Soft MoE in every layout; the sparse routers (router noise off) in the experts layout,
+    where they differ most from one process."""
+    routers = "[soft, tokens_choice, experts_choice]" if layout == "experts" else "[soft]"
+    study = study_of(tmp_path, f"eq{layout.replace('+', '')}", layout=layout,
+                     grid=f"{{router: {routers}, train.gpus: [1, 2]}}")
+    root = tmp_path / "results"
+    summary = sweep(study, root)
+    assert summary.ok == summary.submitted
+    by = {(r["router"], r["ranks"]): r for r in records(root, study.name)}
+    for router in routers.strip("[]").split(", "):
+        one, two = by[(router, 1)], by[(router, 2)]
+        assert two["world_size"] == 2 and two["status"] == "ok"
+        assert two["train_loss"] == pytest.approx(one["train_loss"], **TOL), router
+        assert two["test_loss"] == pytest.approx(one["test_loss"], **TOL), router
+
+
+@pytest.mark.slow
+def test_two_two_rank_runs_side_by_side_on_four_ranks(tmp_path):
+    study = study_of(tmp_path, "sides", grid="{seed: [0, 1]}", parallel=4)
+    root = tmp_path / "results"
+    summary = sweep(study, root)
+    assert summary.ok == 2
+    spans = [(r["started_at"], r["finished_at"]) for r in records(root, "sides")]
+    assert max(s for s, _ in spans) < min(f for _, f in spans)  # they overlapped
+
+
+def rank_pids(root: Path) -> list[int]:
+    """The ranks of the study's runs (spawned by the launcher: 'spawn_main' processes whose
+    parent is a job of ``root``)."""
+    jobs = set(processes_with("submitit", str(root)))
+    return [pid for pid in processes_with("multiprocessing.spawn")
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) in jobs]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_run_and_retry_failed_resumes_it(tmp_path):
+    import threading
+
+    study = study_of(tmp_path, "killed", steps=400, checkpoint=5)
+    root = tmp_path / "results"
+    store = Store(root, "killed")
+    spec = study.expand()[0]
+    killed: dict = {}
+
+    def kill_a_rank_once_past_a_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            progress = store.progress_path(spec.run_id)
+            step = json.loads(progress.read_text()).get("step", 0) if progress.exists() else 0
+            pids = rank_pids(root)
+            if step >= 20 and len(pids) == 2:
+                killed.update(at=time.monotonic(), ranks=pids)
+                os.kill(max(pids), signal.SIGKILL)  # the later-started rank
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_rank_once_past_a_checkpoint)
+    killer.start()
+    summary = sweep(study, root)
+    ended = time.monotonic()
+    killer.join()
+    assert "at" in killed, "the run never reached step 20 on two ranks"
+    assert summary.failed == 1 and ended - killed["at"] < 30
+    record = store.read(spec.run_id)
+    assert record["status"] == "failed" and "a rank failed: rank" in record["error"]
+    assert "SIGKILL" in record["error"]
+    assert not processes_with("submitit", str(root))
+    assert not [pid for pid in killed["ranks"] if Path(f"/proc/{pid}").exists()]
+
+    import runners
+
+    retry = runners.select(study, store, retry_failed=True).todo
+    assert [s.run_id for s in retry] == [spec.run_id]
+    summary = sweep(study, root, specs=retry)
+    record = store.read(spec.run_id)
+    assert summary.ok == 1 and record["status"] == "ok" and record["ranks"] == 2
+    assert record.get("resumed_from_step", 0) >= 5
