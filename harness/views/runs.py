@@ -158,6 +158,16 @@ def print_dry_run(console, study: Study, chosen, memory: dict, notes: list[str])
                       "yellow" if line.startswith("WARNING") else None)
 
 
+def rank_notes(study: Study, specs, executor: str) -> list[str]:
+    """The dry run's line for runs of several ranks on this machine (``local``, ``debug``)."""
+    ranks = sorted({s.train.gpus for s in specs if s.train.gpus > 1})
+    if not ranks or executor == "slurm":
+        return []
+    return [f"{' or '.join(map(str, ranks))} ranks on this machine per run (train.gpus; "
+            f"{executor} executor: PyTorch's elastic launcher, one rank per GPU, gloo ranks on "
+            f"the CPU); executor.max_parallel ({study.executor.max_parallel}) counts ranks"]
+
+
 def print_nothing_to_do(console, study: Study, chosen, store: Store, retry_failed: bool) -> None:
     """``run`` with no run selected: how many are done, and how to retry the failed ones."""
     what = "failed runs to retry" if retry_failed else "pending runs"
