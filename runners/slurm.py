@@ -10,9 +10,10 @@ account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parall
 sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
 A run's ranks are ``train.gpus``; ``gpus_per_run`` must equal it (0: one CPU task, for
 ``train.gpus: 1``), or the study is refused when loaded (``check_slurm_ranks``): the memory
-plan and the job then agree. With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model across
-them (the layout of ``train.layout``), spread evenly over ``nodes`` nodes (N / nodes tasks and
-GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.runtime.distributed``).
+plan and the job then agree. With ``gpus_per_run: N`` a run's job has N tasks (one per GPU)
+that train one model across them (the layout of ``train.layout``), spread evenly over
+``nodes`` nodes (N / nodes tasks and GPUs on each; ``mem_gb`` is per node); rank 0 writes the
+record (``harness.runtime.distributed``).
 
 Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
 ``signal_delay_s`` before the time limit (``--signal``), and before a preemption where

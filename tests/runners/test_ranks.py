@@ -89,11 +89,12 @@ def test_a_two_rank_local_run_records_two_ranks_and_one_rank_losses(tmp_path, la
     """Soft MoE in every layout; the sparse routers (router noise off) in the experts layout,
     where they differ most from one process."""
     routers = "[soft, tokens_choice, experts_choice]" if layout == "experts" else "[soft]"
-    study = study_of(tmp_path, f"eq{layout.replace('+', '')}", layout=layout,
-                     grid=f"{{router: {routers}, train.gpus: [1, 2]}}")
-    root = tmp_path / "results"
-    summary = sweep(study, root)
-    assert summary.ok == summary.submitted
+    root, by = tmp_path / "results", {}
+    for gpus in (1, 2):
+        study = study_of(tmp_path, f"eq{layout}", layout=layout, grid=f"{{router: {routers}}}",
+                         overrides=(f"train.gpus={gpus}",))
+        summary = sweep(study, root)
+        assert summary.ok == summary.submitted
     by = {(r["router"], r["ranks"]): r for r in records(root, study.name)}
     for router in routers.strip("[]").split(", "):
         one, two = by[(router, 1)], by[(router, 2)]
@@ -163,3 +164,44 @@ def test_a_killed_rank_fails_the_run_and_retry_failed_resumes_it(tmp_path):
     record = store.read(spec.run_id)
     assert summary.ok == 1 and record["status"] == "ok" and record["ranks"] == 2
     assert record.get("resumed_from_step", 0) >= 5
+
+
+# --- one statement of the ranks: SLURM, the plan, the dry run ---------------------------------
+def test_slurm_gpus_per_run_disagreeing_with_train_gpus_is_refused(tmp_path):
+    with pytest.raises(HarnessError, match=r"train.gpus: 2 but executor.slurm.gpus_per_run: 1 "
+                                           r".*set executor.slurm.gpus_per_run: 2"):
+        study_of(tmp_path, "disagree", overrides=("executor.name=slurm",
+                                                  "executor.slurm.gpus_per_run=1"))
+    with pytest.raises(HarnessError, match=r"train.gpus: 2 but executor.slurm.gpus_per_run: 0"):
+        study_of(tmp_path, "cpu", overrides=("executor.name=slurm",))
+
+
+def test_the_plan_and_the_slurm_job_have_the_same_ranks(tmp_path):
+    from harness.cost.memory import run_plan
+    from runners.slurm import executor_parameters
+
+    study = study_of(tmp_path, "agree", overrides=("executor.name=slurm",
+                                                   "executor.slurm.gpus_per_run=2"))
+    [spec] = study.expand()
+    assert run_plan(study, spec).ranks == executor_parameters(study)["tasks_per_node"] == 2
+
+
+def test_the_dry_run_says_how_many_ranks_on_this_machine(tmp_path):
+    from helpers import cli
+
+    study_of(tmp_path, "dry")
+    out = cli("run", str(tmp_path / "dry.yaml"), "--results", str(tmp_path / "r"),
+              "--dry-run").stdout
+    assert "2 ranks on this machine per run (train.gpus; local executor" in " ".join(out.split())
+
+
+def test_status_shows_each_runs_ranks(tmp_path):
+    from harness.views.runs import status_table
+
+    study = study_of(tmp_path, "status")
+    table = status_table(study, Store(tmp_path / "r", "status"))
+    column = next(c for c in table.columns if c.header == "ranks")
+    assert list(column.cells) == ["2"]
+    one = study_of(tmp_path, "status", overrides=("train.gpus=1",))
+    assert "ranks" not in [c.header for c in status_table(one, Store(tmp_path / "r",
+                                                                         "status")).columns]
