@@ -72,7 +72,7 @@ class LocalRunner(Runner):
         task = self.tethered(execute)
         wide = [s for s in specs if s.train.gpus > 1]
         if wide:
-            check_ranks(wide)
+            check_ranks([s.train for s in wide])
         slots = Slots(self.max_parallel, gpu_count() if wide else 0)
         with self.store.lock_sweep(), stop_on_sigterm(), SweepProgress(
                 self.store, len(specs), enabled=self.show_progress) as progress:

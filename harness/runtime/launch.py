@@ -29,15 +29,16 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.runtime.lifeline import process_start, this_process, watch
+from harness.spec.config import TrainConfig
 from harness.spec.study import RunSpec
 
 
-def on_gpus(spec: RunSpec) -> bool:
-    """Whether ``spec`` trains on this machine's GPUs (``cuda``, or ``auto`` with CUDA)."""
+def on_gpus(train: TrainConfig) -> bool:
+    """Whether a run of ``train`` trains on this machine's GPUs (``cuda``, or ``auto`` with
+    CUDA)."""
     import torch
 
-    return spec.train.device == "cuda" or (spec.train.device == "auto"
-                                           and torch.cuda.is_available())
+    return train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
 
 
 def gpu_count() -> int:
@@ -46,15 +47,22 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_ranks(specs: list[RunSpec]) -> None:
+def check_ranks(trains: list[TrainConfig]) -> None:
     """A GPU run needs as many GPUs as ranks: refuse one that asks for more than there are."""
-    wide = [s for s in specs if s.train.gpus > 1 and on_gpus(s)]
-    if wide and (n := gpu_count()) < max(s.train.gpus for s in wide):
-        most = max(s.train.gpus for s in wide)
-        raise HarnessError(f"train.gpus: {most} ranks, one per GPU, but this machine has {n} "
-                           f"GPU{'s' if n != 1 else ''} (CUDA_VISIBLE_DEVICES="
+    wide = [t.gpus for t in trains if t.gpus > 1 and on_gpus(t)]
+    if wide and (n := gpu_count()) < max(wide):
+        raise HarnessError(f"train.gpus: {max(wide)} ranks, one per GPU, but this machine has "
+                           f"{n} GPU{'s' if n != 1 else ''} (CUDA_VISIBLE_DEVICES="
                            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); lower "
                            "train.gpus or use train.device: cpu (gloo ranks)")
+
+
+def worker_devices(worker: int, train: TrainConfig) -> tuple[int, ...]:
+    """The GPUs of tuning worker ``worker`` (trials of ``train.gpus`` ranks; empty on CPU):
+    ``[worker * ranks, (worker + 1) * ranks)``, disjoint from the other workers'."""
+    if not on_gpus(train):
+        return ()
+    return tuple(range(worker * train.gpus, (worker + 1) * train.gpus))
 
 
 @dataclass
@@ -74,7 +82,7 @@ class Slots:
         if busy and self.held + ranks > self.capacity:
             return None
         devices: tuple[int, ...] = ()
-        if self.gpus and on_gpus(spec):
+        if self.gpus and on_gpus(spec.train):
             load = sorted(range(self.gpus), key=lambda d: (self.used.get(d, 0), d))
             devices = tuple(sorted(load[:ranks]))
             for d in devices:
@@ -101,7 +109,8 @@ class RankJob:
     submitter: tuple[int, str | None] = field(default_factory=this_process)
     monitor_s: float = 0.2
 
-    def __call__(self, spec: RunSpec, results_root: str, fresh: bool = False) -> dict | None:
+    def __call__(self, spec: RunSpec, results_root: str, fresh: bool = False,
+                 tags: dict[str, Any] | None = None) -> dict | None:
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -115,14 +124,14 @@ class RankJob:
         started = now()
         try:
             returned = elastic_launch(config, rank_main)(spec, results_root, fresh,
-                                                         self.submitter)
+                                                         self.submitter, tags)
         except ChildFailedError as err:
-            return record_failure(spec, results_root, err, started)
+            return record_failure(spec, results_root, err, started, tags)
         return returned.get(0)
 
 
-def rank_main(spec: RunSpec, results_root: str, fresh: bool,
-              submitter: tuple[int, str | None]) -> dict | None:
+def rank_main(spec: RunSpec, results_root: str, fresh: bool, submitter: tuple[int, str | None],
+              tags: dict[str, Any] | None = None) -> dict | None:
     """One rank: ends with the sweep or its launcher, then runs ``execute``."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
@@ -131,7 +140,7 @@ def rank_main(spec: RunSpec, results_root: str, fresh: bool,
     launcher = os.getppid()
     watch(launcher, process_start(launcher))
     watch(*submitter)
-    return record(execute)(spec, results_root, fresh=fresh)
+    return record(execute)(spec, results_root, fresh=fresh, tags=tags)
 
 
 def failure_text(err: Any, ranks: int) -> str:
@@ -148,7 +157,8 @@ def failure_text(err: Any, ranks: int) -> str:
     return f"rank {rank} of {ranks}: {cause}"
 
 
-def record_failure(spec: RunSpec, results_root: str, err: Any, started: str) -> dict:
+def record_failure(spec: RunSpec, results_root: str, err: Any, started: str,
+                   tags: dict[str, Any] | None = None) -> dict:
     """The run's ``failed`` record after a rank failed; what rank 0 recorded in this attempt
     (an error of its own, e.g. a peer gone) is kept in ``rank0_error``."""
     from harness.results.store import Store
@@ -162,6 +172,7 @@ def record_failure(spec: RunSpec, results_root: str, err: Any, started: str) -> 
             return earlier  # it wrote its record, then a rank died: keep what it recorded
         extra["rank0_error"] = earlier.get("error")
     record = failed_record(spec, f"a rank failed: {failure_text(err, spec.train.gpus)}",
+                          **(tags or {}),
                           ranks=spec.train.gpus, failed_rank=err.get_first_failure()[0],
                           log_path=job_log_path(), **extra)
     store.write(record)

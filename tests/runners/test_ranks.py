@@ -74,8 +74,8 @@ def test_more_ranks_than_gpus_are_refused_in_one_line(tmp_path, monkeypatch):
     import harness.runtime.launch as launch
 
     monkeypatch.setattr(launch, "gpu_count", lambda: 1)
-    monkeypatch.setattr(launch, "on_gpus", lambda spec: True)
-    specs = study_of(tmp_path, "refused").expand()
+    monkeypatch.setattr(launch, "on_gpus", lambda train: True)
+    specs = [s.train for s in study_of(tmp_path, "refused").expand()]
     with pytest.raises(HarnessError, match=r"^train.gpus: 2 ranks, one per GPU, but this "
                                            r"machine has 1 GPU \(") as err:
         check_ranks(specs)
@@ -205,3 +205,67 @@ def test_status_shows_each_runs_ranks(tmp_path):
     one = study_of(tmp_path, "status", overrides=("train.gpus=1",))
     assert "ranks" not in [c.header for c in status_table(one, Store(tmp_path / "r",
                                                                          "status")).columns]
+
+
+# --- tuning: trials of several ranks --------------------------------------------------------
+def test_tuning_workers_of_several_ranks_fit_the_gpus(tmp_path, monkeypatch):
+    import harness.runtime.launch as launch
+    from runners.tune.driver import trial_workers
+
+    study = study_of(tmp_path, "tw")
+    monkeypatch.setattr(launch, "gpu_count", lambda: 5)
+    monkeypatch.setattr(launch, "on_gpus", lambda train: True)
+    assert trial_workers(study, "local", 4) == 2  # 2 workers x 2 ranks <= 5 GPUs
+    monkeypatch.setattr(launch, "on_gpus", lambda train: False)
+    assert trial_workers(study, "local", 4) == 4  # on the CPU: threads are split instead
+    with pytest.raises(HarnessError, match="multi-rank trials run on the local executor"):
+        trial_workers(study, "slurm", 4)
+
+
+@pytest.mark.slow
+def test_a_tuning_trial_of_two_ranks(tmp_path):
+    from fixtures.studies import tiny_tune_study, write_study
+
+    from runners import tune as T
+
+    raw = tiny_tune_study("tr", train={"gpus": 2, "device": "cpu", "threads": 1,
+                                       "fewshot_shots": 0})
+    raw["tune"]["space"] = {"lr": {"low": 0.0003, "high": 0.003, "log": True}}
+    study = load(write_study(tmp_path, raw))
+    summary = T.tune(study, results_root=tmp_path / "results", trials=1, executor="local",
+                     show_progress=False)
+    assert summary["after"]["finished"] == 1
+    [record] = records(tmp_path / "results", "tr")
+    assert record["status"] == "ok" and record["ranks"] == 2 and record["tune_trial"] == 0
+
+
+def test_tuning_workers_of_several_ranks_get_disjoint_gpus(tmp_path, monkeypatch):
+    """2-rank trials on 4 GPUs: worker 0 has GPUs 0 and 1, worker 1 GPUs 2 and 3 (a debug
+    worker, in this process, runs both trials as worker 0)."""
+    from fixtures.studies import tiny_tune_study, write_study
+
+    import harness.runtime.launch as launch
+    from runners import tune as T
+
+    seen = []
+
+    def fake_launch(self, spec, results_root, fresh=False, tags=None):
+        seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        record = {**spec.flat(), **(tags or {}), "status": "ok", "test_accuracy": 0.5,
+                  "ranks": spec.train.gpus}
+        Store(results_root, spec.study).write(record)
+        return record
+
+    monkeypatch.setattr(launch, "gpu_count", lambda: 4)
+    monkeypatch.setattr(launch, "on_gpus", lambda train: True)
+    monkeypatch.setattr(launch.RankJob, "__call__", fake_launch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    raw = tiny_tune_study("tg", train={"gpus": 2})
+    raw["tune"] = {"space": {"lr": {"low": 0.0003, "high": 0.003, "log": True}},
+                   "objectives": [{"metric": "test_accuracy", "direction": "maximize"}]}
+    study = load(write_study(tmp_path, raw))
+    T.tune(study, results_root=tmp_path / "results", trials=2, workers=2, executor="debug",
+           show_progress=False)
+    assert seen == ["0,1", "0,1"]
+    train = study.train
+    assert [launch.worker_devices(w, train) for w in (0, 1)] == [(0, 1), (2, 3)]
