@@ -22,6 +22,7 @@ Rank 0 writes the record.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,14 @@ class RankJob:
             returned = elastic_launch(config, rank_main)(spec, results_root, fresh,
                                                          self.submitter, tags)
         except ChildFailedError as err:
+            rank, failure = err.get_first_failure()
+            if rank == 0 and failure.exitcode == SKIPPED:
+                return None  # another process holds the run (its lock): nothing recorded
             return record_failure(spec, results_root, err, started, tags)
         return returned.get(0)
+
+
+SKIPPED = 75  # rank 0's exit code when another process holds the run: the other ranks stop
 
 
 def rank_main(spec: RunSpec, results_root: str, fresh: bool, submitter: tuple[int, str | None],
@@ -140,7 +147,14 @@ def rank_main(spec: RunSpec, results_root: str, fresh: bool, submitter: tuple[in
     launcher = os.getppid()
     watch(launcher, process_start(launcher))
     watch(*submitter)
-    return record(execute)(spec, results_root, fresh=fresh, tags=tags)
+    from harness.runtime.distributed import env_context
+
+    returned = record(execute)(spec, results_root, fresh=fresh, tags=tags)
+    if returned is None and env_context().is_main:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(SKIPPED)  # the launcher then stops the ranks waiting for this one
+    return returned
 
 
 def failure_text(err: Any, ranks: int) -> str:
@@ -152,9 +166,14 @@ def failure_text(err: Any, ranks: int) -> str:
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", "")
-        first = str(message or "").strip().splitlines()
-        cause = f"exit code {failure.exitcode}" + (f": {first[0]}" if first else "")
+        first = first_line(message or "")
+        cause = f"exit code {failure.exitcode}" + (f": {first}" if first else "")
     return f"rank {rank} of {ranks}: {cause}"
+
+
+def first_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def record_failure(spec: RunSpec, results_root: str, err: Any, started: str,
@@ -170,8 +189,9 @@ def record_failure(spec: RunSpec, results_root: str, err: Any, started: str,
     if earlier is not None and (earlier.get("started_at") or "") >= started:
         if earlier.get("status") != "failed":
             return earlier  # it wrote its record, then a rank died: keep what it recorded
-        extra["rank0_error"] = earlier.get("error")
-    record = failed_record(spec, f"a rank failed: {failure_text(err, spec.train.gpus)}",
+        extra["rank0_error"] = earlier.get("error") or ""
+    also = f"; rank 0 recorded: {first_line(extra['rank0_error'])}" if extra else ""
+    record = failed_record(spec, f"a rank failed: {failure_text(err, spec.train.gpus)}{also}",
                           **(tags or {}),
                           ranks=spec.train.gpus, failed_rank=err.get_first_failure()[0],
                           log_path=job_log_path(), **extra)

@@ -269,3 +269,14 @@ def test_tuning_workers_of_several_ranks_get_disjoint_gpus(tmp_path, monkeypatch
     assert seen == ["0,1", "0,1"]
     train = study.train
     assert [launch.worker_devices(w, train) for w in (0, 1)] == [(0, 1), (2, 3)]
+
+
+@pytest.mark.slow
+def test_a_run_another_process_holds_is_skipped_without_a_hang(tmp_path):
+    study = study_of(tmp_path, "held")
+    root = tmp_path / "results"
+    [spec] = study.expand()
+    with Store(root, "held").lock_run(spec.run_id):
+        summary = sweep(study, root)
+    assert summary.skipped == 1 and not records(root, "held")
+    assert not processes_with("submitit", str(root))
