@@ -280,3 +280,29 @@ def test_a_run_another_process_holds_is_skipped_without_a_hang(tmp_path):
         summary = sweep(study, root)
     assert summary.skipped == 1 and not records(root, "held")
     assert not processes_with("submitit", str(root))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_ctrl_c_or_a_killed_sweep_stops_every_rank(tmp_path, sig):
+    """Ctrl-C: the sweep kills each job's tree; SIGKILL: each rank's lifeline ends it."""
+    import subprocess
+    import sys
+
+    study_of(tmp_path, "stopped", steps=100000)
+    root = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run",
+                             str(tmp_path / "stopped.yaml"), "--results", str(root), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(ranks := rank_pids(root)) < 2 or not list(root.glob("stopped/work/*/progress.json")):
+        assert time.monotonic() < deadline, "the run never trained on two ranks"
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted: stopped 1 running run(s)" in err
+    deadline = time.monotonic() + 30
+    while [pid for pid in ranks if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, "a rank outlived the sweep"
+        time.sleep(0.2)
