@@ -68,7 +68,9 @@ class LocalRunner(Runner):
         summary = Summary(submitted=len(specs))
         queue = [(spec, 0) for spec in specs]
         running: dict = {}
-        threads = max(1, (os.cpu_count() or 1) // self.max_parallel)
+        # each process (a run, or a rank of one) its share of the cores
+        threads = max(1, (os.cpu_count() or 1)
+                      // max([self.max_parallel, *(s.train.gpus for s in specs)]))
         task = self.tethered(execute)
         wide = [s for s in specs if s.train.gpus > 1]
         if wide:
