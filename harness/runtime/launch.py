@@ -13,7 +13,9 @@ Rank 0 writes the record.
 - Faults: a rank that dies (a signal, an exception on that rank alone) makes the launcher stop
   the other ranks at once (no restarts); the job then records the run ``failed``, naming the
   rank and its cause. Every rank watches the sweep and the job's launcher
-  (``harness.runtime.lifeline``): when either is gone, the rank ends itself.
+  (``harness.runtime.lifeline``): when either is gone, the rank ends itself. When another
+  process holds the run (its lock), rank 0 exits at once with ``SKIPPED`` and the launcher
+  stops the other ranks: nothing is recorded, as for a run of one process.
 - Devices: :class:`Slots` hands out the ranks of ``executor.max_parallel`` (which counts ranks on
   the local executor, not runs) and, on GPUs, the devices of each run (disjoint sets while
   ``max_parallel`` is at most the number of GPUs).
@@ -142,13 +144,12 @@ def rank_main(spec: RunSpec, results_root: str, fresh: bool, submitter: tuple[in
     """One rank: ends with the sweep or its launcher, then runs ``execute``."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
+    from harness.runtime.distributed import env_context
     from harness.runtime.run import execute
 
     launcher = os.getppid()
     watch(launcher, process_start(launcher))
     watch(*submitter)
-    from harness.runtime.distributed import env_context
-
     returned = record(execute)(spec, results_root, fresh=fresh, tags=tags)
     if returned is None and env_context().is_main:
         sys.stdout.flush()
