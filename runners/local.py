@@ -2,6 +2,10 @@
 in-process (``debug``: ``DebugRunner``), at most ``max_parallel`` at a time, retrying failed
 runs ``max_retries`` times.
 
+A run with ``train.gpus: N > 1`` is N ranks on this machine (``harness.runtime.launch``:
+PyTorch's elastic launcher inside the run's job); ``max_parallel`` then counts ranks, not runs,
+and on GPUs each run gets its own devices.
+
 One local sweep of a study at a time (``Store.lock_sweep``); each job dies with the sweep
 (``harness.runtime.lifeline``); Ctrl-C or SIGTERM stops the running jobs and says how to resume; a
 full disk stops the sweep with one line, the runs already recorded untouched.
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError, Interrupted
 from harness.results.store import Store
+from harness.runtime.launch import RankJob, Slots, check_ranks, gpu_count, visible_devices
 from harness.runtime.lifeline import Tethered, kill_tree
 from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
@@ -63,22 +68,30 @@ class LocalRunner(Runner):
         summary = Summary(submitted=len(specs))
         queue = [(spec, 0) for spec in specs]
         running: dict = {}
-        threads = max(1, (os.cpu_count() or 1) // self.max_parallel)
+        # each process (a run, or a rank of one) its share of the cores
+        threads = max(1, (os.cpu_count() or 1)
+                      // max([self.max_parallel, *(s.train.gpus for s in specs)]))
         task = self.tethered(execute)
+        wide = [s for s in specs if s.train.gpus > 1]
+        if wide:
+            check_ranks([s.train for s in wide])
+        slots = Slots(self.max_parallel, gpu_count() if wide else 0)
         with self.store.lock_sweep(), stop_on_sigterm(), SweepProgress(
                 self.store, len(specs), enabled=self.show_progress) as progress:
             try:
                 while queue or running:
-                    while queue and len(running) < self.max_parallel:
+                    while queue and (grant := slots.take(queue[0][0], bool(running))):
                         spec, tries = queue.pop(0)
-                        with self.submitting(threads):
-                            job = self.executor.submit(task, spec, str(self.store.root),
+                        fn = RankJob() if spec.train.gpus > 1 else task
+                        with self.submitting(threads), visible_devices(grant[1]):
+                            job = self.executor.submit(fn, spec, str(self.store.root),
                                                        fresh=self.fresh)
                         summary.job_ids.append(str(job.job_id))
-                        running[job] = (spec, tries, now())
+                        running[job] = (spec, tries, now(), grant)
                         progress.started(spec)
                     for job in [j for j in running if self.in_process or j.done()]:
-                        spec, tries, submitted = running.pop(job)
+                        spec, tries, submitted, grant = running.pop(job)
+                        slots.give(grant)
                         record = self._result(job, spec, submitted)
                         if record is None:  # another process holds this run
                             summary.skipped += 1

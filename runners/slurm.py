@@ -8,9 +8,12 @@ with live jobs just follows them.
 The study's ``executor.slurm`` section (``harness.spec.config.SlurmConfig``) gives partition,
 account, qos, time limit, GPUs / CPUs / memory per run, constraint, array parallelism, extra
 sbatch flags and setup lines; ``--set executor.slurm.KEY=VALUE`` overrides any of them.
-With ``gpus_per_run: N`` a run's job has N tasks (one per GPU) that train one model across
-them (the layout of ``train.layout``), spread evenly over ``nodes`` nodes (N / nodes tasks and
-GPUs on each; ``mem_gb`` is per node); rank 0 writes the record (``harness.runtime.distributed``).
+A run's ranks are ``train.gpus``; ``gpus_per_run`` must equal it (0: one CPU task, for
+``train.gpus: 1``), or the study is refused when loaded (``check_slurm_ranks``): the memory
+plan and the job then agree. With ``gpus_per_run: N`` a run's job has N tasks (one per GPU)
+that train one model across them (the layout of ``train.layout``), spread evenly over
+``nodes`` nodes (N / nodes tasks and GPUs on each; ``mem_gb`` is per node); rank 0 writes the
+record (``harness.runtime.distributed``).
 
 Preemption and time limits. Each job is ``submitit.helpers.Checkpointable``: SLURM sends USR2
 ``signal_delay_s`` before the time limit (``--signal``), and before a preemption where
@@ -44,6 +47,7 @@ import submitit
 
 from harness.errors import HarnessError
 from harness.results.store import Store, atomic_write_json
+from harness.spec.config import check_slurm_ranks
 from harness.spec.study import RunSpec, Study
 from runners.base import Runner, Summary
 
@@ -146,6 +150,8 @@ class SlurmRunner(Runner):
         return cancel(store)
 
     def run(self, specs: list[RunSpec]) -> Summary:
+        for spec in specs:  # also when --executor slurm runs a study of another executor
+            check_slurm_ranks(self.study.executor.slurm, spec.train.gpus, "--executor slurm")
         live = live_view(self.store)
         queued = [s for s in specs if s.run_id in live]
         fresh = [s for s in specs if s.run_id not in live]

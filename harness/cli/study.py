@@ -60,7 +60,7 @@ def run(
     from harness.cost.memory import MemoryRefusal, plan_sweep, study_plans
     from harness.results.mlflow import prepare_sweep_tracking
     from harness.results.store import Store, results_root
-    from harness.views.runs import print_dry_run, print_nothing_to_do, print_sweep
+    from harness.views.runs import print_dry_run, print_nothing_to_do, print_sweep, rank_notes
 
     console = wide_console()
     spec = load_study(study, set_, profile)
@@ -70,7 +70,8 @@ def run(
     chosen = runners.select(spec, store, rerun=rerun, retry_failed=retry_failed)
     memory = study_plans(spec, chosen.specs)
     if dry_run:
-        notes = data_supply_notes(spec, chosen.specs) + data_path_notes(spec)
+        notes = (rank_notes(spec, chosen.specs, executor or spec.executor.name)
+                 + data_supply_notes(spec, chosen.specs) + data_path_notes(spec))
         print_dry_run(console, spec, chosen, memory, notes)
         return
     if not chosen.todo:

@@ -69,6 +69,15 @@ def check_torch() -> Check:
     return ok("torch", ", ".join(parts))
 
 
+def local_ranks(gpus: int) -> str:
+    """Which devices a local run of several ranks (``train.gpus: N``) would use here."""
+    if not gpus:
+        return "a local run of train.gpus: N starts N gloo ranks on the CPU"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"a local run of train.gpus: N (N <= {gpus}) uses N of cuda:0..{gpus - 1}, one rank "
+            f"each" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""))
+
+
 def check_gpus(required: bool) -> Check:
     import torch
 
@@ -76,13 +85,14 @@ def check_gpus(required: bool) -> Check:
     driver = _nvidia_driver()
     if not torch.version.cuda and not getattr(torch.version, "hip", None):
         return Check("gpu", status, "no CUDA device: this torch is a CPU build; runs use the CPU"
-                     + (f" (NVIDIA driver {driver} is installed)" if driver else ""),
+                     + (f" (NVIDIA driver {driver} is installed)" if driver else "")
+                     + f"; {local_ranks(0)}",
                      "on a GPU machine install a CUDA build of torch, e.g. pip install "
                      "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
     if not torch.cuda.is_available():
         return Check("gpu", status, f"no CUDA device visible (torch CUDA {torch.version.cuda}, "
                      f"driver {driver or 'not found: no nvidia-smi'}, CUDA_VISIBLE_DEVICES="
-                     f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                     f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); {local_ranks(0)}",
                      "run on a GPU node (SLURM: --gres=gpu:N); check nvidia-smi and that the "
                      "driver supports this CUDA version")
     gpus = []
@@ -91,7 +101,8 @@ def check_gpus(required: bool) -> Check:
         bf16 = props.major >= 8  # Ampere and later have bf16 tensor cores
         gpus.append(f"cuda:{i} {props.name}, {props.total_memory / 2**30:.0f} GiB, "
                     f"sm_{props.major}{props.minor}, bf16 {'yes' if bf16 else 'NO'}")
-    if not all("bf16 yes" in g for g in gpus):
+    gpus.append(local_ranks(len(gpus)))
+    if not all("bf16 yes" in g for g in gpus[:-1]):
         return Check("gpu", "warn", "; ".join(gpus) + (f"; driver {driver}" if driver else ""),
                      "bf16 autocast (train.precision auto) needs sm_80+: use "
                      "train.precision=fp32 on these GPUs")

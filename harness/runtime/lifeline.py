@@ -48,7 +48,7 @@ def alive(pid: int, start: str | None) -> bool:
     return stat[0] != "Z" and (start is None or stat[19] == start)
 
 
-def _this_process() -> tuple[int, str | None]:
+def this_process() -> tuple[int, str | None]:
     """This process's PID and start time (what :func:`alive` checks)."""
     return os.getpid(), process_start(os.getpid())
 
@@ -60,7 +60,7 @@ class Tethered:
     PID and start time)."""
 
     fn: Callable[..., Any]
-    submitter: tuple[int, str | None] = field(default_factory=_this_process)
+    submitter: tuple[int, str | None] = field(default_factory=this_process)
     interval_s: float = 0.5
 
     def __call__(self, *args, **kwargs):

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from harness.errors import HarnessError
+
 
 class Section(BaseModel):
     # No infinities or NaNs anywhere (``lr: inf`` is a mistake, not a setting).
@@ -146,6 +148,17 @@ class SlurmConfig(Section):
                              f"(one task per GPU, as many on each node); got gpus_per_run "
                              f"{self.gpus_per_run}")
         return self
+
+
+def check_slurm_ranks(slurm: SlurmConfig, gpus: int, where: str) -> None:
+    """``train.gpus`` states a run's ranks; a SLURM job's tasks (``gpus_per_run``, one per GPU;
+    0: a CPU job of one task) must be as many, or the memory plan and the job disagree."""
+    tasks = slurm.gpus_per_run or 1
+    if gpus != tasks:
+        raise HarnessError(
+            f"{where}: train.gpus: {gpus} but executor.slurm.gpus_per_run: "
+            f"{slurm.gpus_per_run} ({tasks} SLURM task{'s' if tasks > 1 else ''} per run); "
+            f"train.gpus is the run's ranks: set executor.slurm.gpus_per_run: {gpus}")
 
 
 class ExecutorConfig(Section):

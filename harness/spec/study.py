@@ -36,6 +36,7 @@ from harness.spec.config import (
     Section,
     TrackingConfig,
     TrainConfig,
+    check_slurm_ranks,
 )
 from harness.spec.model import MODEL_NAME, PLACEMENT_HELP, ModelConfig
 from harness.spec.rules import check_backend
@@ -228,6 +229,8 @@ class Study(Section):
             if any(_matches(rule, point) for rule in self.exclude):
                 continue
             spec = self.run_spec(point)
+            if self.executor.name == "slurm":
+                check_slurm_ranks(self.executor.slurm, spec.train.gpus, self.source or self.name)
             specs.setdefault(spec.run_id, spec)
         return list(specs.values())
 

@@ -115,8 +115,9 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
     specs = study.expand()
     counts: dict[str, int] = {}
     table = Table(title_justify="left")
-    for col in ("run_id", "model", "seed", "state", "job", "elapsed", "test acc", "GFLOP/img",
-                "train img/s", "error / log"):
+    ranks = any(s.train.gpus > 1 for s in specs)  # a column of the runs' ranks (train.gpus)
+    for col in ("run_id", "model", "seed", *(("ranks",) if ranks else ()), "state", "job",
+                "elapsed", "test acc", "GFLOP/img", "train img/s", "error / log"):
         table.add_column(col, overflow="fold" if col == "error / log" else "ellipsis")
     for spec in specs:
         record, job = records.get(spec.run_id), live.get(spec.run_id, {})
@@ -129,6 +130,7 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
             note = f"{note} (log: {rec['log_path']})"
         table.add_row(
             spec.run_id, spec.model_config_().spec, str(spec.seed),
+            *((str(rec.get("ranks") or spec.train.gpus),) if ranks else ()),
             f"[{STATE_STYLE.get(state, 'cyan')}]{state}",
             str(job.get("job_id") or rec.get("slurm_job_id") or ""),
             job.get("elapsed") or _elapsed(rec),
@@ -139,8 +141,8 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
         )
     for path, why in problems:
         counts["problem"] = counts.get("problem", 0) + 1
-        table.add_row(path.stem, "", "", "[red]problem", "", "", "", "", "",
-                      first_line(f"{path.name}: {why}"))
+        table.add_row(path.stem, "", "", *(("",) if ranks else ()), "[red]problem", "", "", "",
+                      "", "", first_line(f"{path.name}: {why}"))
     table.title = f"{study.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return table
 
@@ -156,6 +158,16 @@ def print_dry_run(console, study: Study, chosen, memory: dict, notes: list[str])
     for line in notes:
         console.print(line, style="bold red" if line.startswith("DATA-BOUND") else
                       "yellow" if line.startswith("WARNING") else None)
+
+
+def rank_notes(study: Study, specs, executor: str) -> list[str]:
+    """The dry run's line for runs of several ranks on this machine (``local``, ``debug``)."""
+    ranks = sorted({s.train.gpus for s in specs if s.train.gpus > 1})
+    if not ranks or executor == "slurm":
+        return []
+    return [f"{' or '.join(map(str, ranks))} ranks on this machine per run (train.gpus; "
+            f"{executor} executor: PyTorch's elastic launcher, one rank per GPU, gloo ranks on "
+            f"the CPU); executor.max_parallel ({study.executor.max_parallel}) counts ranks"]
 
 
 def print_nothing_to_do(console, study: Study, chosen, store: Store, retry_failed: bool) -> None:

@@ -79,12 +79,15 @@ def tune(study: Study, *, results_root: Path, trials: int | None = None,
         write_summary(store.dir, summarise(study, cfg, ostudy, url))
         return summary
     workers = max(1, min(workers, trials - before["finished"]))
+    ranks = 1
+    if study.train.gpus > 1:  # multi-rank trials (not pruned): workers x ranks within the GPUs
+        workers, ranks = trial_workers(study, executor, workers), study.train.gpus
     ex = runner.worker_executor(store.jobs_folder("tune"), study, workers=workers,
                                 timeout_min=timeout_min)
     console.print(f"{study.name}: {before['finished']} of {trials} trials finished; "
                   f"{workers} {executor} worker{'s' if workers > 1 else ''} on "
                   f"{without_password(url)}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, (os.cpu_count() or 1) // (workers * ranks))
     worker_fn = runner.tethered(functools.partial(  # e.g. local workers die with this process
         run_worker, study, cfg, url, trials, results_root=str(store.root),
         resumed_at=len(ostudy.get_trials(deepcopy=False))))
@@ -155,3 +158,16 @@ def _job_error(err: Exception) -> str:
         state = str(err).split("(state: ", 1)[-1].split(")", 1)[0]
         return f"the worker process ended without a result ({state.lower()}): killed?"
     return text[-1] if text else type(err).__name__
+
+
+def trial_workers(study: Study, executor: str, workers: int) -> int:
+    """How many workers of ``study.train.gpus`` ranks each may run side by side: no more than
+    the GPUs hold (one rank per GPU), any number on the CPU; local executors only."""
+    from harness.runtime.launch import check_ranks, gpu_count, on_gpus
+
+    if runner_class(executor).remote:
+        raise HarnessError(f"{study.source or study.name}: train.gpus: {study.train.gpus}: "
+                           f"multi-rank trials run on the local executor, not {executor}")
+    check_ranks([study.train])
+    return min(workers, gpu_count() // study.train.gpus) if on_gpus(study.train) else workers
+

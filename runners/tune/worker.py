@@ -98,11 +98,11 @@ def _objective(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
         else contextlib.nullcontext()
     with beat:
         return _run_trial(trial, study=study, cfg=cfg, storage=storage, trials=trials,
-                          results_root=results_root)
+                          results_root=results_root, worker=worker)
 
 
 def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
-               results_root: str):
+               results_root: str, worker: int = 0):
     import optuna
 
     from harness.results.store import Store
@@ -125,6 +125,12 @@ def _run_trial(trial, *, study: Study, cfg: TuneConfig, storage, trials: int,
     record = Store(results_root, study.name).read(spec.run_id)
     if record and record.get("status") in ("ok", "diverged") and metric_values(record, cfg):
         trial.set_user_attr("reused_record", record.get("tune_trial", "grid"))
+    elif spec.train.gpus > 1:  # ranks of this machine; not pruned (no rank stops alone)
+        from harness.runtime.launch import RankJob, visible_devices, worker_devices
+
+        with visible_devices(worker_devices(worker, spec.train)):
+            record = RankJob()(spec, results_root,
+                               tags={"tune_trial": trial.number, "tune_study": study.name})
     else:
         record = execute(spec, results_root, on_progress=reporter(trial, cfg),
                          tags={"tune_trial": trial.number, "tune_study": study.name})

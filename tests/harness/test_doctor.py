@@ -38,6 +38,7 @@ def test_every_check_reports_once_in_order(checks):
 def test_missing_gpu_warns_and_fails_only_when_required(checks, tmp_path):
     gpu = by_name(checks)["gpu"]
     assert gpu.status == "warn" and "no CUDA device" in gpu.detail and gpu.fix
+    assert "a local run of train.gpus: N starts N gloo ranks on the CPU" in gpu.detail
     required = doctor.check_gpus(required=True)
     assert required.status == "fail" and "no CUDA device" in required.detail
 
@@ -108,3 +109,10 @@ def test_a_crashing_check_is_a_failure_not_a_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(doctor, "check_fvcore", broken)
     found = by_name(doctor.run_checks(tmp_path))
     assert found["fvcore"].status == "fail" and "RuntimeError: boom" in found["fvcore"].detail
+
+
+def test_the_gpus_of_a_local_multi_rank_run(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert doctor.local_ranks(2) == ("a local run of train.gpus: N (N <= 2) uses N of "
+                                     "cuda:0..1, one rank each (CUDA_VISIBLE_DEVICES=2,3)")
+
