@@ -31,7 +31,7 @@ def build_report(study: Study, store: Store, out: Path | None = None, *,
     tune_only = getattr(study, "tune", None) and not getattr(study, "grid", None)
     grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
-    page = page_of(frame, paper=True, store=store)
+    page = page_of(frame, paper=True, store=store, estimate=study.estimate)
     path = write_page(page, Path(out or store.dir / "report.html"), study_name=study.name,
                       study_text=store.study_text(), pending=pending)
     if json_out is not None:
