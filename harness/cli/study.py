@@ -265,9 +265,11 @@ def _compare_side(which: str, given: str, root: Path):
 
 @app.command()
 def compare(
-    a: Annotated[str, typer.Argument(metavar="A", help="Study A (the baseline): a study file or a study's "
-                                          "name in the results root")],
-    b: Annotated[str, typer.Argument(metavar="B", help="Study B, compared against A: the same forms")],
+    a: Annotated[str, typer.Argument(
+        metavar="A", help="Study A (the baseline): a study file, a store folder or a study's "
+                          "name in the results root")],
+    b: Annotated[str, typer.Argument(
+        metavar="B", help="Study B, compared against A: the same forms")],
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the whole comparison (every change, both Pareto fronts) "
                        "as JSON to this file")] = None,

@@ -13,6 +13,7 @@ more entry here.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,17 @@ from harness.results.tune_summary import TuneSummary, read_summary
 from reports.aggregate import primary_quality
 from reports.analyses.claims import FAILED, HELD, INCONCLUSIVE, LACKS, Verdict, check_claims
 from reports.analyses.findings import Findings
+from reports.analyses.fits import (
+    CURVE_HEADERS,
+    MATCH_HEADERS,
+    METHOD_NOTE,
+    MULTIPLIER_HEADERS,
+    analysis_for,
+    curve_rows,
+    match_rows,
+    multiplier_rows,
+    refusals,
+)
 from reports.analyses.heldout import HeldOut
 from reports.analyses.law_tables import (
     HELDOUT_HEADERS,
@@ -38,17 +50,6 @@ from reports.analyses.law_tables import MULTIPLIER_HEADERS as LAW_MULTIPLIER_HEA
 from reports.analyses.laws import JointLaw
 from reports.analyses.planned import planned_summary
 from reports.analyses.robust import RobustFit, disagreements
-from reports.analyses.fits import (
-    CURVE_HEADERS,
-    MATCH_HEADERS,
-    METHOD_NOTE,
-    MULTIPLIER_HEADERS,
-    analysis_for,
-    curve_rows,
-    match_rows,
-    multiplier_rows,
-    refusals,
-)
 from reports.analyses.scaling import CONFIDENCE, Analysis
 from reports.figures import tuning
 from reports.figures.common import SHARED, Hover
@@ -207,8 +208,16 @@ def heldout_body(checks: Sequence[HeldOut], refits: Sequence[RobustFit] = ()) ->
     return "".join(parts)
 
 
+def surface_html(fig_id: str, fig: go.Figure) -> str:
+    """A 3D figure as :func:`reports.page.html.figure_html` embeds it, in a ``div.plot-3d``
+    without ``data-expected-points``: WebGL draws no SVG markers to count, so the page's
+    marker checks (every ``div.plot``) leave it out."""
+    return re.sub(r'^<div class="plot" id="([^"]*)" data-expected-points="\d+">',
+                  r'<div class="plot-3d" id="\1">', figure_html(fig_id, fig), count=1)
+
+
 def law_section_body(laws: Sequence[JointLaw], checks: Sequence[HeldOut],
-                     embed: Callable | None = figure_html) -> str:
+                     embed: Callable | None = surface_html) -> str:
     """The joint laws over size and experts: refusals as notes, the surface figure with the
     measured points, the laws' table, their effective parameter multipliers and held-out
     checks."""

@@ -68,7 +68,7 @@ def test_the_page_has_the_joint_law_the_heldout_checks_and_planned_against_measu
     records = law_records(study, LAW, noise=SEED_SD, **MEASURED)
     page = render_report(records_frame(records), study_name="laws")
     assert '<section id="laws"><h2>Joint law over size and experts</h2>' in page
-    assert 'id="fig-joint-law"' in page and "Effective parameter multipliers" in page
+    assert '<div class="plot-3d" id="fig-joint-law">' in page and "Effective parameter multipliers" in page
     assert "Do the fits extrapolate?" in page and 'class="heldout"' in page
     assert "Do the laws extrapolate?" in page and 'class="law-heldout"' in page
     assert '<section id="planned"><h2>Planned against measured</h2>' in page
@@ -138,8 +138,9 @@ def stores(folder, study):
     store_with(root, "base", base)
     store_with(root, "laws", base)  # the study file's own store
     store_with(root, "same", base)
+    other = law_records(study, LAW, noise=SEED_SD, seed=1, **MEASURED)
     store_with(root, "shifted", [{**r, "test_accuracy": r["test_accuracy"] + 5 * SEED_SD}
-                                 for r in law_records(study, LAW, noise=SEED_SD, seed=1, **MEASURED)])
+                                 for r in other])
     small = study_file(folder, "small", models=("vit-w48d2h2m96/4",), routers=("dense",))
     store_with(root, "small", law_records(small, LAW))
     return root
