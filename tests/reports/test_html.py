@@ -55,7 +55,7 @@ def test_record_text_is_escaped_everywhere(page):
     rest = _outside_plotly_js(page)
     # every script tag is one of ours: the hover texts, then one per figure
     scripts = re.findall(r"<script[^>]*>", rest)
-    figures = re.findall(r'<div class="plot" id="', rest)
+    figures = re.findall(r'<div class="plot(?:-3d)?" id="', rest)
     assert len(scripts) == 1 + len(figures)
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page  # table / title
     # hover texts are HTML-escaped (plotly renders them as HTML), then JSON-escaped
