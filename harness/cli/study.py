@@ -185,7 +185,9 @@ def plan_command(
     Curves of quality against training compute are fitted to the finished runs; the
     candidates are the study's grid (--set train.steps=... to widen it), costed like
     run --dry-run (GFLOP/img, training exaFLOPs, GPU-hours). A prediction, with its
-    95% interval; memory is not estimated.
+    95% interval; memory is not estimated. A router whose curve mispredicts its own
+    costliest configuration when refitted without it gets a warning
+    ("held-out check FAILED").
     """
     from harness.results.store import Store, results_root
     from reports.aggregate import load_records
