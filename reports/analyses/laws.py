@@ -238,12 +238,14 @@ def interval(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray
 
 
 def noise_delta(points: LawPoints, y: np.ndarray | None = None) -> float:
-    """The Huber ``delta`` in log space: 1.345 x the points' median seed noise (``sem / L``);
-    without a measured noise, 1.345 x the MAD of a least-squares fit's residuals, at least
+    """The Huber ``delta`` in log space: 1.345 x the median seed noise (``sem / L``) of the
+    points that have one (single-seed points have none), at least 1e-3; without a measured
+    noise, 1.345 x the MAD of a least-squares fit's residuals, at least
     1e-3 (Hoffmann et al.'s value; an exact law has no residuals)."""
     rel = points.sem / points.error
-    if np.any(rel > 0):
-        return lawfit.HUBER_TUNING * float(np.median(rel))
+    rel = rel[np.isfinite(rel) & (rel > 0)]  # the points with a measured seed noise
+    if rel.size:
+        return max(lawfit.HUBER_TUNING * float(np.median(rel)), lawfit.HUBER_DEFAULT)
     if y is not None and y.size > 4:
         X = lawfit.design(np.log(points.n / np.exp(np.log(points.n).mean())),
                           np.log(points.e))
