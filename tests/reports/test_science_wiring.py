@@ -68,7 +68,8 @@ def test_the_page_has_the_joint_law_the_heldout_checks_and_planned_against_measu
     records = law_records(study, LAW, noise=SEED_SD, **MEASURED)
     page = render_report(records_frame(records), study_name="laws")
     assert '<section id="laws"><h2>Joint law over size and experts</h2>' in page
-    assert '<div class="plot-3d" id="fig-joint-law">' in page and "Effective parameter multipliers" in page
+    assert '<div class="plot-3d" id="fig-joint-law">' in page
+    assert "Effective parameter multipliers" in page
     assert "Do the fits extrapolate?" in page and 'class="heldout"' in page
     assert "Do the laws extrapolate?" in page and 'class="law-heldout"' in page
     assert '<section id="planned"><h2>Planned against measured</h2>' in page
