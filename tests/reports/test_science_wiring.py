@@ -211,3 +211,29 @@ def test_plan_warns_where_the_heldout_check_flags_the_curve(folder):
     assert "held-out check FAILED: dense (curve" in console.export_text()
     clean = plan_rows(spec, records_frame(law_records(path, curve, noise=0.005)), 0.7)
     assert all(r.heldout == "" for r in clean)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_joint_law_figure_draws_in_a_browser(chromium_launch, study, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    path = tmp_path / "laws.html"
+    path.write_text(render_report(records_frame(law_records(study, LAW, noise=SEED_SD)),
+                                  study_name="laws"))
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(**chromium_launch)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.goto(path.as_uri())
+            page.wait_for_function("() => document.getElementById('fig-joint-law')"
+                                   ".dataset.rendered === '1'", timeout=60_000)
+            traces = page.evaluate("() => document.getElementById('fig-joint-law')"
+                                   "._fullData.map(t => t.type)")
+        finally:
+            browser.close()
+    assert errors == []
+    assert traces == ["surface", "scatter3d"]
