@@ -149,7 +149,8 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
            json_out: Annotated[Path | None, typer.Option(
                "--json", help="Also write the fitted curves, compute multipliers, measured "
-                              "matches and claims as JSON to this file")] = None) -> None:
+                              "matches, claims, joint laws, held-out checks and planned "
+                              "against measured as JSON to this file")] = None) -> None:
     """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
     from harness.results.store import Store, results_root
     from reports.build import build_report
