@@ -44,6 +44,24 @@ def bootstrap_count(records: int) -> int:
     return N_BOOT if records <= LARGE_STORE else LARGE_STORE_BOOT
 
 
+def measured(frame: pl.DataFrame) -> pl.DataFrame:
+    """The ok records with a measurement planned against measured can compare (a measured
+    training or step peak, counted FLOPs, a training time): ``planned_rows`` gives the same
+    rows for these as for all, without building every other record's model config."""
+    cols = set(frame.columns)
+    if "status" not in cols:
+        return frame.clear()
+
+    def has(name: str) -> pl.Expr:
+        return pl.col(name).is_not_null() if name in cols else pl.lit(False)
+
+    counted = (pl.col("flops_counter").is_not_null() & (pl.col("flops_counter") != "analytic")
+               if "flops_counter" in cols else pl.lit(False))
+    return frame.filter((pl.col("status") == "ok") & (
+        has("peak_memory_rank_mb") | (has("peak_memory_mb") & has("timing_batch_size"))
+        | counted | has("train_time_s")))
+
+
 def findings(frame: pl.DataFrame, *, claims: bool = True,
              estimate: EstimateConfig | None = None) -> Findings:
     """Aggregate ``frame`` once and analyse the aggregate: fitted curves, their held-out
@@ -54,12 +72,12 @@ def findings(frame: pl.DataFrame, *, claims: bool = True,
     verdicts = check_claims(agg) if claims and agg.height else None
     fits = analysis_for(agg)
     n_boot = bootstrap_count(frame.height)
-    records = frame.to_dicts()
     laws = joint_laws(frame, n_boot=n_boot) if frame.height else []
     return Findings(
         frame, agg, fits, verdicts, laws=laws, law_checks=law_checks(laws, n_boot=n_boot),
         curve_checks=curve_checks(fits, n_boot=n_boot) if fits else [],
-        refits=huber_refits(fits) if fits else [], planned=planned_rows(records, estimate))
+        refits=huber_refits(fits) if fits else [],
+        planned=planned_rows(measured(frame).to_dicts(), estimate))
 
 
 def findings_json(found: Findings) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import polars as pl
 from reports.aggregate import aggregate, ok_runs
 from reports.analyses import lawfit
 from reports.analyses.scaling import CONFIDENCE, N_BOOT, Quality, quality_of
-from reports.analyses.specs import backbone_params
+from reports.analyses.specs import backbone_params_each
 from reports.metrics import QUALITY_AXES
 from reports.records import records_frame
 
@@ -97,7 +97,7 @@ def runs_frame(runs: pl.DataFrame | Sequence[dict[str, Any]]) -> pl.DataFrame:
     ok = ok_runs(frame)
     if ok.height == 0:
         return ok
-    n = [backbone_params(r) for r in ok.iter_rows(named=True)]
+    n = backbone_params_each(ok.iter_rows(named=True))
     return ok.with_columns(pl.Series("params_backbone", n, dtype=pl.Float64))
 
 

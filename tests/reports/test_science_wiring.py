@@ -237,3 +237,14 @@ def test_the_joint_law_figure_draws_in_a_browser(chromium_launch, study, tmp_pat
             browser.close()
     assert errors == []
     assert traces == ["surface", "scatter3d"]
+
+
+def test_the_page_plans_the_same_rows_as_planned_rows_over_every_record(study):
+    from reports.analyses.planned import planned_rows
+
+    records = law_records(study, LAW, noise=SEED_SD, **MEASURED)
+    records[0] = {**records[0], "train_time_s": None, "flops_counter": "analytic"}
+    records[1] = {**records[1], "status": "failed"}
+    found = findings(records_frame(records))
+    assert len(found.planned) == len(records) - 2
+    assert found.planned == planned_rows(records_frame(records).to_dicts())
