@@ -14,7 +14,7 @@ import polars as pl
 
 from harness.results.store import Store
 from harness.spec.study import Study
-from reports.analyses.findings import findings, findings_json
+from reports.analyses.findings import findings_json
 from reports.page.answer import claims_answer
 from reports.page.render import page_of, write_page
 from reports.page.sections import PAPER_SECTIONS, rendered
@@ -25,24 +25,20 @@ def build_report(study: Study, store: Store, out: Path | None = None, *,
                  json_out: Path | None = None) -> Path:
     """Write the study's page: every section its records fill, the paper's analyses and the
     tuning included; runs of the study's grid without a record make it partial. With
-    ``json_out``, also write :func:`report_json`'s content there, from the same analysis."""
+    ``json_out``, also write the analysis behind the page there as JSON
+    (``reports.analyses.findings.findings_json``: fits, held-out checks, joint laws, planned
+    against measured, claims), from the same analysis."""
     frame = load_records(store.runs_dir)  # an unreadable record shows up as a problem row
     recorded = set(frame["run_id"].to_list())
     tune_only = getattr(study, "tune", None) and not getattr(study, "grid", None)
     grid = [] if tune_only else study.expand()  # a tune-only study has no grid to wait for
     pending = sum(1 for spec in grid if spec.run_id not in recorded)
-    page = page_of(frame, paper=True, store=store)
+    page = page_of(frame, paper=True, store=store, estimate=getattr(study, "estimate", None))
     path = write_page(page, Path(out or store.dir / "report.html"), study_name=study.name,
                       study_text=store.study_text(), pending=pending)
     if json_out is not None:
         Path(json_out).write_text(json.dumps(findings_json(page.found), indent=1) + "\n")
     return path
-
-
-def report_json(store: Store) -> dict:
-    """The analysis behind the page as JSON types: fitted curves, compute multipliers and
-    measured matches (``reports.analyses.scaling``), and the claims' verdicts."""
-    return findings_json(findings(load_records(store.runs_dir)))
 
 
 def paper_parts(frame: pl.DataFrame) -> tuple[list[str], list[str]]:

@@ -4,7 +4,8 @@
   record, every status, typed columns, timestamps as UTC datetimes, the training history as a
   nested ``list<struct<step, train_loss, test_accuracy>>`` column in Parquet, JSON text in
   CSV) and the **aggregated** table (one row per configuration, mean / std / n over seeds,
-  as the report computes it). Reading them: ``docs/tracking.md``.
+  as the report computes it). The per-run table also has the planned-against-measured columns
+  (``reports.analyses.planned``). Reading them: ``docs/tracking.md``.
 * :func:`export_mlflow` logs one MLflow run per record into the study's experiment (see
   ``harness.runtime.tracking``): parameters are the run spec, metrics the record's numbers (at the
   last step) and its history (``history/<key>`` at each step), tags the identity and
@@ -25,6 +26,7 @@ import polars as pl
 from harness.errors import HarnessError
 from harness.results.store import SCHEMA, BadRecord, Store
 from reports.aggregate import aggregate
+from reports.analyses.planned import planned_frame
 from reports.metrics import SEED_KEY, SPEC_KEYS
 from reports.records import load_records
 
@@ -47,6 +49,14 @@ def runs_table(frame: pl.DataFrame) -> pl.DataFrame:
         pl.col(key).str.to_datetime("%Y-%m-%dT%H:%M:%S%z", strict=False, time_zone="UTC")
         for key in _TIMES)
     return frame.select(*SCHEMA, *(c for c in frame.columns if c not in SCHEMA))
+
+
+def with_planned(table: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    """``table`` (one row per record) with the planned-against-measured columns of each
+    finished run (``reports.analyses.planned.PLANNED_COLUMNS``; empty for the others),
+    joined on ``run_id``."""
+    planned = planned_frame(frame.to_dicts()).drop("spec", "device")
+    return table.join(planned, on="run_id", how="left")
 
 
 def aggregated_table(frame: pl.DataFrame) -> pl.DataFrame:
@@ -84,7 +94,7 @@ def export_tables(store: Store, fmt: str, out: Path | None = None) -> tuple[Path
     frame = load_records(store.runs_dir)
     if frame.height == 0:
         raise HarnessError(f"{store.runs_dir}: no records to export yet (run the study first)")
-    tables = (runs_table(frame), aggregated_table(frame))
+    tables = (with_planned(runs_table(frame), frame), aggregated_table(frame))
     paths = table_paths(store, fmt, out)
     for table, path in zip(tables, paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)

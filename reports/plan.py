@@ -9,7 +9,9 @@ run's closed form (:mod:`harness.cost.estimate`: GFLOP/img, training exaFLOPs, e
 GPU-hours). The answer is the cheapest candidate whose predicted quality reaches Q, with the
 prediction's 95% interval, and the training compute the curve needs to reach Q. Everything
 here is a PREDICTION from a fit; a candidate outside the costs the curve was fitted on is
-marked as an extrapolation. Memory is not estimated.
+marked as an extrapolation. Every curve is also refitted without its costliest configuration
+(:mod:`reports.analyses.heldout`): a curve that mispredicts it gets a warning on its row
+("held-out check FAILED"). Memory is not estimated.
 
 :func:`plan_rows` returns the plan as data (:class:`PlanRow`); :func:`print_plan` and
 :func:`plan_json` are its console table and its JSON.
@@ -27,6 +29,7 @@ from harness.errors import HarnessError
 from harness.spec.study import Study
 from reports.aggregate import aggregate, primary_quality
 from reports.analyses.fits import row_names
+from reports.analyses.heldout import curve_checks, warnings_by_router
 from reports.analyses.scaling import Curve, analyse, quality_of
 from reports.labels import router_name
 from reports.metrics import METRICS, QUALITY_AXES
@@ -54,6 +57,7 @@ class PlanRow:
     gpu_hours: float | None = None
     memory: str = MEMORY
     note: str = ""
+    heldout: str = ""  # the curve's held-out check, when it flags the fit (else empty)
 
 
 def _check_target(quality: str, target: float, source: str) -> None:
@@ -100,6 +104,7 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
     _check_target(quality, target, source)
     analysis = analyse(agg, quality_of(quality), costs=(COST,), names=row_names(agg),
                        with_matches=False)
+    warn = warnings_by_router(curve_checks(analysis))
     specs = study.expand()
     candidates: dict[str, dict[tuple, tuple[RunCost, object]]] = {}
     for cost, spec in zip(study_costs(study, specs), specs, strict=True):
@@ -107,7 +112,8 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
                                                           (cost, spec))
     rows = []
     for curve in analysis.curves:
-        base = {"router": curve.group, "quality": quality, "target": target}
+        base = {"router": curve.group, "quality": quality, "target": target,
+                "heldout": warn.get(curve.group, "")}
         if not curve.fitted or curve.params[2] <= 0:
             rows.append(PlanRow(**base, fit="none", note=curve.note or ""))
             continue
@@ -177,6 +183,10 @@ def print_plan(rows: list[PlanRow], study: Study, console=None) -> None:
                       num(r.gflops_per_image), num(r.train_exaflops), num(r.gpu_hours),
                       r.memory, r.note)
     console.print(table)
+    for r in rows:
+        if r.heldout:
+            console.print(f"{router_name(r.router)}: held-out check FAILED: {r.heldout}",
+                          style="bold red")
     console.print("Predictions from fitted curves, not measurements. " + describe(study.estimate)
                   + f" Memory: {MEMORY} (no memory model yet).")
 

@@ -1,5 +1,5 @@
-"""The commands on a study's runs: ``run``, ``status``, ``cancel``, ``report``, ``plan`` and
-``export`` (its records, as tables or MLflow runs)."""
+"""The commands on a study's runs: ``run``, ``status``, ``cancel``, ``report``, ``plan``,
+``export`` (its records, as tables or MLflow runs) and ``compare`` (two studies' records)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,15 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
     force: Annotated[bool, typer.Option(
         help="Submit runs whose memory estimate exceeds the GPU's memory")] = False,
+    calibrate_from: Annotated[str | None, typer.Option(
+        "--calibrate-from", help="With --dry-run: predict wall times from a finished study's "
+                                 "measured training times (a study file, a store folder or "
+                                 "a study's name)")] = None,
 ) -> None:
     """Run a study's pending runs (skips finished ones); --dry-run shows the plan.
+
+    --dry-run --calibrate-from STUDY adds each run's wall time predicted from STUDY's
+    finished runs (time per step and per training GFLOP, fitted per device).
 
     GPU runs whose estimated peak memory per GPU exceeds estimate.gpu_memory_gb are
     refused before anything is submitted, one line each with what would fit (exit 2);
@@ -65,6 +72,10 @@ def run(
     console = wide_console()
     spec = load_study(study, set_, profile)
     runners.check_executor(executor or spec.executor.name, "--executor")
+    if calibrate_from is not None and not dry_run:
+        raise HarnessError("--calibrate-from: only with --dry-run (it calibrates the plan)")
+    calibration = (_calibration(calibrate_from, results_root(results))
+                   if calibrate_from is not None else None)
     store = (Store(results_root(results), spec.name) if dry_run
              else writable_store(results, spec.name))
     chosen = runners.select(spec, store, rerun=rerun, retry_failed=retry_failed)
@@ -72,7 +83,7 @@ def run(
     if dry_run:
         notes = (rank_notes(spec, chosen.specs, executor or spec.executor.name)
                  + data_supply_notes(spec, chosen.specs) + data_path_notes(spec))
-        print_dry_run(console, spec, chosen, memory, notes)
+        print_dry_run(console, spec, chosen, memory, notes, calibration)
         return
     if not chosen.todo:
         print_nothing_to_do(console, spec, chosen, store, retry_failed)
@@ -94,6 +105,17 @@ def run(
                       f"{summary.diverged} diverged -> {store.runs_dir}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _calibration(given: str, root: Path):
+    from harness.cost.estimate import calibrate, pick_calibration
+
+    store = store_of("--calibrate-from", given, root)
+    calibration = pick_calibration(calibrate(store.records()))
+    if calibration is None:
+        raise HarnessError(f"--calibrate-from {given!r}: no finished run in {store.runs_dir} "
+                           "with a measured train_time_s, gflops_per_image and batch size")
+    return calibration
 
 
 @app.command()
@@ -128,10 +150,11 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
            out: Annotated[Path | None, typer.Option(help="HTML file to write")] = None,
            json_out: Annotated[Path | None, typer.Option(
                "--json", help="Also write the fitted curves, compute multipliers, measured "
-                              "matches and claims as JSON to this file")] = None) -> None:
+                              "matches, claims, joint laws, held-out checks and planned "
+                              "against measured as JSON to this file")] = None) -> None:
     """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
     from harness.results.store import Store, results_root
-    from reports.build import build_report, report_json
+    from reports.build import build_report
 
     spec = load_study(study, set_, profile)
     output_file(json_out, "--json")
@@ -141,9 +164,8 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
         from runners.tune import refresh_summary
 
         refresh_summary(spec, store.root)
-    print(f"report: {build_report(spec, store, out)}")
-    if json_out is not None:
-        save_json(json_out, report_json(store))
+    print(f"report: {build_report(spec, store, out, json_out=json_out)}")
+    if json_out is not None:  # from the page's own analysis, computed once
         print(f"json: {json_out}")
 
 
@@ -165,7 +187,9 @@ def plan_command(
     Curves of quality against training compute are fitted to the finished runs; the
     candidates are the study's grid (--set train.steps=... to widen it), costed like
     run --dry-run (GFLOP/img, training exaFLOPs, GPU-hours). A prediction, with its
-    95% interval; memory is not estimated.
+    95% interval; memory is not estimated. A router whose curve mispredicts its own
+    costliest configuration when refitted without it gets a warning
+    ("held-out check FAILED").
     """
     from harness.results.store import Store, results_root
     from reports.plan import plan_json, plan_rows, print_plan
@@ -211,3 +235,64 @@ def export(
         return
     runs, aggregated = export_tables(store, to, out)
     print(f"runs: {runs}\naggregated: {aggregated}")
+
+
+def store_of(option: str, given: str, root: Path):
+    """The store ``given`` names for ``option``: a study file (its study's store under
+    ``root``), a store folder (``RESULTS/STUDY``), or a study's name under ``root``; one
+    line saying so when it has no runs folder."""
+    from harness.results.store import Store
+
+    path = Path(given)
+    if path.is_file():
+        store = Store(root, load_study(path, None, None).name)
+    elif path.is_dir() and (path / "runs").is_dir():
+        store = Store(path.parent, path.name)
+    else:
+        store = Store(root, given)
+    if not store.runs_dir.is_dir():
+        raise HarnessError(f"{option} {given!r}: no study file or store folder of that name "
+                           f"and no results at {store.runs_dir}; give a study file, a store "
+                           "folder or the name of a study that has run")
+    return store
+
+
+def _compare_side(which: str, given: str, root: Path):
+    from reports.records import load_records
+
+    store = store_of(f"compare {which}", given, root)
+    frame = load_records(store.runs_dir)
+    if frame.height == 0:
+        raise HarnessError(f"compare {which} {given!r}: {store.runs_dir} has no records yet")
+    return store.dir.name, frame
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(
+        metavar="A", help="Study A (the baseline): a study file, a store folder or a study's "
+                          "name in the results root")],
+    b: Annotated[str, typer.Argument(
+        metavar="B", help="Study B, compared against A: the same forms")],
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the whole comparison (every change, both Pareto fronts) "
+                       "as JSON to this file")] = None,
+    ignore: Annotated[list[str] | None, typer.Option(
+        "--ignore", help="A spec field (dotted path, e.g. data.name) left out when matching "
+                         "configurations (repeatable)")] = None,
+    results: ResultsOpt = None,
+) -> None:
+    """Compare study B against study A: every configuration both ran (same spec, any
+    seeds), the change in each quality and cost metric with its 95% interval, flagged
+    where it is beyond the seed noise. Exits 0 whatever is flagged (read --json's
+    "flagged" in a CI check)."""
+    from harness.results.store import results_root
+    from reports.analyses.studies import compare as compare_studies
+    from reports.analyses.studies import compare_text
+
+    output_file(json_out, "--json")
+    root = results_root(results)
+    (name_a, frame_a), (name_b, frame_b) = _compare_side("A", a, root), _compare_side("B", b, root)
+    data = compare_studies(frame_a, frame_b, names=(name_a, name_b), ignore=ignore or ())
+    print(compare_text(data))
+    save_json(json_out, data)

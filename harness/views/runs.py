@@ -33,14 +33,23 @@ def _elapsed(record: dict) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def plan_table(study: Study, chosen) -> Table:
-    """The runs a ``run`` would do, each with its estimated cost, and the totals.
+def plan_table(study: Study, chosen, calibration=None) -> Table:
+    """The runs a ``run`` would do, each with its estimated cost, and the totals; with a
+    ``calibration`` (``harness.cost.estimate.Calibration``), each run's wall time predicted
+    from a finished study's measured times too.
 
     Costs come from the shapes alone (``harness.cost.estimate``): the dataset is not opened and no
     model is built, so this works before the data exists, on the paper's largest models.
     Settings shared by every run (seed, lr, steps, batch) go in the title, not in columns.
     """
-    from harness.cost.estimate import CONVENTIONS, describe, study_costs, totals
+    from harness.cost.estimate import (
+        CONVENTIONS,
+        calibrated_seconds,
+        describe,
+        describe_calibration,
+        study_costs,
+        totals,
+    )
     from harness.cost.memory import on_gpu
 
     costs = study_costs(study, chosen.specs)
@@ -58,7 +67,11 @@ def plan_table(study: Study, chosen) -> Table:
     table = Table(title=title, title_justify="left", caption_justify="left")
     for col in ("#", "run_id", "model", *varying, "state"):
         table.add_column(col)
-    for col in ("GFLOP/img", "train EF ours", "train EF paper", "GPU-h est."):
+    calibrated = [] if calibration is None else [
+        calibrated_seconds(c, s.train.steps, calibration) for s, c in zip(chosen.specs, costs,
+                                                                          strict=True)]
+    for col in ("GFLOP/img", "train EF ours", "train EF paper", "GPU-h est.",
+                *(["wall calibrated"] if calibrated else [])):
         table.add_column(col, justify="right")
     for i, (spec, cost) in enumerate(zip(chosen.specs, costs, strict=True)):
         state = chosen.statuses.get(spec.run_id, "pending")
@@ -69,19 +82,26 @@ def plan_table(study: Study, chosen) -> Table:
                       f"[{STATE_STYLE.get(state.split()[0], '')}]{state}",
                       _num(cost.gflops_per_image), _num(cost.train_exaflops),
                       _num(cost.train_exaflops_paper),
-                      _num(cost.gpu_hours) if spec.run_id in gpu else "-")
+                      _num(cost.gpu_hours) if spec.run_id in gpu else "-",
+                      *([duration(calibrated[i])] if calibrated else []))
     rows = [("total", totals(costs))]
     if chosen.todo and len(chosen.todo) != len(chosen.specs):
         rows.append(("to run", totals(c for c in costs if c.run_id in todo)))
     table.add_section()
     for name, t in rows:
         hours = totals(c for c in costs if c.run_id in gpu).gpu_hours
+        wall = sum(calibrated)
         if name == "to run":
             hours = totals(c for c in costs if c.run_id in gpu & todo).gpu_hours
+            wall = sum(w for w, s in zip(calibrated, chosen.specs, strict=False)
+                       if s.run_id in todo)
         table.add_row("", name, f"{t.runs} runs", *([""] * len(varying)), "", "",
                       _num(t.train_exaflops), _num(t.train_exaflops_paper),
-                      _num(hours) if gpu else "-")
+                      _num(hours) if gpu else "-", *([duration(wall)] if calibrated else []))
     notes = [CONVENTIONS, describe(study.estimate)]
+    if calibration is not None:
+        notes.append(describe_calibration(calibration) + " 'wall calibrated': the training "
+                     "steps of each run, one after another in the total.")
     if len(gpu) < len(costs):
         notes.append("GPU-h est. '-': CPU runs (train.device cpu, or auto outside a SLURM "
                      "study with executor.slurm.gpus_per_run).")
@@ -95,6 +115,13 @@ def plan_table(study: Study, chosen) -> Table:
                      "(ImageNet-1k); a run uses the dataset's own count.")
     table.caption = "\n".join(notes)
     return table
+
+
+def duration(seconds: float) -> str:
+    """Seconds as '12.3 s', '4.1 min' or '2.30 h'."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.3g} min" if seconds < 7200 else f"{seconds / 3600:.3g} h"
 
 
 def _num(value: float) -> str:
@@ -147,13 +174,15 @@ def status_table(study: Study, store: Store, live: dict[str, dict] | None = None
     return table
 
 
-def print_dry_run(console, study: Study, chosen, memory: dict, notes: list[str]) -> None:
-    """``run --dry-run``: the runs and their costs, their memory per GPU (``memory``: the
-    plans of ``harness.cost.memory.study_plans``), then the data notes (``DATA-BOUND`` lines
-    in red, ``WARNING`` lines in yellow)."""
+def print_dry_run(console, study: Study, chosen, memory: dict, notes: list[str],
+                  calibration=None) -> None:
+    """``run --dry-run``: the runs and their costs (with ``calibration``, their calibrated
+    wall times), their memory per GPU (``memory``: the plans of
+    ``harness.cost.memory.study_plans``), then the data notes (``DATA-BOUND`` lines in red,
+    ``WARNING`` lines in yellow)."""
     from harness.views.memory import memory_table
 
-    console.print(plan_table(study, chosen))
+    console.print(plan_table(study, chosen, calibration))
     console.print(memory_table(study, chosen.specs, memory))
     for line in notes:
         console.print(line, style="bold red" if line.startswith("DATA-BOUND") else

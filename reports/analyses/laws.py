@@ -46,7 +46,7 @@ import polars as pl
 from reports.aggregate import aggregate, ok_runs
 from reports.analyses import lawfit
 from reports.analyses.scaling import CONFIDENCE, N_BOOT, Quality, quality_of
-from reports.analyses.specs import backbone_params
+from reports.analyses.specs import backbone_params_each
 from reports.metrics import QUALITY_AXES
 from reports.records import records_frame
 
@@ -97,7 +97,7 @@ def runs_frame(runs: pl.DataFrame | Sequence[dict[str, Any]]) -> pl.DataFrame:
     ok = ok_runs(frame)
     if ok.height == 0:
         return ok
-    n = [backbone_params(r) for r in ok.iter_rows(named=True)]
+    n = backbone_params_each(ok.iter_rows(named=True))
     return ok.with_columns(pl.Series("params_backbone", n, dtype=pl.Float64))
 
 
@@ -238,12 +238,14 @@ def interval(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray
 
 
 def noise_delta(points: LawPoints, y: np.ndarray | None = None) -> float:
-    """The Huber ``delta`` in log space: 1.345 x the points' median seed noise (``sem / L``);
-    without a measured noise, 1.345 x the MAD of a least-squares fit's residuals, at least
+    """The Huber ``delta`` in log space: 1.345 x the median seed noise (``sem / L``) of the
+    points that have one (single-seed points have none), at least 1e-3; without a measured
+    noise, 1.345 x the MAD of a least-squares fit's residuals, at least
     1e-3 (Hoffmann et al.'s value; an exact law has no residuals)."""
     rel = points.sem / points.error
-    if np.any(rel > 0):
-        return lawfit.HUBER_TUNING * float(np.median(rel))
+    rel = rel[np.isfinite(rel) & (rel > 0)]  # the points with a measured seed noise
+    if rel.size:
+        return max(lawfit.HUBER_TUNING * float(np.median(rel)), lawfit.HUBER_DEFAULT)
     if y is not None and y.size > 4:
         X = lawfit.design(np.log(points.n / np.exp(np.log(points.n).mean())),
                           np.log(points.e))

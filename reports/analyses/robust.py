@@ -53,8 +53,9 @@ class RobustFit:
 
 def _delta(curve: Curve, y: np.ndarray) -> float:
     rel = curve.points.sem / y
-    if np.any(rel > 0):
-        return HUBER_TUNING * float(np.median(rel))
+    rel = rel[np.isfinite(rel) & (rel > 0)]  # the points with a measured seed noise
+    if rel.size:
+        return max(HUBER_TUNING * float(np.median(rel)), HUBER_DEFAULT)
     r = np.log(y) - np.log(predict_error(curve.params, curve.points.cost, curve.c0)[0])
     mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
     return max(HUBER_TUNING * mad, HUBER_DEFAULT)

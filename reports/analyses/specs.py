@@ -11,7 +11,7 @@ then taken from the dataset's known size (as the dry run does).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -91,4 +91,23 @@ def backbone_params(record: Mapping[str, Any]) -> int | None:
     return closed_form_params(dense_config(cfg))["params_total"]
 
 
-__all__ = ["backbone_params", "dense_config", "model_config", "run_spec"]
+#: Every column :func:`model_config` reads: records equal on these have one model config.
+CONFIG_COLUMNS = ("spec_json", "study", "model", "image_size", "router", "pool", "gelu",
+                  "attention", "moe_layers", "data", *ROUTER_FIELDS)
+
+
+def backbone_params_each(records: Iterable[Mapping[str, Any]]) -> list[int | None]:
+    """:func:`backbone_params` of every record, computed once per model config (the seeds
+    and learning rates of one configuration share it)."""
+    seen: dict[tuple, int | None] = {}
+    out = []
+    for record in records:
+        key = tuple(str(record.get(c)) for c in CONFIG_COLUMNS)
+        if key not in seen:
+            seen[key] = backbone_params(record)
+        out.append(seen[key])
+    return out
+
+
+__all__ = ["CONFIG_COLUMNS", "backbone_params", "backbone_params_each", "dense_config",
+           "model_config", "run_spec"]

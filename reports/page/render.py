@@ -32,6 +32,7 @@ import plotly
 import polars as pl
 
 from harness.results.store import Store
+from harness.spec.study import EstimateConfig
 from reports.aggregate import status_counts
 from reports.analyses.findings import findings
 from reports.figures.common import hover_texts
@@ -114,10 +115,12 @@ def render_page(page: Page, *, study_name: str, study_text: str | None = None,
 
 
 def page_of(df: pl.DataFrame, *, paper: bool = False, store: Store | None = None,
-            answers: list[str] | None = None, extra_sections: list[str] | None = None) -> Page:
+            answers: list[str] | None = None, extra_sections: list[str] | None = None,
+            estimate: EstimateConfig | None = None) -> Page:
     """The page's inputs from the records: analysed once (the claims check only with
-    ``paper``), with the hover texts of the aggregate's rows."""
-    found = findings(df, claims=paper)
+    ``paper``; planned against measured on ``estimate``'s assumptions), with the hover texts
+    of the aggregate's rows."""
+    found = findings(df, claims=paper, estimate=estimate)
     return Page(found, hover_texts(found.agg), paper=paper, store=store,
                 answers=tuple(answers or ()), extra=tuple(extra_sections or ()))
 

@@ -2,7 +2,8 @@
 inputs (:class:`Page`) to its section's HTML, or None when the records cannot fill it.
 
 In page order: the answer (``reports.page.answer``), the best configurations, quality against
-cost, scaling, fitted curves and compute multipliers, router diagnostics, the runs that are not
+cost, scaling, fitted curves and compute multipliers (with their held-out checks), the joint
+law over size and experts, planned against measured, router diagnostics, the runs that are not
 ok; then, where the page has them, the tuning (from the summary ``moe-harness tune`` left in
 the store), and the paper's analyses: the claims check and the paper's figures. The top bar
 links every section it finds in the page (``reports.page.html.nav_bar``); a new section is one
@@ -12,9 +13,11 @@ more entry here.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import plotly.graph_objects as go
 import polars as pl
 
 from harness.results.store import Store
@@ -33,10 +36,25 @@ from reports.analyses.fits import (
     multiplier_rows,
     refusals,
 )
+from reports.analyses.heldout import HeldOut
+from reports.analyses.law_tables import (
+    HELDOUT_HEADERS,
+    LAW_HEADERS,
+    PLANNED_HEADERS,
+    heldout_rows,
+    law_multiplier_rows,
+    law_rows,
+    planned_table_rows,
+)
+from reports.analyses.law_tables import MULTIPLIER_HEADERS as LAW_MULTIPLIER_HEADERS
+from reports.analyses.laws import JointLaw
+from reports.analyses.planned import planned_summary
+from reports.analyses.robust import RobustFit, disagreements
 from reports.analyses.scaling import CONFIDENCE, Analysis
 from reports.figures import tuning
 from reports.figures.common import SHARED, Hover
 from reports.figures.fits import fig_fits
+from reports.figures.laws import fig_joint_law
 from reports.figures.paper import paper_figures
 from reports.figures.pareto import pareto_figures
 from reports.figures.routers import fig_router_diagnostic
@@ -117,9 +135,13 @@ def _scaling(page: Page) -> str:
 
 def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
                          embed: Callable | None = figure_html, *,
-                         analysis: Analysis | None = None) -> str:
+                         analysis: Analysis | None = None,
+                         checks: Sequence[HeldOut] | None = None,
+                         refits: Sequence[RobustFit] = ()) -> str:
     """The fitted-curves section's HTML: ``analysis`` (``analysis_for(agg)`` when the caller
-    has none) as figures, embedded by ``embed(id, fig)`` (None leaves them out), and tables."""
+    has none) as figures, embedded by ``embed(id, fig)`` (None leaves them out), and tables;
+    with ``checks`` (``reports.analyses.heldout.curve_checks``), the held-out checks after
+    the fits, and the Huber ``refits`` that disagree as notes."""
     analysis = analysis_for(agg) if analysis is None else analysis
     if analysis is None or not analysis.curves:
         return ('<p class="note" id="fits-note">No curve: no run with a quality and a '
@@ -137,6 +159,8 @@ def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
             if fig is not None:
                 parts.append(embed(f"fig-fit-{cost}", fig))
     parts.append("<h3>Fits</h3>" + text_table(CURVE_HEADERS, curve_rows(analysis), "fits"))
+    if checks is not None:
+        parts.append(heldout_body(checks, refits))
     parts.append("<h3>Compute multipliers (from the fits)</h3>")
     rows = multiplier_rows(analysis)
     parts.append(text_table(MULTIPLIER_HEADERS, rows, "multipliers") if rows else
@@ -153,7 +177,91 @@ def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
 
 def _fits(page: Page) -> str:
     return section("fits", "Fitted curves and compute multipliers",
-                   scaling_section_body(page.agg, SHARED, analysis=page.found.fits))
+                   scaling_section_body(page.agg, SHARED, analysis=page.found.fits,
+                                        checks=page.found.curve_checks,
+                                        refits=page.found.refits))
+
+
+FLAG = '<span class="badge" data-verdict="failed">FLAGGED</span> '
+
+
+def flagged_notes(checks: Sequence[HeldOut]) -> str:
+    """One visibly flagged note per check whose held-out measurement is outside its
+    interval (its sentence)."""
+    return "".join(f'<p class="note flagged">{FLAG}{esc(h.sentence())}</p>'
+                   for h in checks if h.flagged)
+
+
+def heldout_body(checks: Sequence[HeldOut], refits: Sequence[RobustFit] = ()) -> str:
+    """"Do the fits extrapolate?": each curve refitted without its costliest configuration
+    and checked there, flagged fits called out, and the Huber refits that disagree with the
+    least-squares fit as notes."""
+    parts = ["<h3>Do the fits extrapolate?</h3>",
+             '<p class="note">Each fit is refitted without its costliest configuration and '
+             "predicts it; a measurement outside the prediction's interval flags the fit: its "
+             "predictions beyond the measured costs should not be trusted.</p>"]
+    rows = heldout_rows(checks)
+    parts.append(text_table(HELDOUT_HEADERS, rows, "heldout") if rows else
+                 '<p class="note">No fitted curve to check.</p>')
+    parts.append(flagged_notes(checks))
+    parts += [f'<p class="note">{esc(f.sentence())}</p>' for f in disagreements(refits)]
+    return "".join(parts)
+
+
+def surface_html(fig_id: str, fig: go.Figure) -> str:
+    """A 3D figure as :func:`reports.page.html.figure_html` embeds it, in a ``div.plot-3d``
+    without ``data-expected-points``: WebGL draws no SVG markers to count, so the page's
+    marker checks (every ``div.plot``) leave it out."""
+    return re.sub(r'^<div class="plot" id="([^"]*)" data-expected-points="\d+">',
+                  r'<div class="plot-3d" id="\1">', figure_html(fig_id, fig), count=1)
+
+
+def law_section_body(laws: Sequence[JointLaw], checks: Sequence[HeldOut],
+                     embed: Callable | None = surface_html) -> str:
+    """The joint laws over size and experts: refusals as notes, the surface figure with the
+    measured points, the laws' table, their effective parameter multipliers and held-out
+    checks."""
+    if not laws:
+        return '<p class="note">No MoE run with a quality metric yet.</p>'
+    parts = [f'<p class="note">{esc(law.router)}: no joint law: {esc(law.note)}.</p>'
+             for law in laws if not law.fitted]
+    fig = fig_joint_law(laws, points=True)
+    if fig is not None and embed is not None:
+        parts.append(embed("fig-joint-law", go.Figure(fig)))
+    parts.append(text_table(LAW_HEADERS, law_rows(laws), "laws"))
+    rows = law_multiplier_rows(laws)
+    if rows:
+        parts.append("<h3>Effective parameter multipliers: the dense size each MoE is worth"
+                     "</h3>" + text_table(LAW_MULTIPLIER_HEADERS, rows, "law-multipliers"))
+    if checks:
+        parts.append("<h3>Do the laws extrapolate?</h3>"
+                     + text_table(HELDOUT_HEADERS, heldout_rows(checks), "law-heldout")
+                     + flagged_notes(checks))
+    return "".join(parts)
+
+
+def _laws(page: Page) -> str | None:
+    found = page.found
+    if not found.laws:
+        return None
+    return section("laws", "Joint law over size and experts",
+                   law_section_body(found.laws, found.law_checks))
+
+
+def planned_section_body(rows: Sequence[dict]) -> str:
+    """Planned against measured: per quantity, the measured / planned ratios."""
+    table = planned_table_rows(planned_summary(rows))
+    return ('<p class="note">What the closed forms planned for each finished run (memory, '
+            "FLOPs, training time at the assumed utilisation) against what it measured; "
+            "ratios are measured / planned (1: as planned). Per run: <code>moe-harness "
+            "export</code>.</p>" + text_table(PLANNED_HEADERS, table, "planned"))
+
+
+def _planned(page: Page) -> str | None:
+    if not page.found.planned:
+        return None
+    return section("planned", "Planned against measured",
+                   planned_section_body(page.found.planned))
 
 
 def _routers(page: Page) -> str:
@@ -259,7 +367,8 @@ def _paper(page: Page) -> str | None:
 
 #: The page's sections, in page order (the footer, "Study and environment", closes the page).
 SECTIONS: tuple[Callable[[Page], str | None], ...] = (
-    _answer, _summary, _pareto, _scaling, _fits, _routers, _problems, _tuning, _claims, _paper,
+    _answer, _summary, _pareto, _scaling, _fits, _laws, _planned, _routers, _problems, _tuning,
+    _claims, _paper,
 )
 #: The paper's analyses among them (``reports.build.paper_parts``).
 PAPER_SECTIONS = (_claims, _paper)

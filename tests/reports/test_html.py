@@ -55,7 +55,7 @@ def test_record_text_is_escaped_everywhere(page):
     rest = _outside_plotly_js(page)
     # every script tag is one of ours: the hover texts, then one per figure
     scripts = re.findall(r"<script[^>]*>", rest)
-    figures = re.findall(r'<div class="plot" id="', rest)
+    figures = re.findall(r'<div class="plot(?:-3d)?" id="', rest)
     assert len(scripts) == 1 + len(figures)
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page  # table / title
     # hover texts are HTML-escaped (plotly renders them as HTML), then JSON-escaped
@@ -220,11 +220,12 @@ def test_build_report_shows_the_study_file_the_store_kept(tmp_path):
 
 
 def test_build_report_writes_the_json_of_the_same_analysis(tmp_path, records):
-    """``json_out``: report_json's content, from the analysis behind the page (read once)."""
+    """``json_out``: the findings' JSON, from the analysis behind the page (read once)."""
     import json
 
     from harness.results.store import Store
-    from reports.build import report_json
+    from reports.analyses.findings import findings, findings_json
+    from reports.records import load_records
     from reports.synthetic import write_store
 
     class Study:
@@ -237,5 +238,6 @@ def test_build_report_writes_the_json_of_the_same_analysis(tmp_path, records):
     write_store(records[:60], store.runs_dir)
     out = tmp_path / "report.json"
     build_report(Study(), store, json_out=out)
-    assert out.read_text() == json.dumps(report_json(store), indent=1) + "\n"
+    expected = findings_json(findings(load_records(store.runs_dir)))
+    assert out.read_text() == json.dumps(expected, indent=1) + "\n"
     assert json.loads(out.read_text())["scaling"]["curves"]

@@ -52,7 +52,7 @@ def test_the_answer_opens_the_page_and_the_top_bar_links_every_section(frame):
     assert body.index('id="mine"') < body.index('id="answer-best"')
     nav = re.search(r"<nav>(.*?)</nav>", body).group(1)
     assert re.findall(r'href="#([^"]+)"', nav) == [
-        "answer", "summary", "pareto", "scaling", "fits", "routers", "problems", "later",
+        "answer", "summary", "pareto", "scaling", "fits", "laws", "routers", "problems", "later",
         "environment"]
     assert nav_bar([extra]).count("<a ") == 2
 
