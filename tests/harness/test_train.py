@@ -236,7 +236,7 @@ CHILD = textwrap.dedent("""
     import json, os, sys, time
     from harness.spec.config import DataConfig, LoaderConfig, TrainConfig
     from harness.data import load_data
-    from harness.spec.model import build
+    from harness.nn.vit import build
     from harness.spec.study import RunSpec
     from harness.runtime.train import fit, seed_everything
 
