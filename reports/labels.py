@@ -73,3 +73,45 @@ def config_label(row: dict[str, Any]) -> str:
     if row.get("moe_layers"):
         parts.append(str(row["moe_layers"]))
     return " ".join(parts)
+
+
+def runs_words(frame: Any) -> str:
+    """What the records ran on, in words read from them (never assumed): the models, the
+    data (its folder's name for a dataset read from a path), the steps and the devices, e.g.
+    'vit-w64d4h4m256/7 on fashion-mnist, 400 steps, on cpu'. ``frame``: the records' frame."""
+    import json
+
+    def values(col: str) -> list[Any]:
+        return sorted({v for v in frame[col].to_list() if v is not None}, key=str) \
+            if col in frame.columns else []
+
+    data = []
+    for name, spec in zip(frame["data"].to_list() if "data" in frame.columns else [],
+                          frame["spec_json"].to_list() if "spec_json" in frame.columns
+                          else [None] * frame.height, strict=False):
+        path = None
+        if isinstance(spec, str):
+            try:
+                path = (json.loads(spec).get("data") or {}).get("path")
+            except (ValueError, AttributeError):
+                path = None
+        if name is not None:
+            data.append(f"{name} data" if name == "synthetic" else
+                        str(path).rstrip("/").rsplit("/", 1)[-1] if path else str(name))
+    models, steps = values("model"), values("steps")
+    devices = sorted({str(d).split(" (")[0] for d in values("device_type") or values("device")})
+    parts = [", ".join(models) or "these models",
+             f"on {', '.join(sorted(set(data)))}" if data else "on data the records do not name"]
+    if steps:
+        parts.append(f"{'-'.join(fmt(s) for s in (steps[0], steps[-1]) if s is not None)} steps"
+                     if len(steps) > 1 else f"{fmt(steps[0])} steps")
+    if devices:
+        parts.append(f"on {', '.join(devices)}")
+    return " ".join(parts[:2]) + "".join(f", {p}" for p in parts[2:])
+
+
+def is_synthetic(frame: Any) -> bool:
+    """Whether every record with a data name ran on the synthetic task."""
+    names = {v for v in frame["data"].to_list() if v is not None} if "data" in frame.columns \
+        else set()
+    return names == {"synthetic"}

@@ -170,6 +170,16 @@ FLAGGED_SYMBOL = "circle-x"
 FLAGGED_LABEL = "timing flagged (busy machine or wide spread)"
 
 
+def legend_entry(name: str, color: str, group: str, *, line: bool = False) -> go.Scatter:
+    """A trace that only draws a legend item (no point): the router's colour on a plain
+    circle, whatever symbols (flagged timings) and outlines (front members) its points carry,
+    so a legend marker never takes the look of the first point drawn."""
+    return go.Scatter(x=[None], y=[None], mode="lines+markers" if line else "markers",
+                      name=name, legendgroup=group, hoverinfo="skip",
+                      marker={"color": color, "size": 8, "symbol": "circle"},
+                      line={"color": color, "width": 2})
+
+
 def flagged_timing(rows: pl.DataFrame, cost: str) -> np.ndarray:
     """Per row, whether any of its runs' timings was flagged (``timing_flagged``, carried by
     the aggregation as the distinct values joined: 'false, true')."""

@@ -21,7 +21,14 @@ import polars as pl
 from reports.aggregate import primary_quality
 from reports.analyses.claims import check_claims
 from reports.analyses.verdict import COST_TOL, best_within_budget
-from reports.labels import config_label, fmt, fmt_mean_std, router_name
+from reports.labels import (
+    config_label,
+    fmt,
+    fmt_mean_std,
+    is_synthetic,
+    router_name,
+    runs_words,
+)
 from reports.metrics import label
 
 
@@ -60,9 +67,12 @@ def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
     )
 
 
-def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None) -> str | None:
+def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None, *,
+                  frame: pl.DataFrame | None = None) -> str | None:
     """One line: how many of the paper's claims held, failed or lack data, each named
-    (``verdicts``: ``reports.analyses.claims.check_claims(agg)`` when the caller has them)."""
+    (``verdicts``: ``reports.analyses.claims.check_claims(agg)`` when the caller has them);
+    with the records' ``frame``, what they ran on, and on the synthetic task that it favours
+    token routing by construction, beside the verdicts."""
     if agg.height == 0 or primary_quality(agg) is None:
         return None
     verdicts = check_claims(agg) if verdicts is None else verdicts
@@ -73,8 +83,18 @@ def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None) -> s
         f"{html.escape(v.claim)}</li>" for v in verdicts)
     summary = ", ".join(f"{n} {html.escape(status)}" for status, n in counts.items())
     return (f'<p id="answer-claims"><b>The paper\'s claims on these records:</b> {summary} '
-            f'(<a href="#claims">how each is judged</a>).</p><ul class="claims-answer">'
-            f"{items}</ul>")
+            f'(<a href="#claims">how each is judged</a>).{_caveat(frame)}</p>'
+            f'<ul class="claims-answer">{items}</ul>')
+
+
+def _caveat(frame: pl.DataFrame | None) -> str:
+    if frame is None or frame.height == 0:
+        return ""
+    text = f" These runs: {runs_words(frame)}."
+    if is_synthetic(frame):
+        text += (" The synthetic task favours token routing by construction "
+                 "(docs/synthetic-data.md): these verdicts check the pipeline, not the paper.")
+    return html.escape(text, quote=False)
 
 
 def answer_body(blocks: list[Any]) -> str:

@@ -129,6 +129,10 @@ def figure_html(fig_id: str, fig: go.Figure) -> str:
     Traces made with ``hover=SHARED`` get their text from ``MOE_HOVER`` (see
     :func:`hover_script`, which must come first in the page).
 
+    It draws once the page is parsed (the grid of plots has its final columns then: a plot
+    drawn as soon as its div exists would take the width of a grid holding it alone, and its
+    right-hand points would be cut off), and redraws when its div changes width.
+
     The div carries ``data-expected-points`` (markers plotly should draw) and, once drawn,
     ``data-rendered="1"``: the browser test waits for it and counts the markers.
     """
@@ -140,8 +144,13 @@ def figure_html(fig_id: str, fig: go.Figure) -> str:
         f'var el=document.getElementById("{safe_id}");'
         f"f.data.forEach(function(t){{if(t.meta==={json.dumps(HOVER_META)}&&t.customdata)"
         f"{{t.text=t.customdata.map(function(i){{return MOE_HOVER[i];}});}}}});"
-        f"Plotly.newPlot(el,f.data,f.layout,{pio.json.to_json_plotly(_PLOTLY_CONFIG)})"
-        f'.then(function(){{el.setAttribute("data-rendered","1");}});}})();</script>'
+        f"function draw(){{Plotly.newPlot(el,f.data,f.layout,"
+        f"{pio.json.to_json_plotly(_PLOTLY_CONFIG)}).then(function(){{"
+        f"new ResizeObserver(function(){{if(el._fullLayout&&Math.abs(el._fullLayout.width"
+        f"-el.clientWidth)>1)Plotly.Plots.resize(el);}}).observe(el);"
+        f'el.setAttribute("data-rendered","1");}});}}'
+        f'if(document.readyState==="loading")document.addEventListener("DOMContentLoaded",draw);'
+        f"else draw();}})();</script>"
     )
 
 

@@ -41,6 +41,7 @@ from reports.figures.paper import paper_figures
 from reports.figures.pareto import pareto_figures
 from reports.figures.routers import fig_router_diagnostic
 from reports.figures.scaling import fig_scaling
+from reports.labels import runs_words
 from reports.metrics import COST_AXES, METRICS, ROUTER_DIAGNOSTICS, label
 from reports.page.answer import answer_body, best_at_equal_cost, claims_answer
 from reports.page.html import esc, figure_html, section
@@ -71,7 +72,8 @@ class Page:
 
 
 def _answer(page: Page) -> str:
-    claims = claims_answer(page.agg, page.found.verdicts) if page.paper else None
+    claims = claims_answer(page.agg, page.found.verdicts, frame=page.frame) if page.paper \
+        else None
     return section("answer", "Answer", answer_body(
         [*page.answers, claims, best_at_equal_cost(page.agg)]))
 
@@ -216,7 +218,8 @@ def _tuning(page: Page) -> str | None:
 # --------------------------------------------------------------------------- the paper's analyses
 
 
-def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None) -> str | None:
+def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None, *,
+                   frame: pl.DataFrame | None = None) -> str | None:
     """The claims check as a page section (``verdicts``: ``check_claims(agg)`` when the
     caller has them); None when no run has a quality metric."""
     if agg.height == 0 or primary_quality(agg) is None:
@@ -225,19 +228,21 @@ def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None)
     counts = {s: sum(v.status == s for v in verdicts)
               for s in (HELD, FAILED, INCONCLUSIVE, LACKS)}
     quality = primary_quality(agg)
+    runs = f" ({html.escape(runs_words(frame))})" if frame is not None and frame.height else ""
     note = (f'<p class="note">Each of the paper\'s main claims, judged from these records '
             f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, "
             f"{counts[INCONCLUSIVE]} inconclusive, {counts[LACKS]} lack data). Quality is the "
             f"mean {html.escape(label(quality))} over seeds; every comparison carries a 95% "
             "interval, and one that straddles its threshold makes the verdict inconclusive. A "
-            "verdict describes these runs only: at laptop scale on synthetic data it says "
-            "what the harness measured, not whether the paper holds at its scale.</p>")
+            f"verdict describes these runs only{runs}: it says what the harness measured, not "
+            "whether the paper holds at its scale.</p>")
     return section("claims", "The paper's claims, checked",
                    f'{note}<div class="scroll">{claims_table(verdicts)}</div>')
 
 
 def _claims(page: Page) -> str | None:
-    return claims_section(page.agg, page.found.verdicts) if page.paper else None
+    return claims_section(page.agg, page.found.verdicts, frame=page.frame) if page.paper \
+        else None
 
 
 def _paper(page: Page) -> str | None:
