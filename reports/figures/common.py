@@ -189,6 +189,24 @@ def flagged_timing(rows: pl.DataFrame, cost: str) -> np.ndarray:
     return text.str.contains("true").to_numpy()
 
 
+def flagged_note(frame: pl.DataFrame) -> str | None:
+    """One line on why time-based points are crossed circles (None when no ok run's timing
+    was flagged), from the records' ``timing_flagged`` and ``timing_others_cpu``."""
+    if "timing_flagged" not in frame.columns or "status" not in frame.columns:
+        return None
+    ok = frame.filter(pl.col("status") == "ok")
+    flagged = ok.filter(pl.col("timing_flagged").cast(pl.String).str.to_lowercase() == "true")
+    if flagged.height == 0:
+        return None
+    busy = flagged.filter(pl.col("timing_others_cpu").cast(pl.Float64) > 0.25).height \
+        if "timing_others_cpu" in flagged.columns else 0
+    why = (f"{busy} of them while other processes used over 25% of the CPUs, the rest too "
+           "widely spread" if busy else "their repeated calls too widely spread")
+    return (f"Timing flagged for {flagged.height} of {ok.height} ok runs ({why}): their "
+            "configurations are crossed circles on the time panels, whose positions then say "
+            "more about the machine than the model; FLOPs and parameters are unaffected.")
+
+
 def marker_symbols(rows: pl.DataFrame, cost: str) -> np.ndarray:
     """Marker symbols: flagged timings marked on the time-based axes."""
     return np.where(flagged_timing(rows, cost), FLAGGED_SYMBOL, "circle")

@@ -35,7 +35,7 @@ from reports.analyses.fits import (
 )
 from reports.analyses.scaling import CONFIDENCE, Analysis
 from reports.figures import tuning
-from reports.figures.common import SHARED, Hover
+from reports.figures.common import SHARED, Hover, flagged_note
 from reports.figures.fits import fig_fits
 from reports.figures.paper import paper_figures
 from reports.figures.pareto import pareto_figures
@@ -100,6 +100,8 @@ def _pareto(page: Page) -> str:
         "top right switches the quality metric.</p>",
         _directions_note(),
     ]
+    if flagged_note(page.frame):
+        body.append(f'<p class="note" id="timing-flagged">{esc(flagged_note(page.frame))}</p>')
     body += [figure_html(f"fig-pareto-{cost}", fig) for cost, fig in pareto.items()]
     if missing:
         body.append(f'<p class="note">Not measured in any ok run: '

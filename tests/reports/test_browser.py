@@ -320,6 +320,7 @@ def test_every_point_in_its_panel_legends_keep_colours_words_match_data(
             text = page.inner_text("body").lower()
         finally:
             browser.close()
+    assert len([line for line in text.splitlines() if "timing flagged for" in line]) == 1
     if name == "fashion_mnist":
         assert "synthetic" not in text and "fashion-mnist" in text
     else:
