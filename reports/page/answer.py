@@ -20,11 +20,13 @@ import polars as pl
 
 from reports.aggregate import primary_quality
 from reports.analyses.claims import check_claims
-from reports.analyses.verdict import COST_TOL, best_within_budget
+from reports.analyses.verdict import COST_TOL, best_within_budget, gaps_to_best
 from reports.labels import (
     config_label,
     fmt,
+    fmt_exaflops,
     fmt_mean_std,
+    fmt_value_error,
     is_synthetic,
     router_name,
     runs_words,
@@ -55,16 +57,46 @@ def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
                "fits this budget." if absent else "")
     top = found.best[0]
     return (
-        f'<p id="answer-best"><b>At equal cost</b> (at most {html.escape(fmt(found.budget))} '
-        f"{html.escape(label(cost))} within {COST_TOL:.0%}, the largest budget every router's "
+        f'<p id="answer-best"><b>At equal cost</b> (at most {html.escape(_budget(found))} '
+        f"within {COST_TOL:.0%}, the largest budget every router's "
         "runs reach), "
         f"<b>{html.escape(router_name(top['router']))}</b> is best by mean "
         f"{html.escape(label(quality))}: {html.escape(config_label(top))}.{missing} "
+        f"{html.escape(_resolved(agg, found))} "
         '<a href="#summary">All configurations</a>, <a href="#pareto">fronts</a>.</p>'
         '<table class="answer"><thead><tr><th>router</th><th>best configuration within the '
         f"budget</th><th>{html.escape(label(quality))}</th><th>{html.escape(label(cost))}</th>"
         f"<th>seeds</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _budget(found: Any) -> str:
+    """'1.02 TFLOPs of training compute (training exaFLOPs ...)', or the number and its axis."""
+    if found.cost.startswith("train_exaflops"):
+        return f"{fmt_exaflops(found.budget)} of {label(found.cost).replace('exaFLOPs', 'compute')}"
+    return f"{fmt(found.budget)} {label(found.cost)}"
+
+
+def _resolved(agg: pl.DataFrame, found: Any) -> str:
+    """Which gaps to the best router the 95% intervals resolve, and which are noise."""
+    gaps = gaps_to_best(agg, found)
+    if not gaps:
+        return ""
+    best = router_name(found.best[0]["router"])
+    ahead = [f"{router_name(r)} by {fmt_value_error(m.value, m.hi - m.value)}"
+             for r, m in gaps if m.known and m.lo > 0]
+    noise = [router_name(r) for r, m in gaps if not (m.known and m.lo > 0)]
+    parts = []
+    if ahead:
+        parts.append(f"The 95% intervals resolve {best}'s lead over {', '.join(ahead)}.")
+    if noise:
+        who = ", ".join(noise)
+        them = "it" if len(noise) == 1 else "them"
+        parts.append(f"{who} {'is' if len(noise) == 1 else 'are'} within noise of {best} "
+                     "(the interval of the difference includes 0): "
+                     f"{'which is best' if not ahead else 'its lead over ' + them} is not "
+                     "established.")
+    return " ".join(parts)
 
 
 def claims_answer(agg: pl.DataFrame, verdicts: Sequence[Any] | None = None, *,

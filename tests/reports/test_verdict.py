@@ -34,11 +34,11 @@ def frame():
 def test_best_per_router_within_the_common_budget(frame):
     block = best_at_equal_cost(with_rows(aggregate(frame)))
     # budget: the smallest of the routers' largest costs = dense's 2.0
-    assert "at most 2 training exaFLOPs" in block
+    assert "at most 2 EFLOPs of training compute" in block
     rows = re.findall(r'<tr data-router="([^"]+)"[^>]*><td>[^<]*</td><td>([^<]*)</td>'
                       r'<td class="num">([^<]*)</td><td class="num">([^<]*)</td>', block)
     assert [(r, q, c) for r, _, q, c in rows] == [
-        ("soft", "0.71 ± 0.01414", "1.5"), ("dense", "0.6", "2"),
+        ("soft", "0.710 ± 0.014", "1.5"), ("dense", "0.6", "2"),
         ("tokens_choice", "0.55", "1")]
     assert "E=64" not in block and "<b>Soft MoE</b> is best" in block
 
