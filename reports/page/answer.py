@@ -22,6 +22,7 @@ from reports.aggregate import primary_quality
 from reports.analyses.claims import check_claims
 from reports.analyses.verdict import COST_TOL, best_within_budget, gaps_to_best
 from reports.labels import (
+    FLOP_UNITS_NOTE,
     config_label,
     fmt,
     fmt_exaflops,
@@ -73,7 +74,8 @@ def best_at_equal_cost(agg: pl.DataFrame) -> str | None:
 def _budget(found: Any) -> str:
     """'1.02 TFLOPs of training compute (training exaFLOPs ...)', or the number and its axis."""
     if found.cost.startswith("train_exaflops"):
-        return f"{fmt_exaflops(found.budget)} of {label(found.cost).replace('exaFLOPs', 'compute')}"
+        return (f"{fmt_exaflops(found.budget)} of "
+                f"{label(found.cost).replace('exaFLOPs', 'compute')}; {FLOP_UNITS_NOTE}")
     return f"{fmt(found.budget)} {label(found.cost)}"
 
 

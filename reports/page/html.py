@@ -89,13 +89,29 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return sorted({float(f"{lo * ratio**i:.2g}") for i in (1, 2, 3)})
 
 
+def log_axis(lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """Ticks and range of a log axis over data from ``lo`` to ``hi``: :func:`log_ticks`, plus
+    the nearest m×10ᵉ (m = 1..9) at or below ``lo`` and at or above ``hi``, and a range that
+    ends at those, so labelled ticks span the whole range (never a point above the last)."""
+    ticks = log_ticks(lo, hi)
+    steps = [float(f"{m}e{d}") for d in range(math.floor(math.log10(lo)) - 1,
+                                              math.floor(math.log10(hi)) + 2)
+             for m in range(1, 10)]
+    below = max(t for t in steps if t <= lo * (1 + 1e-9))
+    above = min(t for t in steps if t >= hi * (1 - 1e-9))
+    ticks = sorted({below, above, *(t for t in ticks if below <= t <= above)})
+    pad = 0.02 * max(math.log10(above / below), 0.1)
+    return ticks, [math.log10(below) - pad, math.log10(above) + pad]
+
+
 MODEBAR_PX = 32  # plotly's tool bar, top right: the title starts below it
 
 
 def tidy_layout(fig: go.Figure) -> go.Figure:
     """The title below plotly's tool bar (which would cover it in narrow plots); no SI
-    prefixes on any axis; log axes without explicit ticks get :func:`log_ticks` over the
-    data of the traces drawn on them, labelled by :func:`tick_labels`."""
+    prefixes on any axis; log axes without explicit ticks get :func:`log_axis` over the
+    data of the traces drawn on them (ticks that span the range, and that range), labelled
+    by :func:`tick_labels`."""
     lines = 1 + str(fig.layout.title.text or "").count("<br>")
     fig.update_layout(title={"yref": "container", "y": 1, "yanchor": "top",
                              "pad": {"t": MODEBAR_PX}},
@@ -118,8 +134,8 @@ def tidy_layout(fig: go.Figure) -> go.Figure:
                 logs[name] += v[np.isfinite(v) & (v > 0)].tolist()
     for name, data in logs.items():
         if data:
-            ticks = log_ticks(min(data), max(data))
-            axes[name].update(tickvals=ticks, ticktext=tick_labels(ticks))
+            ticks, span = log_axis(min(data), max(data))
+            axes[name].update(tickvals=ticks, ticktext=tick_labels(ticks), range=span)
     return fig
 
 

@@ -3,6 +3,7 @@ the top bar's links and the axes' tick labels."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -66,3 +67,16 @@ def test_the_answer_opens_the_page_and_the_top_bar_links_every_section(frame):
 ])
 def test_log_axis_ticks_are_complete_plain_or_scientific(lo, hi, labels):
     assert tick_labels(log_ticks(lo, hi)) == labels
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(20.0, 155.0), (145.0, 155.0), (0.8e-6, 1.45e-6),
+                                        (4.0, 28.0), (3e-9, 2e3)])
+def test_log_axes_have_labelled_ticks_at_both_ends_of_their_range(lo, hi):
+    from reports.page.html import log_axis
+
+    ticks, (start, end) = log_axis(lo, hi)
+    assert ticks[0] <= lo and ticks[-1] >= hi  # a tick beyond every point: 200 above 155
+    assert start <= math.log10(ticks[0]) and end >= math.log10(ticks[-1])
+    pad = 0.05 * (end - start)  # a margin for the markers, no empty stretch past a tick
+    assert end - math.log10(ticks[-1]) < pad and math.log10(ticks[0]) - start < pad
+    assert len(ticks) >= 2 and ticks == sorted(ticks)
