@@ -26,12 +26,14 @@ from reports.analyses.fits import (
     CURVE_HEADERS,
     MATCH_HEADERS,
     METHOD_NOTE,
+    MIN_SAVING,
     MULTIPLIER_HEADERS,
     analysis_for,
     curve_rows,
     match_rows,
     multiplier_rows,
     refusals,
+    small_matches,
 )
 from reports.analyses.scaling import CONFIDENCE, Analysis
 from reports.figures import tuning
@@ -131,16 +133,17 @@ def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
     note = METHOD_NOTE.format(conf=f"{CONFIDENCE:.0%}")
     parts = [f'<p class="note">{html.escape(note)}</p>']
     fitted = [c for c in analysis.curves if c.fitted]
-    if not fitted:
-        parts.append(f'<p class="note" id="fits-note">No curve fitted: every router has '
-                     f"fewer than 3 distinct costs on its front "
-                     f"({html.escape(refusals(analysis.curves))}).</p>")
+    if len(fitted) < len(analysis.curves):  # one line for every refusal, not one row each
+        head = "No curve fitted" if not fitted else "Not fitted"
+        parts.append(f'<p class="note" id="fits-note">{head}: '
+                     f"{html.escape(refusals(analysis.curves))}.</p>")
     if embed is not None:
         for cost in dict.fromkeys(c.cost for c in fitted):
             fig = fig_fits(analysis, cost, hover)
             if fig is not None:
                 parts.append(embed(f"fig-fit-{cost}", fig))
-    parts.append("<h3>Fits</h3>" + text_table(CURVE_HEADERS, curve_rows(analysis), "fits"))
+    if fitted:
+        parts.append("<h3>Fits</h3>" + text_table(CURVE_HEADERS, curve_rows(analysis), "fits"))
     parts.append("<h3>Compute multipliers (from the fits)</h3>")
     rows = multiplier_rows(analysis)
     parts.append(text_table(MULTIPLIER_HEADERS, rows, "multipliers") if rows else
@@ -151,7 +154,11 @@ def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
     rows = match_rows(analysis)
     parts.append(text_table(MATCH_HEADERS, rows, "matches") if rows else
                  '<p class="note">No configuration matches another router\'s quality for '
-                 "less cost.</p>")
+                 f"{MIN_SAVING:.0%} less cost or more.</p>")
+    if small_matches(analysis):
+        parts.append(f'<p class="note">{small_matches(analysis)} more matches save less than '
+                     f"{MIN_SAVING:.0%} of the cost, inside the tolerance of equal cost: not "
+                     "listed.</p>")
     return "".join(parts)
 
 

@@ -242,6 +242,22 @@ def test_small_study_gets_the_note_not_a_curve(tmp_path):
     page = render_report(records_frame(records), study_name="tiny")
     assert 'id="fits"' in page and 'id="fits-note"' in page
     assert "fewer than 3 distinct costs" in page and "fig-fit-" not in page
+    assert page.count("distinct costs on the front") == 1  # one note, not one per curve
+    assert "<td>refused</td>" not in page
+
+
+def test_only_matches_that_save_beyond_equal_cost_are_listed():
+    from reports.analyses.fits import MIN_SAVING, match_rows, saves, small_matches
+    from reports.analyses.scaling import Analysis, Match
+
+    def match(target_cost):
+        return Match("soft", "a", 0.8, 1.0, "dense", "b", 0.79, target_cost, 0.01)
+
+    found = [match(1.01), match(1.02), match(2.0)]
+    analysis = Analysis(quality=None, curves=[], multipliers=[],
+                        matches={"gflops_per_image": found})
+    assert [saves(m) for m in found] == [False, False, True] and MIN_SAVING == 0.05
+    assert len(match_rows(analysis)) == 1 and small_matches(analysis) == 2
 
 
 def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
