@@ -202,7 +202,8 @@ def test_report_section_json_and_plan_on_a_store(tmp_path):
     plan_json = tmp_path / "plan.json"
     proc = cli("plan", study, "--results", results, "--target-quality", target,
                "--json", plan_json)
-    assert "PREDICTED" in proc.stdout and "not estimated" in proc.stdout
+    assert "PREDICTED" in proc.stdout and "no memory model" not in proc.stdout
+    assert "memory plan's estimated peak" in proc.stdout
     rows = {r["router"]: r for r in json.loads(plan_json.read_text())}
     specs = load(study, [], None).expand()
     for router in ("dense", "soft"):
@@ -214,7 +215,8 @@ def test_report_section_json_and_plan_on_a_store(tmp_path):
         assert row["spec"] == cheapest and row["prediction"] is True
         lo, hi = row["predicted_interval"]
         assert lo <= row["predicted"] <= hi and row["predicted"] >= target
-        assert row["gpu_hours"] > 0 and row["memory"] == "not estimated"
+        assert row["gpu_hours"] > 0 and row["memory"].endswith(" GB/process")
+        assert float(row["memory"].split()[0]) > 0
     assert rows["soft"]["train_exaflops"] < rows["dense"]["train_exaflops"]
 
 
