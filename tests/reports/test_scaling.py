@@ -285,3 +285,21 @@ def test_the_section_escapes_record_text(tmp_path):
     body = scaling_section_body(agg, None, figure_html)
     assert "<script>alert" not in body and "&lt;script&gt;alert(1)" in body
     assert 'id="fig-fit-train_exaflops"' in body
+
+
+def test_the_readmes_plan_example_study_gives_every_router_a_plan():
+    """studies/quickstart_curves.yaml (the README's `plan` example) has three training costs
+    per router: with any finished runs whose quality rises with compute, each router gets
+    its cheapest configuration reaching the target (in the quickstart, one width, dense and
+    the sparse routers have too few costs for a curve)."""
+    study_file = ROOT / "studies" / "quickstart_curves.yaml"
+    study = load(study_file, [], None)
+    frame = records_frame(curve_records(study_file, noise=0.002))
+    rows = plan_rows(study, frame, 0.5, source="results/quickstart-curves/runs")
+    assert sorted(r.router for r in rows) == sorted(
+        ["dense", "soft", "tokens_choice", "experts_choice"])
+    assert all(r.spec is not None and r.predicted >= 0.5 for r in rows), rows
+    quick = ROOT / "studies" / "quickstart.yaml"
+    quick_rows = plan_rows(load(quick, [], None), records_frame(
+        curve_records(quick, noise=0.002)), 0.5, source="q")
+    assert {r.router for r in quick_rows if r.spec is None} >= {"dense", "tokens_choice"}
