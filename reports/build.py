@@ -46,7 +46,7 @@ def paper_parts(frame: pl.DataFrame) -> tuple[list[str], list[str]]:
     a page a caller assembles (any study: a figure or claim without the data it needs is left
     out or says so)."""
     page = page_of(frame, paper=True)
-    answer = claims_answer(page.agg, page.found.verdicts)
+    answer = claims_answer(page.agg, page.found.verdicts, frame=frame)
     return ([answer] if answer else []), rendered(page, PAPER_SECTIONS)
 
 

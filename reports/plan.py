@@ -11,7 +11,7 @@ prediction's 95% interval, and the training compute the curve needs to reach Q. 
 here is a PREDICTION from a fit; a candidate outside the costs the curve was fitted on is
 marked as an extrapolation. Every curve is also refitted without its costliest configuration
 (:mod:`reports.analyses.heldout`): a curve that mispredicts it gets a warning on its row
-("held-out check FAILED"). Memory is not estimated.
+("held-out check FAILED"). Memory: the memory plan's estimated peak of the chosen run.
 
 :func:`plan_rows` returns the plan as data (:class:`PlanRow`); :func:`print_plan` and
 :func:`plan_json` are its console table and its JSON.
@@ -35,7 +35,6 @@ from reports.labels import router_name
 from reports.metrics import METRICS, QUALITY_AXES
 
 COST = "train_exaflops"
-MEMORY = "not estimated"
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class PlanRow:
     gflops_per_image: float | None = None
     train_exaflops: float | None = None
     gpu_hours: float | None = None
-    memory: str = MEMORY
+    memory: str = "-"
     note: str = ""
     heldout: str = ""  # the curve's held-out check, when it flags the fit (else empty)
 
@@ -138,7 +137,7 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
             **row, spec=cost.spec, run_id=spec.run_id, predicted=value,
             predicted_interval=(vlo, vhi), extrapolated=not c_lo <= exa <= c_hi,
             gflops_per_image=cost.gflops_per_image, train_exaflops=cost.train_exaflops,
-            gpu_hours=cost.gpu_hours,
+            gpu_hours=cost.gpu_hours, memory=_memory(study, spec),
             note=f"steps {spec.train.steps:,}, batch {spec.train.batch_size:,}, "
                  f"lr {spec.train.lr:g}"))
     return rows
@@ -188,7 +187,17 @@ def print_plan(rows: list[PlanRow], study: Study, console=None) -> None:
             console.print(f"{router_name(r.router)}: held-out check FAILED: {r.heldout}",
                           style="bold red")
     console.print("Predictions from fitted curves, not measurements. " + describe(study.estimate)
-                  + f" Memory: {MEMORY} (no memory model yet).")
+                  + " Memory: the memory plan's estimated peak per GPU (per process on "
+                  "CPU) of the chosen configuration (docs/memory.md).")
+
+
+def _memory(study: Study, spec) -> str:
+    """The chosen run's estimated peak memory per GPU (per process on CPU), from the memory
+    plan (``harness.cost.memory``, docs/memory.md)."""
+    from harness.cost.memory import on_gpu, run_plan
+
+    where = "GPU" if on_gpu(study, spec) else "process"
+    return f"{run_plan(study, spec).peak_gb:.3g} GB/{where}"
 
 
 def plan_json(rows: list[PlanRow]) -> list[dict]:

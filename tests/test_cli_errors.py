@@ -171,3 +171,15 @@ def test_a_study_file_that_is_not_utf8(capsys, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     assert f"error: {path}: not UTF-8 text (byte 9" in fails(capsys, "run", path, "--dry-run")
+
+
+def test_report_without_a_finished_run_says_so_and_writes_nothing(capsys, tmp_path):
+    from harness.results.store import Store
+
+    err = fails(capsys, "report", QUICKSTART, "--results", tmp_path)
+    assert "no finished run of study 'quickstart' yet (0 records" in err
+    assert "moe-harness run" in err and err.count("\n") == 1
+    Store(tmp_path, "quickstart").write({"run_id": "a1", "status": "failed", "error": "boom"})
+    err = fails(capsys, "report", QUICKSTART, "--results", tmp_path)
+    assert "(1 records, none ok, diverged or pruned)" in err
+    assert not (tmp_path / "quickstart" / "report.html").exists()

@@ -153,13 +153,19 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
                               "matches, claims, joint laws, held-out checks and planned "
                               "against measured as JSON to this file")] = None) -> None:
     """Write the study's HTML report (default: RESULTS/STUDY/report.html)."""
-    from harness.results.store import Store, results_root
+    from harness.results.store import DONE, Store, results_root
     from reports.build import build_report
 
     spec = load_study(study, set_, profile)
     output_file(json_out, "--json")
     store = (Store(results_root(results), spec.name) if output_file(out, "--out")
              else writable_store(results, spec.name))
+    statuses = store.statuses()
+    if not any(status in DONE for status in statuses.values()):  # a page of nothing: refuse
+        raise HarnessError(
+            f"{store.runs_dir}: no finished run of study {spec.name!r} yet ({len(statuses)} "
+            f"records, none ok, diverged or pruned); run it first (moe-harness run {study}), "
+            "or see its failures with moe-harness status")
     if spec.tune is not None:  # the report reads the tuning's summary from the store
         from runners.tune import refresh_summary
 

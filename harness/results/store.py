@@ -7,6 +7,7 @@
     ROOT/STUDY/work/RUN_ID/              scratch: run.lock, progress.json, checkpoints, logs
     ROOT/STUDY/replaced/RUN_ID/          a rerun's predecessor: its work folder, set aside
     ROOT/STUDY/sweep.lock                held by a local sweep
+    ROOT/STUDY/measure.lock              held by the run that measures its cost (MeasureGate)
     ROOT/STUDY/submitit/JOB/             local and debug jobs (submitit's pickles and logs)
     ROOT/STUDY/slurm/JOB/, jobs.json     SLURM jobs, and run_id -> job handles
     ROOT/STUDY/tune/                     tuning: Optuna storage, its pointer, workers' jobs
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -132,6 +134,10 @@ class Store:
     def lock_sweep(self):
         """Held by a local sweep of the study for its whole duration."""
         return hold_lock(self.dir / "sweep.lock", f"study {self.dir.name}")
+
+    def measure_gate(self) -> MeasureGate:
+        """The study's measuring gate: one run of this machine times at once, alone."""
+        return MeasureGate(self.dir / "measure.lock", f"study {self.dir.name}")
 
     def workdir(self, run_id: str) -> Path:
         """Per-run scratch: checkpoints, progress. Kept after the run for inspection."""
@@ -342,6 +348,41 @@ def hold_lock(path: Path, what: str, wait: float = 0.0):
         finally:
             f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class MeasureGate:
+    """Timings taken alone among the runs of one study on one machine (a local sweep runs
+    several at once, and a timing taken while another run trains measures the contention).
+
+    A run measures inside :meth:`measuring`, an exclusive lock on ``ROOT/STUDY/measure.lock``
+    (it waits for the run measuring before it); a training run calls :meth:`wait` between
+    steps, which takes and drops a shared lock on the same file, so it holds still while
+    another run measures. flock: the kernel frees the lock of a process that dies.
+    """
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+        self._file: Any = None
+
+    @contextlib.contextmanager
+    def measuring(self):
+        with hold_lock(self.path, f"measuring in {self.what}", wait=math.inf):
+            yield
+
+    def wait(self, _info: Any = None) -> None:
+        """Return at once, or when the run measuring now is done (an ``on_progress`` hook)."""
+        import fcntl
+
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a+")  # noqa: SIM115 - held until close()
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class BadRecord(ValueError):

@@ -281,8 +281,11 @@ def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
     seed_everything(spec.seed)  # the initial weights; fit reseeds before training
     model = build(cfg, on_moe_layer=parallel.shard_layer if shard else None).to(device)
     out.update(closed_form_params(cfg) if shard else parameter_counts(model, cfg))
+    # runs on one machine (not a SLURM job) measure one at a time, the others held still
+    gate = store.measure_gate() if slurm_job_id() is None else None
     if spec.measure.enabled and ctx.is_main:  # rank 0 measures; the others wait in DDP's init
-        out.update(sharded_cost(cfg) if shard else measure_cost(model, cfg, spec, device))
+        with gate.measuring() if gate is not None else contextlib.nullcontext():
+            out.update(sharded_cost(cfg) if shard else measure_cost(model, cfg, spec, device))
     workdir = store.workdir(spec.run_id)
     distributed.barrier()  # no rank reads a checkpoint before rank 0 set a rerun's aside
     progress = progress_writer(store.progress_path(spec.run_id), spec) if ctx.is_main else None
@@ -290,10 +293,13 @@ def _run(spec: RunSpec, store: Store, out: dict[str, Any], on_progress,
         else (None, lambda status: {})
     try:
         quality = fit(model, spec, data, workdir=workdir, device=device,
-                      on_progress=_chain(progress, on_progress), log=log)
+                      on_progress=_chain(gate and gate.wait, progress, on_progress), log=log)
     except BaseException as err:
         out.update(close_log("pruned" if isinstance(err, Pruned) else "failed"))
         raise
+    finally:
+        if gate is not None:
+            gate.close()
     out.update(close_log(quality["status"] if quality else "ok"))
     if not ctx.is_main:
         return out  # rank 0 has the results

@@ -56,7 +56,7 @@ from harness.runtime.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from harness.runtime.probe import fewshot_indices, ridge_probe
+from harness.runtime.probe import FEWSHOT_DRAWS, FEWSHOT_L2, fewshot_indices, fewshot_probe
 from harness.spec.config import TrainConfig
 
 HISTORY_EVAL_IMAGES = 1000  # history evaluations use this fixed, evenly spread test subset
@@ -449,13 +449,14 @@ def _final_scores(model: nn.Module, spec, data, train: Loader, test: Loader) -> 
         labels = getattr(data.train, "labels", None)
         if labels is None:
             labels = torch.tensor([data.train[i][1] for i in range(len(data.train))])
-        picked = fewshot_indices(labels, cfg.fewshot_shots, data.num_classes, spec.data.seed)
-        fx, fy = features(model, train, picked, batch_size=cfg.eval_batch_size,
-                          precision=cfg.precision)
+        draws = [features(model, train, fewshot_indices(labels, cfg.fewshot_shots,
+                                                        data.num_classes, spec.data.seed, d),
+                          batch_size=cfg.eval_batch_size, precision=cfg.precision)
+                 for d in range(FEWSHOT_DRAWS)]
         tx, ty = features(model, test, torch.arange(len(test)),
                           batch_size=cfg.eval_batch_size, precision=cfg.precision)
-        acc, l2 = ridge_probe(fx, fy, tx, ty, data.num_classes)
-        out.update(fewshot_accuracy=acc, fewshot_l2=l2)
+        out.update(fewshot_accuracy=fewshot_probe(draws, tx, ty, data.num_classes),
+                   fewshot_l2=FEWSHOT_L2)
     return out
 
 

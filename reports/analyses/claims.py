@@ -266,8 +266,8 @@ def sparse_throughput_falls(agg: pl.DataFrame,
         fall = (relative_change(*stats_of(THROUGHPUT, first, last), spread)
                 if first[f"{THROUGHPUT}_mean"] and last[f"{THROUGHPUT}_mean"] else Margin(0.0))
         outcomes.append(fall.outcome(min_fall))
-        lines.append(f"{name}: experts {', '.join(steps)} img/s "
-                     f"(falls {fall.text(min_fall, percent=True)})")
+        lines.append(f"{name}: experts {', '.join(steps)}; img/s at the most over the "
+                     f"fewest {fall.ratio_text(min_fall)}")
     return Verdict("sparse_speed", claim, _status(outcomes), listing(lines) + ".", rule)
 
 

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import polars as pl
 
 from reports.aggregate import primary_quality
-from reports.analyses.scaling import Analysis, Curve, analyse, quality_of
+from reports.analyses.scaling import MIN_POINTS, Analysis, Curve, Match, analyse, quality_of
 from reports.labels import config_label, fmt, router_name
 
 MAX_MATCHES = 5  # measured matches listed per cost axis and pair of routers
+MIN_SAVING = 0.05  # a listed match saves more than this share (the tolerance of equal cost)
 
 
 def _x(value: float) -> str:
@@ -37,8 +38,7 @@ def curve_rows(analysis: Analysis) -> list[list[str]]:
     for c in analysis.curves:
         base = [router_name(c.group), analysis.cost_labels.get(c.cost, c.cost),
                 str(c.points.cost.size)]
-        if not c.fitted:
-            rows.append(base + ["refused", "-", "-", "-", c.note or ""])
+        if not c.fitted:  # counted in one line instead (refusals)
             continue
         iv = c.intervals()
         e, a, alpha = c.params
@@ -77,6 +77,8 @@ def match_rows(analysis: Analysis, limit: int = MAX_MATCHES) -> list[list[str]]:
     for cost, found in analysis.matches.items():
         shown: dict[tuple[str, str], int] = {}
         for m in found:
+            if not saves(m):
+                continue
             pair = (m.router, m.target_router)
             shown[pair] = shown.get(pair, 0) + 1
             if shown[pair] > limit:
@@ -88,6 +90,17 @@ def match_rows(analysis: Analysis, limit: int = MAX_MATCHES) -> list[list[str]]:
                          f"({margin:+.3g}{noise})",
                          f"{fmt(m.cost_value)} vs {fmt(m.target_cost)}", _x(m.ratio)])
     return rows
+
+
+def saves(match: Match) -> bool:
+    """A match worth listing: it saves more cost than the tolerance of "equal cost"
+    (``MIN_SAVING``): a 1.01× "saving" is inside the noise of any cost axis."""
+    return match.ratio >= 1 + MIN_SAVING
+
+
+def small_matches(analysis: Analysis) -> int:
+    """Matches left out of :func:`match_rows` because they save too little."""
+    return sum(not saves(m) for found in analysis.matches.values() for m in found)
 
 
 MATCH_HEADERS = ["configuration", "matches", "cost axis", "quality", "cost", "less cost"]
@@ -122,5 +135,15 @@ def row_names(agg: pl.DataFrame) -> list[str]:
 
 
 def refusals(curves: Sequence[Curve]) -> str:
-    """Why each refused curve was refused, in one line."""
-    return "; ".join(f"{router_name(c.group)}: {c.note}" for c in curves if not c.fitted)
+    """Why the refused curves were refused, in one line: each reason once, with the routers
+    it holds for and how many curves ('12 curves: Dense, Soft MoE: 2 distinct ...')."""
+    reasons: dict[str, list[str]] = {}
+    for c in curves:
+        if not c.fitted:
+            note = c.note or "refused"
+            reason = (f"fewer than {MIN_POINTS} distinct costs on the front, which a fit "
+                      "needs" if " on the front; " in note else note)
+            reasons.setdefault(reason, []).append(router_name(c.group))
+    return "; ".join(f"{len(names)} curve{'s' if len(names) > 1 else ''} "
+                     f"({', '.join(dict.fromkeys(names))}): {reason}"
+                     for reason, names in reasons.items())

@@ -90,6 +90,17 @@ class Margin:
                         f", more than {MAX_SEEDS} seeds each would be needed")
         return out
 
+    def ratio_text(self, threshold: float = 0.0) -> str:
+        """A fall ``1 - last / first`` as the ratio it stands for, so that no negative fall
+        or fall over 100% appears: ``×0.60 [×0.52, ×0.69]`` and the :meth:`text` note."""
+        def ratio(v: float) -> str:
+            return f"×{1 - v:.2g}"
+
+        if not self.known:
+            return ratio(self.value) + " (one seed: spread unknown)"
+        note = self.text(threshold).partition("]")[2]
+        return f"{ratio(self.value)} [{ratio(self.hi)}, {ratio(self.lo)}]{note}"
+
 
 @dataclass(frozen=True)
 class Spread:

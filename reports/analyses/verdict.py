@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from reports.aggregate import ROW, primary_quality
+from reports.analyses.noise import Margin
 from reports.metrics import METRICS
 
 #: Cost axes for "equal cost", the first one measured wins: training compute, then the
@@ -70,3 +71,21 @@ def best_configurations(agg: pl.DataFrame, quality: str, top: int = 10) -> pl.Da
     return rows.unique(subset=ROW, keep="first", maintain_order=True).sort(
         qcol, descending=descending
     )
+
+
+def gaps_to_best(agg: pl.DataFrame, found: EqualCost) -> list[tuple[str, Margin]]:
+    """Per other router in ``found``: how far its best trails the best router's, with the
+    95% interval of the difference of the means over seeds (the study's pooled seed spread
+    where a configuration has one seed). Resolved where the interval excludes 0
+    (``margin.lo > 0``); else the two are within noise of each other."""
+    from reports.analyses.compare import pooled_spread, stats_of
+    from reports.analyses.noise import difference
+
+    spread = pooled_spread(agg, found.quality)
+    higher = not METRICS[found.quality].lower_is_better
+    top, out = found.best[0], []
+    for row in found.best[1:]:
+        first, second = (top, row) if higher else (row, top)
+        out.append((row["router"], difference(*stats_of(found.quality, first, second),
+                                              spread)))
+    return out

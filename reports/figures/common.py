@@ -170,6 +170,16 @@ FLAGGED_SYMBOL = "circle-x"
 FLAGGED_LABEL = "timing flagged (busy machine or wide spread)"
 
 
+def legend_entry(name: str, color: str, group: str, *, line: bool = False) -> go.Scatter:
+    """A trace that only draws a legend item (no point): the router's colour on a plain
+    circle, whatever symbols (flagged timings) and outlines (front members) its points carry,
+    so a legend marker never takes the look of the first point drawn."""
+    return go.Scatter(x=[None], y=[None], mode="lines+markers" if line else "markers",
+                      name=name, legendgroup=group, hoverinfo="skip",
+                      marker={"color": color, "size": 8, "symbol": "circle"},
+                      line={"color": color, "width": 2})
+
+
 def flagged_timing(rows: pl.DataFrame, cost: str) -> np.ndarray:
     """Per row, whether any of its runs' timings was flagged (``timing_flagged``, carried by
     the aggregation as the distinct values joined: 'false, true')."""
@@ -177,6 +187,24 @@ def flagged_timing(rows: pl.DataFrame, cost: str) -> np.ndarray:
         return np.zeros(rows.height, dtype=bool)
     text = rows["timing_flagged"].cast(pl.String).fill_null("").str.to_lowercase()
     return text.str.contains("true").to_numpy()
+
+
+def flagged_note(frame: pl.DataFrame) -> str | None:
+    """One line on why time-based points are crossed circles (None when no ok run's timing
+    was flagged), from the records' ``timing_flagged`` and ``timing_others_cpu``."""
+    if "timing_flagged" not in frame.columns or "status" not in frame.columns:
+        return None
+    ok = frame.filter(pl.col("status") == "ok")
+    flagged = ok.filter(pl.col("timing_flagged").cast(pl.String).str.to_lowercase() == "true")
+    if flagged.height == 0:
+        return None
+    busy = flagged.filter(pl.col("timing_others_cpu").cast(pl.Float64) > 0.25).height \
+        if "timing_others_cpu" in flagged.columns else 0
+    why = (f"{busy} of them while other processes used over 25% of the CPUs, the rest too "
+           "widely spread" if busy else "their repeated calls too widely spread")
+    return (f"Timing flagged for {flagged.height} of {ok.height} ok runs ({why}): their "
+            "configurations are crossed circles on the time panels, whose positions then say "
+            "more about the machine than the model; FLOPs and parameters are unaffected.")
 
 
 def marker_symbols(rows: pl.DataFrame, cost: str) -> np.ndarray:

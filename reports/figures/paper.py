@@ -55,6 +55,7 @@ from reports.figures.common import (
     has_columns,
     hover_kwargs,
     hover_texts,
+    legend_entry,
     marker_symbols,
     power_ticks,
     prepare,
@@ -190,6 +191,7 @@ def fig_fronts(
         return None
     fig = make_subplots(rows=1, cols=len(present), shared_yaxes=True, horizontal_spacing=0.05)
     routers = sorted_routers(agg["router"].to_list())
+    legend: set[str | None] = set()
     for i, (cost, data) in enumerate(present, 1):
         col = f"{cost}_mean"
         data = data.with_columns(pareto_mask(data, col, qcol, by="router").alias("_rf"),
@@ -210,7 +212,7 @@ def fig_fronts(
             std = std_of(front, quality)
             fig.add_trace(go.Scatter(
                 x=floats(front[col]), y=floats(front[qcol]), mode="lines+markers",
-                name=ptext(router_name(router)), legendgroup=str(router), showlegend=i == 1,
+                name=ptext(router_name(router)), legendgroup=str(router), showlegend=False,
                 marker={"color": color, "size": 9, "line": {"color": "black", "width": 1},
                         "symbol": marker_symbols(front, cost)},
                 line={"color": color, "width": 2},
@@ -218,6 +220,10 @@ def fig_fronts(
                          "visible": std is not None, "thickness": 1},
                 **hover_kwargs(front, hover),
             ), row=1, col=i)
+            if router not in legend:
+                legend.add(router)
+                fig.add_trace(legend_entry(ptext(router_name(router)), color, str(router),
+                                           line=True), row=1, col=1)
         overall = data.filter("_f").sort(col)
         fig.add_trace(go.Scatter(
             x=floats(overall[col]), y=floats(overall[qcol]), mode="lines",

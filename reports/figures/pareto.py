@@ -20,6 +20,7 @@ from reports.figures.common import (
     floats,
     hover_kwargs,
     hover_texts,
+    legend_entry,
     marker_symbols,
     ptext,
     router_color,
@@ -79,7 +80,7 @@ def fig_pareto(
             cstd = std_of(sub, cost)
             fig.add_trace(go.Scatter(
                 x=floats(sub[cost_col]), y=floats(sub[qcol]), mode="markers", name=name,
-                legendgroup=str(router), visible=i == 0,
+                legendgroup=str(router), visible=i == 0, showlegend=False,
                 marker={"color": color, "size": 8, "opacity": 0.8,
                         "symbol": marker_symbols(sub, cost),
                         "line": {"color": "black",
@@ -103,6 +104,11 @@ def fig_pareto(
         ))
         visible_sets.append(list(range(first_trace, len(fig.data))))
 
+    for router in routers:  # one legend item per router, in its colour whatever its points
+        fig.add_trace(legend_entry(ptext(router_name(router)), router_color(router, routers),
+                                   str(router)))
+        for visible in visible_sets:
+            visible.append(len(fig.data) - 1)
     if cost in TIMED_COSTS and flagged_timing(data, cost).any():
         fig.add_trace(go.Scatter(  # a legend entry only: the flagged points are above
             x=[None], y=[None], mode="markers", name=ptext(FLAGGED_LABEL),

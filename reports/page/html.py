@@ -89,13 +89,29 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return sorted({float(f"{lo * ratio**i:.2g}") for i in (1, 2, 3)})
 
 
+def log_axis(lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """Ticks and range of a log axis over data from ``lo`` to ``hi``: :func:`log_ticks`, plus
+    the nearest m×10ᵉ (m = 1..9) at or below ``lo`` and at or above ``hi``, and a range that
+    ends at those, so labelled ticks span the whole range (never a point above the last)."""
+    ticks = log_ticks(lo, hi)
+    steps = [float(f"{m}e{d}") for d in range(math.floor(math.log10(lo)) - 1,
+                                              math.floor(math.log10(hi)) + 2)
+             for m in range(1, 10)]
+    below = max(t for t in steps if t <= lo * (1 + 1e-9))
+    above = min(t for t in steps if t >= hi * (1 - 1e-9))
+    ticks = sorted({below, above, *(t for t in ticks if below <= t <= above)})
+    pad = 0.02 * max(math.log10(above / below), 0.1)
+    return ticks, [math.log10(below) - pad, math.log10(above) + pad]
+
+
 MODEBAR_PX = 32  # plotly's tool bar, top right: the title starts below it
 
 
 def tidy_layout(fig: go.Figure) -> go.Figure:
     """The title below plotly's tool bar (which would cover it in narrow plots); no SI
-    prefixes on any axis; log axes without explicit ticks get :func:`log_ticks` over the
-    data of the traces drawn on them, labelled by :func:`tick_labels`."""
+    prefixes on any axis; log axes without explicit ticks get :func:`log_axis` over the
+    data of the traces drawn on them (ticks that span the range, and that range), labelled
+    by :func:`tick_labels`."""
     lines = 1 + str(fig.layout.title.text or "").count("<br>")
     fig.update_layout(title={"yref": "container", "y": 1, "yanchor": "top",
                              "pad": {"t": MODEBAR_PX}},
@@ -118,8 +134,8 @@ def tidy_layout(fig: go.Figure) -> go.Figure:
                 logs[name] += v[np.isfinite(v) & (v > 0)].tolist()
     for name, data in logs.items():
         if data:
-            ticks = log_ticks(min(data), max(data))
-            axes[name].update(tickvals=ticks, ticktext=tick_labels(ticks))
+            ticks, span = log_axis(min(data), max(data))
+            axes[name].update(tickvals=ticks, ticktext=tick_labels(ticks), range=span)
     return fig
 
 
@@ -128,6 +144,10 @@ def figure_html(fig_id: str, fig: go.Figure) -> str:
 
     Traces made with ``hover=SHARED`` get their text from ``MOE_HOVER`` (see
     :func:`hover_script`, which must come first in the page).
+
+    It draws once the page is parsed (the grid of plots has its final columns then: a plot
+    drawn as soon as its div exists would take the width of a grid holding it alone, and its
+    right-hand points would be cut off), and redraws when its div changes width.
 
     The div carries ``data-expected-points`` (markers plotly should draw) and, once drawn,
     ``data-rendered="1"``: the browser test waits for it and counts the markers.
@@ -140,8 +160,13 @@ def figure_html(fig_id: str, fig: go.Figure) -> str:
         f'var el=document.getElementById("{safe_id}");'
         f"f.data.forEach(function(t){{if(t.meta==={json.dumps(HOVER_META)}&&t.customdata)"
         f"{{t.text=t.customdata.map(function(i){{return MOE_HOVER[i];}});}}}});"
-        f"Plotly.newPlot(el,f.data,f.layout,{pio.json.to_json_plotly(_PLOTLY_CONFIG)})"
-        f'.then(function(){{el.setAttribute("data-rendered","1");}});}})();</script>'
+        f"function draw(){{Plotly.newPlot(el,f.data,f.layout,"
+        f"{pio.json.to_json_plotly(_PLOTLY_CONFIG)}).then(function(){{"
+        f"new ResizeObserver(function(){{if(el._fullLayout&&Math.abs(el._fullLayout.width"
+        f"-el.clientWidth)>1)Plotly.Plots.resize(el);}}).observe(el);"
+        f'el.setAttribute("data-rendered","1");}});}}'
+        f'if(document.readyState==="loading")document.addEventListener("DOMContentLoaded",draw);'
+        f"else draw();}})();</script>"
     )
 
 

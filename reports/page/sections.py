@@ -29,12 +29,14 @@ from reports.analyses.fits import (
     CURVE_HEADERS,
     MATCH_HEADERS,
     METHOD_NOTE,
+    MIN_SAVING,
     MULTIPLIER_HEADERS,
     analysis_for,
     curve_rows,
     match_rows,
     multiplier_rows,
     refusals,
+    small_matches,
 )
 from reports.analyses.heldout import HeldOut
 from reports.analyses.law_tables import (
@@ -52,13 +54,14 @@ from reports.analyses.planned import planned_summary
 from reports.analyses.robust import RobustFit, disagreements
 from reports.analyses.scaling import CONFIDENCE, Analysis
 from reports.figures import tuning
-from reports.figures.common import SHARED, Hover
+from reports.figures.common import SHARED, Hover, flagged_note
 from reports.figures.fits import fig_fits
 from reports.figures.laws import fig_joint_law
 from reports.figures.paper import paper_figures
 from reports.figures.pareto import pareto_figures
 from reports.figures.routers import fig_router_diagnostic
 from reports.figures.scaling import fig_scaling
+from reports.labels import runs_words
 from reports.metrics import COST_AXES, METRICS, ROUTER_DIAGNOSTICS, label
 from reports.page.answer import answer_body, best_at_equal_cost, claims_answer
 from reports.page.html import esc, figure_html, section
@@ -89,7 +92,8 @@ class Page:
 
 
 def _answer(page: Page) -> str:
-    claims = claims_answer(page.agg, page.found.verdicts) if page.paper else None
+    claims = claims_answer(page.agg, page.found.verdicts, frame=page.frame) if page.paper \
+        else None
     return section("answer", "Answer", answer_body(
         [*page.answers, claims, best_at_equal_cost(page.agg)]))
 
@@ -116,6 +120,8 @@ def _pareto(page: Page) -> str:
         "top right switches the quality metric.</p>",
         _directions_note(),
     ]
+    if flagged_note(page.frame):
+        body.append(f'<p class="note" id="timing-flagged">{esc(flagged_note(page.frame))}</p>')
     body += [figure_html(f"fig-pareto-{cost}", fig) for cost, fig in pareto.items()]
     if missing:
         body.append(f'<p class="note">Not measured in any ok run: '
@@ -149,16 +155,17 @@ def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
     note = METHOD_NOTE.format(conf=f"{CONFIDENCE:.0%}")
     parts = [f'<p class="note">{html.escape(note)}</p>']
     fitted = [c for c in analysis.curves if c.fitted]
-    if not fitted:
-        parts.append(f'<p class="note" id="fits-note">No curve fitted: every router has '
-                     f"fewer than 3 distinct costs on its front "
-                     f"({html.escape(refusals(analysis.curves))}).</p>")
+    if len(fitted) < len(analysis.curves):  # one line for every refusal, not one row each
+        head = "No curve fitted" if not fitted else "Not fitted"
+        parts.append(f'<p class="note" id="fits-note">{head}: '
+                     f"{html.escape(refusals(analysis.curves))}.</p>")
     if embed is not None:
         for cost in dict.fromkeys(c.cost for c in fitted):
             fig = fig_fits(analysis, cost, hover)
             if fig is not None:
                 parts.append(embed(f"fig-fit-{cost}", fig))
-    parts.append("<h3>Fits</h3>" + text_table(CURVE_HEADERS, curve_rows(analysis), "fits"))
+    if fitted:
+        parts.append("<h3>Fits</h3>" + text_table(CURVE_HEADERS, curve_rows(analysis), "fits"))
     if checks is not None:
         parts.append(heldout_body(checks, refits))
     parts.append("<h3>Compute multipliers (from the fits)</h3>")
@@ -171,7 +178,11 @@ def scaling_section_body(agg: pl.DataFrame, hover: Hover = None,
     rows = match_rows(analysis)
     parts.append(text_table(MATCH_HEADERS, rows, "matches") if rows else
                  '<p class="note">No configuration matches another router\'s quality for '
-                 "less cost.</p>")
+                 f"{MIN_SAVING:.0%} less cost or more.</p>")
+    if small_matches(analysis):
+        parts.append(f'<p class="note">{small_matches(analysis)} more matches save less than '
+                     f"{MIN_SAVING:.0%} of the cost, inside the tolerance of equal cost: not "
+                     "listed.</p>")
     return "".join(parts)
 
 
@@ -324,7 +335,8 @@ def _tuning(page: Page) -> str | None:
 # --------------------------------------------------------------------------- the paper's analyses
 
 
-def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None) -> str | None:
+def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None, *,
+                   frame: pl.DataFrame | None = None) -> str | None:
     """The claims check as a page section (``verdicts``: ``check_claims(agg)`` when the
     caller has them); None when no run has a quality metric."""
     if agg.height == 0 or primary_quality(agg) is None:
@@ -333,19 +345,21 @@ def claims_section(agg: pl.DataFrame, verdicts: Sequence[Verdict] | None = None)
     counts = {s: sum(v.status == s for v in verdicts)
               for s in (HELD, FAILED, INCONCLUSIVE, LACKS)}
     quality = primary_quality(agg)
+    runs = f" ({html.escape(runs_words(frame))})" if frame is not None and frame.height else ""
     note = (f'<p class="note">Each of the paper\'s main claims, judged from these records '
             f"by a fixed rule ({counts[HELD]} held, {counts[FAILED]} failed, "
             f"{counts[INCONCLUSIVE]} inconclusive, {counts[LACKS]} lack data). Quality is the "
             f"mean {html.escape(label(quality))} over seeds; every comparison carries a 95% "
             "interval, and one that straddles its threshold makes the verdict inconclusive. A "
-            "verdict describes these runs only: at laptop scale on synthetic data it says "
-            "what the harness measured, not whether the paper holds at its scale.</p>")
+            f"verdict describes these runs only{runs}: it says what the harness measured, not "
+            "whether the paper holds at its scale.</p>")
     return section("claims", "The paper's claims, checked",
                    f'{note}<div class="scroll">{claims_table(verdicts)}</div>')
 
 
 def _claims(page: Page) -> str | None:
-    return claims_section(page.agg, page.found.verdicts) if page.paper else None
+    return claims_section(page.agg, page.found.verdicts, frame=page.frame) if page.paper \
+        else None
 
 
 def _paper(page: Page) -> str | None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness.results.store import Store
+from harness.results.store import MeasureGate, Store
 from harness.runtime.checkpoint import CHECKPOINT
 from harness.runtime.run import execute
 from harness.spec.study import load
@@ -175,3 +175,36 @@ def test_setting_aside_survives_being_killed_halfway(tmp_path):
     (dropped / "half").write_text("")
     store.set_aside("r")
     assert not dropped.exists() and store.replaced_path("r").is_dir()
+
+
+def test_a_run_measures_under_the_study_measure_lock_and_trains_through_the_gate(
+        spec, tmp_path, monkeypatch):
+    import fcntl
+
+    from harness.runtime import run
+
+    root = tmp_path / "results"
+    lock = Store(root, spec.study).dir / "measure.lock"
+    seen = {}
+
+    def held() -> bool:  # another open file cannot take the lock while the run holds it
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    def fake_measure(model, cfg, spec_, device):
+        seen["measuring"] = held()
+        return {}
+
+    waits = []
+    monkeypatch.setattr(run, "measure_cost", fake_measure)
+    monkeypatch.setattr(MeasureGate, "wait", lambda self, info=None: waits.append(info))
+    measured = spec.model_copy(update={"measure": spec.measure.model_copy(
+        update={"enabled": True})})
+    assert execute(measured, root)["status"] == "ok"
+    assert seen == {"measuring": True} and not held()
+    assert waits and all(w["step"] for w in waits)  # training passed the gate between steps

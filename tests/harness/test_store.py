@@ -2,6 +2,8 @@
 
 import json
 import multiprocessing as mp
+import os
+import time
 
 import polars as pl
 import pytest
@@ -199,3 +201,53 @@ def test_the_tracking_lock_nests_in_one_process(tmp_path):
     assert tracking_lock_path("http://h:5000", tmp_path) == tmp_path / "mlflow.lock"
     with tracking_lock(uri, tmp_path, wait=0), tracking_lock(uri, tmp_path, wait=0):
         pass  # an export holding it may call prepare_tracking and mlflow_run_for inside
+
+
+# --- the measuring gate: one run measures at a time, training runs hold still meanwhile ------
+def _measure_and_log(root, log, pause):
+    gate = Store(root, "gate").measure_gate()
+    with gate.measuring():
+        with open(log, "a") as f:
+            f.write(f"enter {os.getpid()}\n")
+        time.sleep(pause)
+        with open(log, "a") as f:
+            f.write(f"exit {os.getpid()}\n")
+
+
+def _train_step_and_log(root, log):
+    gate = Store(root, "gate").measure_gate()
+    gate.wait({"step": 1})
+    gate.close()
+    with open(log, "a") as f:
+        f.write("stepped\n")
+
+
+def test_no_two_runs_measure_at_once(tmp_path):
+    log = tmp_path / "log"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_measure_and_log, args=(tmp_path, log, 0.2)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    lines = log.read_text().split()
+    events = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
+    assert len(events) == 6
+    for enter, leave in zip(events[::2], events[1::2], strict=True):  # never interleaved
+        assert enter[0] == "enter" and leave == ("exit", enter[1])
+
+
+def test_a_training_run_waits_while_another_measures(tmp_path):
+    log = tmp_path / "log"
+    gate = Store(tmp_path, "gate").measure_gate()
+    with gate.measuring():
+        child = mp.get_context("fork").Process(
+            target=_train_step_and_log, args=(tmp_path, log))
+        child.start()
+        time.sleep(0.3)
+        with open(log, "a") as f:
+            f.write("measured\n")
+    child.join(30)
+    assert log.read_text().split() == ["measured", "stepped"]
+    _train_step_and_log(tmp_path, log)  # nobody measuring: no wait
+    assert log.read_text().split()[-1] == "stepped"

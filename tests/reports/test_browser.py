@@ -8,6 +8,8 @@ repository root, for people and CI artifacts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reports.page.render import write_report
@@ -227,3 +229,99 @@ def test_report_layout_answer_first_nothing_wide_or_covered(chromium_launch, ful
             page.screenshot(path=str(test_output_dir / f"report-top-{width}.png"))
         finally:
             browser.close()
+
+
+# --- the quickstart's and Fashion-MNIST's pages: no lost point, steady legends, true words ---
+
+# per plot: plotly's own axis ranges against its own data, the figure's width against its
+# div's, every drawn marker inside the div, and each legend item's marker colour
+PLOT_BOUNDS = """(gd) => {
+    const fl = gd._fullLayout, out = {lost: [], points: 0, width: fl.width,
+                                      div: gd.clientWidth, outside: 0, legend: []};
+    const axis = (t, l) => fl[(t[l + 'axis'] || l).replace(l, l + 'axis')];
+    const inside = (a, v) => { if (a.type === 'category') return true;
+        const w = a.type === 'log' ? Math.log10(v) : v;
+        return w >= Math.min(...a.range) - 1e-9 && w <= Math.max(...a.range) + 1e-9; };
+    for (const t of gd._fullData) {
+        if (t.visible !== true || t.type !== 'scatter') continue;
+        const xa = axis(t, 'x'), ya = axis(t, 'y');
+        Array.from(t.x || []).forEach((x, i) => { const y = t.y[i];
+            if (!Number.isFinite(x) || !Number.isFinite(y)) return;
+            out.points++;
+            if (!inside(xa, x) || !inside(ya, y)) out.lost.push([t.name, x, y]); });
+    }
+    const box = gd.getBoundingClientRect();
+    for (const p of gd.querySelectorAll('.scatterlayer path.point')) {
+        const r = p.getBoundingClientRect(), x = (r.left + r.right) / 2, y = (r.top + r.bottom) / 2;
+        if (x < box.left || x > box.right || y < box.top || y > box.bottom) out.outside++;
+    }
+    for (const item of gd.querySelectorAll('.legend .traces')) {
+        const pt = item.querySelector('.legendpoints path.scatterpts');
+        if (!pt) continue;
+        out.legend.push({text: item.querySelector('.legendtext').textContent,
+                         fill: getComputedStyle(pt).fill, symbol: pt.getAttribute('d')});
+    }
+    return out;
+}"""
+
+
+def _rgb(hex_color: str) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+@pytest.fixture(scope="module", params=["quickstart", "fashion_mnist"])
+def study_report(request, tmp_path_factory):
+    """The study's page as ``report`` writes it, from generated records in a store."""
+    from fixtures.reports import study_records
+
+    from harness.results.store import Store
+    from harness.spec.study import load
+    from reports.build import build_report
+    from reports.synthetic import write_store
+    root = Path(__file__).resolve().parents[2]
+    study = load(root / "studies" / f"{request.param}.yaml")
+    store = Store(tmp_path_factory.mktemp(request.param), study.name)
+    write_store(study_records(study.name), store.runs_dir)
+    return request.param, build_report(study, store)
+
+
+@pytest.mark.parametrize("width", [1400, 1100])
+def test_every_point_in_its_panel_legends_keep_colours_words_match_data(
+        chromium_launch, study_report, width):
+    from playwright.sync_api import sync_playwright
+
+    from harness.spec.routers import ROUTERS
+    from reports.figures.common import router_color
+
+    name, path = study_report
+    colours = {ROUTERS[r].label: _rgb(router_color(r)) for r in ROUTERS}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(**chromium_launch)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 1000})
+            page.goto(path.as_uri())
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('div.plot')].every("
+                "e => e.dataset.rendered === '1')", timeout=120_000)
+            ids = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                                ".map(e => e.id)")
+            assert "fig-router-router_dropped_fraction" in ids
+            for plot_id in ids:
+                info = page.evaluate(PLOT_BOUNDS, page.query_selector(f"#{plot_id}"))
+                assert info["lost"] == [], (name, plot_id, info["lost"])
+                assert info["width"] <= info["div"] + 1, (name, plot_id, info)
+                assert info["outside"] == 0, (name, plot_id, info)
+                for item in info["legend"]:  # a router's legend marker: its colour, a circle
+                    if item["text"] in colours:
+                        assert item["fill"] == colours[item["text"]], (plot_id, item)
+                        # a plain circle (two arcs), never a flagged point's crossed one
+                        assert "L" not in item["symbol"] and "A" in item["symbol"], item
+            text = page.inner_text("body").lower()
+        finally:
+            browser.close()
+    assert len([line for line in text.splitlines() if "timing flagged for" in line]) == 1
+    if name == "fashion_mnist":
+        assert "synthetic" not in text and "fashion-mnist" in text
+    else:
+        assert "favours token routing by construction" in text

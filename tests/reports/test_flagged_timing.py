@@ -50,3 +50,23 @@ def test_the_paper_fronts_mark_them_too():
     assert FLAGGED_SYMBOL not in by_axis["x"]  # GFLOP/img: counted, never flagged
     assert FLAGGED_SYMBOL in by_axis["x2"]  # train step time
     assert any(t.name == FLAGGED_LABEL for t in fig.data)
+
+
+def test_legend_items_keep_the_routers_colour_and_a_plain_circle():
+    from reports.figures.common import router_color
+
+    fig = fig_pareto(agg(), "train_step_ms", ["test_accuracy"])
+    legend = {t.name: t for t in fig.data if t.showlegend is not False}
+    for router, name in (("soft", "Soft MoE"), ("dense", "Dense")):
+        assert legend[name].marker.symbol == "circle"  # not the flagged point's symbol
+        assert legend[name].marker.color == router_color(router)
+
+
+def test_the_page_says_in_one_line_why_timings_are_flagged():
+    from reports.figures.common import flagged_note
+
+    frame = records_frame([record("a", "dense", 0, 10.0, False),
+                           {**record("d", "soft", 1, 25.0, True), "timing_others_cpu": 0.6}])
+    assert flagged_note(frame).startswith("Timing flagged for 1 of 2 ok runs (1 of them while "
+                                          "other processes used over 25% of the CPUs")
+    assert flagged_note(records_frame([record("a", "dense", 0, 10.0, False)])) is None

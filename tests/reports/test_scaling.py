@@ -202,7 +202,8 @@ def test_report_section_json_and_plan_on_a_store(tmp_path):
     plan_json = tmp_path / "plan.json"
     proc = cli("plan", study, "--results", results, "--target-quality", target,
                "--json", plan_json)
-    assert "PREDICTED" in proc.stdout and "not estimated" in proc.stdout
+    assert "PREDICTED" in proc.stdout and "no memory model" not in proc.stdout
+    assert "memory plan's estimated peak" in proc.stdout
     rows = {r["router"]: r for r in json.loads(plan_json.read_text())}
     specs = load(study, [], None).expand()
     for router in ("dense", "soft"):
@@ -214,7 +215,8 @@ def test_report_section_json_and_plan_on_a_store(tmp_path):
         assert row["spec"] == cheapest and row["prediction"] is True
         lo, hi = row["predicted_interval"]
         assert lo <= row["predicted"] <= hi and row["predicted"] >= target
-        assert row["gpu_hours"] > 0 and row["memory"] == "not estimated"
+        assert row["gpu_hours"] > 0 and row["memory"].endswith(" GB/process")
+        assert float(row["memory"].split()[0]) > 0
     assert rows["soft"]["train_exaflops"] < rows["dense"]["train_exaflops"]
 
 
@@ -242,6 +244,22 @@ def test_small_study_gets_the_note_not_a_curve(tmp_path):
     page = render_report(records_frame(records), study_name="tiny")
     assert 'id="fits"' in page and 'id="fits-note"' in page
     assert "fewer than 3 distinct costs" in page and "fig-fit-" not in page
+    assert page.count("distinct costs on the front") == 1  # one note, not one per curve
+    assert "<td>refused</td>" not in page
+
+
+def test_only_matches_that_save_beyond_equal_cost_are_listed():
+    from reports.analyses.fits import MIN_SAVING, match_rows, saves, small_matches
+    from reports.analyses.scaling import Analysis, Match
+
+    def match(target_cost):
+        return Match("soft", "a", 0.8, 1.0, "dense", "b", 0.79, target_cost, 0.01)
+
+    found = [match(1.01), match(1.02), match(2.0)]
+    analysis = Analysis(quality=None, curves=[], multipliers=[],
+                        matches={"gflops_per_image": found})
+    assert [saves(m) for m in found] == [False, False, True] and MIN_SAVING == 0.05
+    assert len(match_rows(analysis)) == 1 and small_matches(analysis) == 2
 
 
 def test_a_multiplier_without_common_quality_says_it_is_extrapolated(tmp_path):
@@ -267,3 +285,21 @@ def test_the_section_escapes_record_text(tmp_path):
     body = scaling_section_body(agg, None, figure_html)
     assert "<script>alert" not in body and "&lt;script&gt;alert(1)" in body
     assert 'id="fig-fit-train_exaflops"' in body
+
+
+def test_the_readmes_plan_example_study_gives_every_router_a_plan():
+    """studies/quickstart_curves.yaml (the README's `plan` example) has three training costs
+    per router: with any finished runs whose quality rises with compute, each router gets
+    its cheapest configuration reaching the target (in the quickstart, one width, dense and
+    the sparse routers have too few costs for a curve)."""
+    study_file = ROOT / "studies" / "quickstart_curves.yaml"
+    study = load(study_file, [], None)
+    frame = records_frame(curve_records(study_file, noise=0.002))
+    rows = plan_rows(study, frame, 0.5, source="results/quickstart-curves/runs")
+    assert sorted(r.router for r in rows) == sorted(
+        ["dense", "soft", "tokens_choice", "experts_choice"])
+    assert all(r.spec is not None and r.predicted >= 0.5 for r in rows), rows
+    quick = ROOT / "studies" / "quickstart.yaml"
+    quick_rows = plan_rows(load(quick, [], None), records_frame(
+        curve_records(quick, noise=0.002)), 0.5, source="q")
+    assert {r.router for r in quick_rows if r.spec is None} >= {"dense", "tokens_choice"}

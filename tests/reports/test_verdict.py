@@ -3,6 +3,7 @@ the top bar's links and the axes' tick labels."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -34,11 +35,11 @@ def frame():
 def test_best_per_router_within_the_common_budget(frame):
     block = best_at_equal_cost(with_rows(aggregate(frame)))
     # budget: the smallest of the routers' largest costs = dense's 2.0
-    assert "at most 2 training exaFLOPs" in block
+    assert "at most 2 EFLOPs of training compute" in block
     rows = re.findall(r'<tr data-router="([^"]+)"[^>]*><td>[^<]*</td><td>([^<]*)</td>'
                       r'<td class="num">([^<]*)</td><td class="num">([^<]*)</td>', block)
     assert [(r, q, c) for r, _, q, c in rows] == [
-        ("soft", "0.71 ± 0.01414", "1.5"), ("dense", "0.6", "2"),
+        ("soft", "0.710 ± 0.014", "1.5"), ("dense", "0.6", "2"),
         ("tokens_choice", "0.55", "1")]
     assert "E=64" not in block and "<b>Soft MoE</b> is best" in block
 
@@ -66,3 +67,16 @@ def test_the_answer_opens_the_page_and_the_top_bar_links_every_section(frame):
 ])
 def test_log_axis_ticks_are_complete_plain_or_scientific(lo, hi, labels):
     assert tick_labels(log_ticks(lo, hi)) == labels
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(20.0, 155.0), (145.0, 155.0), (0.8e-6, 1.45e-6),
+                                        (4.0, 28.0), (3e-9, 2e3)])
+def test_log_axes_have_labelled_ticks_at_both_ends_of_their_range(lo, hi):
+    from reports.page.html import log_axis
+
+    ticks, (start, end) = log_axis(lo, hi)
+    assert ticks[0] <= lo and ticks[-1] >= hi  # a tick beyond every point: 200 above 155
+    assert start <= math.log10(ticks[0]) and end >= math.log10(ticks[-1])
+    pad = 0.05 * (end - start)  # a margin for the markers, no empty stretch past a tick
+    assert end - math.log10(ticks[-1]) < pad and math.log10(ticks[0]) - start < pad
+    assert len(ticks) >= 2 and ticks == sorted(ticks)
