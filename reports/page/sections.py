@@ -239,7 +239,9 @@ def law_section_body(laws: Sequence[JointLaw], checks: Sequence[HeldOut],
     fig = fig_joint_law(laws, points=True)
     if fig is not None and embed is not None:
         parts.append(embed("fig-joint-law", go.Figure(fig)))
-    parts.append(text_table(LAW_HEADERS, law_rows(laws), "laws"))
+    fitted = [law for law in laws if law.fitted]  # a refused law is its note alone
+    if fitted:
+        parts.append(text_table(LAW_HEADERS, law_rows(fitted), "laws"))
     rows = law_multiplier_rows(laws)
     if rows:
         parts.append("<h3>Effective parameter multipliers: the dense size each MoE is worth"
