@@ -171,3 +171,61 @@ def test_a_study_file_that_is_not_utf8(capsys, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     assert f"error: {path}: not UTF-8 text (byte 9" in fails(capsys, "run", path, "--dry-run")
+
+
+def numeric_options():
+    """(command words, option) of every int and float option of every command."""
+    import typer
+
+    from harness.cli import app
+
+    def walk(command, words):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*words, name])
+            return
+        for param in command.params:
+            kind = getattr(param, "type_descriptor", None)
+            annotation = getattr(kind, "annotation", None)
+            if annotation in (int, float, list[int], list[float]):
+                yield words, param, annotation in (float, list[float])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+NUMERIC = numeric_options()
+
+
+def test_the_walk_finds_the_numeric_options():
+    names = {(" ".join(words), p.opts[0]) for words, p, _ in NUMERIC}
+    assert {("bench all-to-all", "--ranks"), ("data prepare", "--workers"),
+            ("plan", "--target-quality"), ("bench layers", "--experts")} <= names
+
+
+@pytest.mark.parametrize("words, param, real", NUMERIC,
+                         ids=[f"{' '.join(w)} {p.opts[0]}" for w, p, _ in NUMERIC])
+def test_every_numeric_option_is_range_checked_at_parse_time(capsys, words, param, real):
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    assert low is not None or high is not None or param.callback is not None, \
+        f"{' '.join(words)} {param.opts[0]} has no range"
+    bad = [str(low - 1)] if low is not None else []
+    bad += [str(high + 1)] if high is not None else []
+    bad += ["nan", "inf", "-inf"] if real else []
+    for value in bad:
+        err = fails(capsys, *words, param.opts[0], value)
+        assert f"Invalid value for '{param.opts[0]}'" in err, (value, err)
+        assert err.count("\n") <= 2, err  # the usage line and the error
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "all-to-all", "--device", "cuda"],
+    ["bench", "layers", "--device", "cuda", "--quick"],
+    ["bench", "train", "vit-s/16", "--device", "cuda"],
+])
+def test_cuda_on_a_machine_without_it_is_one_line(capsys, argv):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    err = fails(capsys, *argv)
+    assert err.strip().count("\n") == 0 and "--device: 'cuda' but torch sees no CUDA" in err

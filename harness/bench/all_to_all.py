@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from harness.runtime.distributed import pick_device
 from harness.runtime.parallel.all_to_all import CommTimer
 from harness.runtime.parallel.experts import shard_experts
 
@@ -90,6 +91,10 @@ def bench_all_to_all(*, ranks: int = 2, dim: int = 384, tokens: int = 196, batch
 
     if experts % ranks:
         raise HarnessError(f"--experts: {experts} does not split over {ranks} ranks")
+    if pick_device(device, "--device").type == "cuda" and torch.cuda.device_count() < ranks:
+        raise HarnessError(f"--ranks: {ranks} ranks need a GPU each and torch sees "
+                           f"{torch.cuda.device_count()}; allowed: 1 to "
+                           f"{torch.cuda.device_count()}")
     shape = {"dim": dim, "tokens": tokens, "batch": batch, "experts": experts, "slots": slots}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"

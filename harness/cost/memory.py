@@ -396,7 +396,6 @@ def more_gpus(study, spec, plan: MemoryPlan) -> str | None:
             return f"{ranks} GPUs{where} ({more.layout}, {more.peak_gb:.0f} GB)"
         ranks *= 2
     return None
-    return options
 
 
 def refusal(study, spec, plan: MemoryPlan) -> str:

@@ -14,8 +14,15 @@ import pytest
 from helpers import free_ports
 
 from harness.cli import run_cli
-from harness.cost.memory import (LAYOUTS, LayoutError, Shapes, estimate, run_plan, study_plans,
-                                  unfit)
+from harness.cost.memory import (
+    LAYOUTS,
+    LayoutError,
+    Shapes,
+    estimate,
+    run_plan,
+    study_plans,
+    unfit,
+)
 from harness.spec.model import parse_model_spec
 from harness.spec.study import load
 
