@@ -204,6 +204,7 @@ def export(
     if to not in FORMATS:
         raise HarnessError(f"--to {to!r}: allowed: {', '.join(FORMATS)}")
     spec = load_study(study, set_, profile)
+    output_file(out, "--out")
     store = Store(results_root(results), spec.name)
     if to == "mlflow":
         counts = export_mlflow(store, spec.name, tracking_uri or spec.tracking.mlflow_uri)
