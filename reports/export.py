@@ -96,14 +96,25 @@ def export_tables(store: Store, fmt: str, out: Path | None = None) -> tuple[Path
         raise HarnessError(f"{store.runs_dir}: no records to export yet (run the study first)")
     tables = (with_planned(runs_table(frame), frame), aggregated_table(frame))
     paths = table_paths(store, fmt, out)
+    if out is None:  # the default folder, inside the study's own
+        paths[0].parent.mkdir(exist_ok=True)
+    for path in paths:
+        if path.is_dir():
+            raise HarnessError(f"export: {path}: is a folder; the tables go to {paths[0]} "
+                               f"and {paths[1]}")
+        if not path.parent.is_dir():
+            raise HarnessError(f"export --out {path}: no such folder {path.parent}; create it "
+                               "first")
     for table, path in zip(tables, paths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        if fmt == "parquet":
-            table.write_parquet(tmp)
-        else:
-            _flat_for_csv(table).write_csv(tmp)
-        tmp.replace(path)
+        try:
+            if fmt == "parquet":
+                table.write_parquet(tmp)
+            else:
+                _flat_for_csv(table).write_csv(tmp)
+            tmp.replace(path)
+        finally:  # a full disk or an interrupt leaves no partial file behind
+            tmp.unlink(missing_ok=True)
     return paths
 
 

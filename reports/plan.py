@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import polars as pl
 
 from harness.cost.estimate import RunCost, gpu_hours, study_costs
+from harness.cost.memory import on_gpu
 from harness.errors import HarnessError
 from harness.spec.study import Study
 from reports.aggregate import aggregate, primary_quality
@@ -61,6 +62,8 @@ class PlanRow:
 
 def _check_target(quality: str, target: float, source: str) -> None:
     metric = quality_of(quality)
+    if not math.isfinite(target):
+        raise HarnessError(f"{source}: --target-quality {target:g}: give a finite number")
     if metric.ceiling is not None and not 0 < target < metric.ceiling:
         raise HarnessError(f"{source}: --target-quality {target:g} is outside "
                            f"{metric.label}'s range: give a value between 0 and "
@@ -105,6 +108,7 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
                        with_matches=False)
     warn = warnings_by_router(curve_checks(analysis))
     specs = study.expand()
+    gpu = {s.run_id for s in specs if on_gpu(study, s)}  # GPU-hours of GPU runs only
     candidates: dict[str, dict[tuple, tuple[RunCost, object]]] = {}
     for cost, spec in zip(study_costs(study, specs), specs, strict=True):
         candidates.setdefault(spec.router, {}).setdefault(_candidate_key(cost, spec),
@@ -121,7 +125,8 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
         row = {**base, "fit": curve.kind,
                "needed_exaflops": needed if finite else None,
                "needed_interval": (lo, hi),
-               "needed_gpu_hours": gpu_hours(needed * 1e18, study.estimate) if finite else None}
+               "needed_gpu_hours": gpu_hours(needed * 1e18, study.estimate)
+               if finite and gpu else None}
         best = _best_candidate(curve, target, list(candidates.get(curve.group, {}).values()))
         if best is None:
             n = len(candidates.get(curve.group, {}))
@@ -137,7 +142,8 @@ def plan_rows(study: Study, frame: pl.DataFrame, target: float, quality: str | N
             **row, spec=cost.spec, run_id=spec.run_id, predicted=value,
             predicted_interval=(vlo, vhi), extrapolated=not c_lo <= exa <= c_hi,
             gflops_per_image=cost.gflops_per_image, train_exaflops=cost.train_exaflops,
-            gpu_hours=cost.gpu_hours, memory=_memory(study, spec),
+            gpu_hours=cost.gpu_hours if spec.run_id in gpu else None,
+            memory=_memory(study, spec),
             note=f"steps {spec.train.steps:,}, batch {spec.train.batch_size:,}, "
                  f"lr {spec.train.lr:g}"))
     return rows

@@ -62,7 +62,8 @@ def test_usage_error_in_a_fresh_process_has_no_traceback():
     (["plan", QUICKSTART, "--target-quality", "0.5", "--json", "{tmp}/missing/x.json"],
      "--json {tmp}/missing/x.json: no such folder"),
     (["tune", "studies/tune_slots.yaml", "--trials", "1", "--storage",
-      "sqlite:///{tmp}/nonexistent/x.db"], "--storage {tmp}/nonexistent/x.db: no such folder"),
+      "sqlite:///{tmp}/nonexistent/x.db"],
+     "--storage sqlite:///{tmp}/nonexistent/x.db: no such folder {tmp}/nonexistent"),
     (["schema", "--out", "{tmp}"], "is a folder"),
     (["run", QUICKSTART, "--results", "{tmp}/file"], "cannot write results there"),
     (["run", QUICKSTART, "--results", "{tmp}/readonly"], "cannot write results there"),
@@ -183,3 +184,61 @@ def test_report_without_a_finished_run_says_so_and_writes_nothing(capsys, tmp_pa
     err = fails(capsys, "report", QUICKSTART, "--results", tmp_path)
     assert "(1 records, none ok, diverged or pruned)" in err
     assert not (tmp_path / "quickstart" / "report.html").exists()
+
+
+def numeric_options():
+    """(command words, option) of every int and float option of every command."""
+    import typer
+
+    from harness.cli import app
+
+    def walk(command, words):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from walk(sub, [*words, name])
+            return
+        for param in command.params:
+            kind = getattr(param, "type_descriptor", None)
+            annotation = getattr(kind, "annotation", None)
+            if annotation in (int, float, list[int], list[float]):
+                yield words, param, annotation in (float, list[float])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+NUMERIC = numeric_options()
+
+
+def test_the_walk_finds_the_numeric_options():
+    names = {(" ".join(words), p.opts[0]) for words, p, _ in NUMERIC}
+    assert {("bench all-to-all", "--ranks"), ("data prepare", "--workers"),
+            ("plan", "--target-quality"), ("bench layers", "--experts")} <= names
+
+
+@pytest.mark.parametrize("words, param, real", NUMERIC,
+                         ids=[f"{' '.join(w)} {p.opts[0]}" for w, p, _ in NUMERIC])
+def test_every_numeric_option_is_range_checked_at_parse_time(capsys, words, param, real):
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    assert low is not None or high is not None or param.callback is not None, \
+        f"{' '.join(words)} {param.opts[0]} has no range"
+    bad = [str(low - 1)] if low is not None else []
+    bad += [str(high + 1)] if high is not None else []
+    bad += ["nan", "inf", "-inf"] if real else []
+    for value in bad:
+        err = fails(capsys, *words, param.opts[0], value)
+        assert f"Invalid value for '{param.opts[0]}'" in err, (value, err)
+        assert err.count("\n") <= 2, err  # the usage line and the error
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "all-to-all", "--device", "cuda"],
+    ["bench", "layers", "--device", "cuda", "--quick"],
+    ["bench", "train", "vit-s/16", "--device", "cuda"],
+])
+def test_cuda_on_a_machine_without_it_is_one_line(capsys, argv):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    err = fails(capsys, *argv)
+    assert err.strip().count("\n") == 0 and "--device: 'cuda' but torch sees no CUDA" in err

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from harness.runtime.distributed import pick_device
+from harness.runtime.lifeline import tether, this_process
 from harness.runtime.parallel.all_to_all import CommTimer
 from harness.runtime.parallel.experts import shard_experts
 
@@ -44,9 +46,10 @@ class _Layer(torch.nn.Module):
 
 
 def _worker(rank: int, ranks: int, port: int, out: str, shape: dict, repeats: int,
-            warmup: int, device: str, threads: int) -> None:
+            warmup: int, device: str, threads: int, submitter: tuple[int, str | None]) -> None:
     from harness.nn.moe import SoftMoE
 
+    tether(submitter)  # a rank dies with the command, even killed, never waits for ever
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     dev = torch.device(device if device == "cpu" else f"cuda:{rank}")
@@ -90,11 +93,15 @@ def bench_all_to_all(*, ranks: int = 2, dim: int = 384, tokens: int = 196, batch
 
     if experts % ranks:
         raise HarnessError(f"--experts: {experts} does not split over {ranks} ranks")
+    if pick_device(device, "--device").type == "cuda" and torch.cuda.device_count() < ranks:
+        raise HarnessError(f"--ranks: {ranks} ranks need a GPU each and torch sees "
+                           f"{torch.cuda.device_count()}; allowed: 1 to "
+                           f"{torch.cuda.device_count()}")
     shape = {"dim": dim, "tokens": tokens, "batch": batch, "experts": experts, "slots": slots}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         mp.spawn(_worker, args=(ranks, _free_port(), str(out), shape, repeats, warmup, device,
-                                threads), nprocs=ranks)
+                                threads, this_process()), nprocs=ranks)
         result = json.loads(out.read_text())
     return {"ranks": ranks, "device": device, "threads_per_rank": threads, "repeats": repeats,
             **shape, **result}

@@ -30,12 +30,20 @@ def bench_tracking(*, model: str = "vit-w64d4h4m256/4", router: str = "soft",
     import torch.utils.tensorboard  # noqa: F401 - imported once, outside the timed loops
 
     from harness.data import load_data
+    from harness.errors import HarnessError
     from harness.nn.vit import build
     from harness.runtime.train import fit, seed_everything
     from harness.spec import routers
     from harness.spec.config import DataConfig, MeasureConfig, TrackingConfig, TrainConfig
+    from harness.spec.model import MODEL_NAME
     from harness.spec.study import RunSpec
 
+    name = MODEL_NAME.fullmatch(model)
+    if not name:
+        raise HarnessError(f"--model {model!r}: expected a backbone 'vit-SIZE/PATCH[@RES]' "
+                           "such as 'vit-w64d4h4m256/4' or 'vit-s/16@32'")
+    if name.group(3):  # the resolution the model names is the images' size
+        image_size = int(name.group(3))
     fields = routers.get(router).settings(num_experts=num_experts)
     spec = RunSpec(
         study="bench-tracking", model=model, router=router, num_experts=fields.num_experts,

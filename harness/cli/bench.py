@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness.cli.common import output_file, save_json
+from harness.cli.common import output_file, positive, save_json
 
 app = typer.Typer(no_args_is_help=True,
                   help="Benchmarks (layers, train, data, report, tracking, all-to-all).")
@@ -29,16 +29,16 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 @app.command("layers")
 def bench_layers(
-    dim: Annotated[int, typer.Option(help="Model width")] = 384,
-    tokens: Annotated[int, typer.Option(help="Tokens per image")] = 196,
-    batch: Annotated[int, typer.Option(help="Images per batch")] = 32,
+    dim: Annotated[int, typer.Option(help="Model width", min=1)] = 384,
+    tokens: Annotated[int, typer.Option(help="Tokens per image", min=1)] = 196,
+    batch: Annotated[int, typer.Option(help="Images per batch", min=1)] = 32,
     experts: Annotated[list[int] | None, typer.Option(
-        help="Expert counts (repeatable; default 8 32 128)")] = None,
+        help="Expert counts (repeatable; default 8 32 128)", min=1)] = None,
     slots: Annotated[list[int] | None, typer.Option(
-        help="Soft MoE slots per expert (repeatable; default 1 2)")] = None,
+        help="Soft MoE slots per expert (repeatable; default 1 2)", min=1)] = None,
     repeats: Annotated[int | None, typer.Option(
         help="Timed repeats per measurement (default 5, --quick 3); the comparison with "
-             "soft-moe-pytorch times 2 x repeats + 1 pairs")] = None,
+             "soft-moe-pytorch times 2 x repeats + 1 pairs", min=1)] = None,
     quick: Annotated[bool, typer.Option(help="Fewer repeats, 1 slot only")] = False,
     reference: Annotated[bool, typer.Option(
         help="Compare with soft-moe-pytorch when installed")] = True,
@@ -91,7 +91,7 @@ def bench_train(
     num_classes: Annotated[int, typer.Option(help="Classes of the head", min=1)] = 1000,
     peak_tflops: Annotated[float | None, typer.Option(
         help="The device's dense peak TFLOP/s at this precision (a GPU the table lacks, or "
-             "a CPU): MFU is measured against it")] = None,
+             "a CPU): MFU is measured against it", callback=positive)] = None,
     out: Annotated[Path | None, typer.Option(
         help="Write the results as JSON (a study's estimate.from_bench reads it)")] = None,
 ) -> None:
@@ -113,7 +113,7 @@ def bench_train(
 
 @app.command("report")
 def bench_report(
-    records: Annotated[int, typer.Option(help="Synthetic records in the store")] = 10_000,
+    records: Annotated[int, typer.Option(help="Synthetic records in the store", min=1)] = 10_000,
 ) -> None:
     """Time `report` (read the store, aggregate, fronts, figures, claims, page) over synthetic
     records; the target is under 5 s for 10,000 on 2 cores."""
@@ -126,14 +126,14 @@ def bench_report(
 def bench_data(
     path: Annotated[Path | None, typer.Option(
         help="An imagefolder of JPEGs (default: write a temporary one)")] = None,
-    image_size: Annotated[int, typer.Option(help="Training image size")] = 224,
-    resolution: Annotated[int, typer.Option(help="Prepared shards' resolution")] = 256,
-    images: Annotated[int, typer.Option(help="Images to write when no --path")] = 512,
+    image_size: Annotated[int, typer.Option(help="Training image size", min=1)] = 224,
+    resolution: Annotated[int, typer.Option(help="Prepared shards' resolution", min=1)] = 256,
+    images: Annotated[int, typer.Option(help="Images to write when no --path", min=1)] = 512,
     workers: Annotated[list[int] | None, typer.Option(
-        help="Worker processes (repeatable; default 1 and 2)")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size")] = 64,
-    batches: Annotated[int, typer.Option(help="Timed batches per pass")] = 6,
-    repeats: Annotated[int, typer.Option(help="Passes (median)")] = 3,
+        help="Worker processes (repeatable; default 1 and 2)", min=1)] = None,
+    batch: Annotated[int, typer.Option(help="Batch size", min=1)] = 64,
+    batches: Annotated[int, typer.Option(help="Timed batches per pass", min=1)] = 6,
+    repeats: Annotated[int, typer.Option(help="Passes (median)", min=1)] = 3,
     augment: Annotated[bool, typer.Option(help="Training augmentation (crop, flip)")] = True,
     out: Annotated[Path | None, typer.Option(help="Also write the result as JSON")] = None,
 ) -> None:
@@ -153,14 +153,15 @@ def bench_data(
 
 @app.command("all-to-all")
 def bench_all_to_all(
-    ranks: Annotated[int, typer.Option(help="Processes (ranks) on this machine")] = 2,
-    dim: Annotated[int, typer.Option(help="Model width")] = 384,
-    tokens: Annotated[int, typer.Option(help="Tokens per image")] = 196,
-    batch: Annotated[int, typer.Option(help="Images per rank")] = 8,
-    experts: Annotated[int, typer.Option(help="Experts (divisible by --ranks)")] = 32,
-    slots: Annotated[int, typer.Option(help="Slots per expert")] = 1,
-    repeats: Annotated[int, typer.Option(help="Timed repeats")] = 10,
-    threads: Annotated[int, typer.Option(help="torch CPU threads per rank")] = 1,
+    ranks: Annotated[int, typer.Option(
+        help="Processes (ranks) on this machine", min=1, max=256)] = 2,
+    dim: Annotated[int, typer.Option(help="Model width", min=1)] = 384,
+    tokens: Annotated[int, typer.Option(help="Tokens per image", min=1)] = 196,
+    batch: Annotated[int, typer.Option(help="Images per rank", min=1)] = 8,
+    experts: Annotated[int, typer.Option(help="Experts (divisible by --ranks)", min=1)] = 32,
+    slots: Annotated[int, typer.Option(help="Slots per expert", min=1)] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed repeats", min=1)] = 10,
+    threads: Annotated[int, typer.Option(help="torch CPU threads per rank", min=1)] = 1,
     device: Annotated[str, typer.Option(help="cpu (gloo) or cuda (NCCL, one GPU a rank)")] =
         "cpu",
     out: OutOpt = None,
@@ -180,12 +181,13 @@ def bench_all_to_all(
 
 @app.command("tracking")
 def bench_tracking(
-    steps: Annotated[int, typer.Option(help="Training steps per run")] = 150,
-    repeats: Annotated[int, typer.Option(help="Interleaved pairs of runs (on, off)")] = 5,
+    steps: Annotated[int, typer.Option(help="Training steps per run", min=2)] = 150,
+    repeats: Annotated[int, typer.Option(help="Interleaved pairs of runs (on, off)", min=1)] = 5,
     model: Annotated[str, typer.Option(help="Backbone")] = "vit-w64d4h4m256/4",
     router: Annotated[str, typer.Option(help="Router")] = "soft",
-    batch_size: Annotated[int, typer.Option(help="Images per step")] = 128,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: all)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step", min=1)] = 128,
+    threads: Annotated[int | None, typer.Option(
+        help="torch CPU threads (default: all)", min=1)] = None,
     out: OutOpt = None,
 ) -> None:
     """The training loop's speed with TensorBoard event files on against off (the target:

@@ -4,6 +4,7 @@ writes, made before anything runs."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,21 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 ProfileOpt = Annotated[str | None, typer.Option(help="Profile of the study file (laptop, cluster)")]
 ResultsOpt = Annotated[Path | None, typer.Option(
     help="Results root (default: $MOE_HARNESS_RESULTS or ./results)")]
+
+
+def finite(value: float | None) -> float | None:
+    """A float option's callback: NaN and infinities are refused (typer's ``min`` lets them
+    through)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value}; allowed: a finite number")
+    return value
+
+
+def positive(value: float | None) -> float | None:
+    """A float option's callback: a finite number above 0."""
+    if finite(value) is not None and value <= 0:
+        raise typer.BadParameter(f"{value}; allowed: a number above 0")
+    return value
 
 
 def load_study(study: Path, set_: list[str] | None, profile: str | None):

@@ -14,10 +14,10 @@ def data_prepare(
     src: Annotated[Path, typer.Argument(help="An imagefolder: SRC/train/CLASS/*, SRC/val/...")],
     out: Annotated[Path, typer.Argument(help="An empty folder for the shards")],
     resolution: Annotated[int, typer.Option(help="Square side in pixels (shorter side, "
-                                                 "center crop)")] = 256,
-    shard_size: Annotated[int, typer.Option(help="Images per shard")] = 1024,
+                                                 "center crop)", min=1)] = 256,
+    shard_size: Annotated[int, typer.Option(help="Images per shard", min=1)] = 1024,
     workers: Annotated[int | None, typer.Option(
-        help="Decoding processes (default: the CPUs this process may use)")] = None,
+        help="Decoding processes (default: the CPUs this process may use)", min=1)] = None,
 ) -> None:
     """Decode an imagefolder once into fixed-size uint8 shards with a manifest (classes,
     counts, resolution, checksums); train on them with data: {name: prepared, path: OUT}."""

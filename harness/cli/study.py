@@ -14,6 +14,7 @@ from harness.cli.common import (
     ResultsOpt,
     SetOpt,
     StudyArg,
+    finite,
     keep_study,
     load_study,
     output_file,
@@ -179,7 +180,8 @@ def report(study: StudyArg, set_: SetOpt = None, profile: ProfileOpt = None,
 def plan_command(
     study: StudyArg,
     target_quality: Annotated[float, typer.Option(
-        "--target-quality", help="Quality to reach, in the metric's units (accuracy 0..1)")],
+        "--target-quality", help="Quality to reach, in the metric's units (accuracy 0..1)",
+        min=0, callback=finite)],
     quality: Annotated[str | None, typer.Option(
         help="Quality metric (default: the report's primary one, e.g. test_accuracy)")] = None,
     json_out: Annotated[Path | None, typer.Option(
@@ -233,6 +235,7 @@ def export(
     if to not in FORMATS:
         raise HarnessError(f"--to {to!r}: allowed: {', '.join(FORMATS)}")
     spec = load_study(study, set_, profile)
+    output_file(out, "--out")
     store = Store(results_root(results), spec.name)
     if to == "mlflow":
         counts = export_mlflow(store, spec.name, tracking_uri or spec.tracking.mlflow_uri)

@@ -19,17 +19,17 @@ def inspect(
     specs: Annotated[list[str] | None, typer.Argument(
         help="Model specs, e.g. vit-s/16 vit-s/16:soft:e128:s1")] = None,
     router: Annotated[str | None, typer.Option(help="Router for every spec")] = None,
-    experts: Annotated[int | None, typer.Option(help="Experts per MoE layer")] = None,
-    slots: Annotated[int | None, typer.Option(help="Slots per expert (Soft MoE)")] = None,
-    k: Annotated[int | None, typer.Option(help="Experts per token (Tokens Choice)")] = None,
-    num_classes: Annotated[int, typer.Option(help="Classes of the head")] = 1000,
+    experts: Annotated[int | None, typer.Option(help="Experts per MoE layer", min=1)] = None,
+    slots: Annotated[int | None, typer.Option(help="Slots per expert (Soft MoE)", min=1)] = None,
+    k: Annotated[int | None, typer.Option(help="Experts per token (Tokens Choice)", min=1)] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of the head", min=1)] = 1000,
     counter: Annotated[str, typer.Option(
         help="FLOP counter: auto (= analytic: closed forms, nothing built, instant), fvcore "
              "(a traced forward), torch, meta")] = "auto",
     time_: Annotated[bool, typer.Option(
         "--time", help="Also measure inference/training throughput and peak memory")] = False,
-    batch_size: Annotated[int, typer.Option(help="Batch size for --time")] = 32,
-    repeats: Annotated[int, typer.Option(help="Timed repeats for --time (median)")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Batch size for --time", min=1)] = 32,
+    repeats: Annotated[int, typer.Option(help="Timed repeats for --time (median)", min=1)] = 5,
     threads: Annotated[int | None, typer.Option(
         help="torch CPU threads for --time (default: torch's count), recorded", min=1)] = None,
     json_out: Annotated[Path | None, typer.Option(

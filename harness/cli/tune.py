@@ -13,7 +13,6 @@ from harness.cli.common import (
     StudyArg,
     keep_study,
     load_study,
-    output_file,
     writable_store,
 )
 from harness.views.console import wide_console
@@ -43,16 +42,18 @@ def tune(
     results: ResultsOpt = None,
 ) -> None:
     """Tune a study's `tune:` space with Optuna; running it again continues the same study."""
+    from harness.results.storage import check_storage
     from harness.results.store import results_root
     from runners import check_executor
     from runners.tune import show as show_tuning
     from runners.tune import tune as run_tuning
-    from runners.tune.checks import fell_short, storage_file
+    from runners.tune.checks import fell_short
 
     spec = load_study(study, set_, profile)
     if executor is not None:
         check_executor(executor, "--executor")
-    output_file(storage_file(storage), "--storage")  # a file storage goes into a folder
+    if storage is not None:  # as doctor --storage checks it
+        check_storage(storage, "--storage")
     if show:
         show_tuning(spec, results_root(results), storage, wide_console())
         return

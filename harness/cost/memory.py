@@ -39,6 +39,7 @@ SHARDS_DENSE = ("fsdp", "experts+fsdp")
 # ``experts``: the training loop averages the replicated gradients itself, this many bytes
 # of them flattened into one all-reduce at a time (DDP's default bucket size)
 GRAD_BUCKET_BYTES = 25 * 2**20
+GPUS_PER_NODE = 8  # more GPUs are suggested on one node up to this many, then more nodes
 
 
 class LayoutError(HarnessError):
@@ -160,6 +161,28 @@ def check_layout(layout: str, sh: Shapes, ranks: int) -> None:
                               "count that divides them, or shard with fsdp")
 
 
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_split(batch_size: int, ranks: int, micro_batch: int | None) -> None:
+    """Every rank takes an equal slice of the batch and every micro-batch an equal slice of
+    the rank's: a split that would fail at run time is refused here, before anything runs,
+    with the values that would be allowed."""
+    if batch_size % ranks:
+        low = batch_size - batch_size % ranks
+        nearest = ", ".join(str(b) for b in (low, low + ranks) if b > 0)
+        raise LayoutError(f"train.batch_size: {batch_size} does not split evenly over the "
+                          f"run's {ranks} ranks (one per GPU); allowed: a multiple of {ranks}, "
+                          f"e.g. {nearest}")
+    per_rank = batch_size // ranks
+    if micro_batch is not None and per_rank % micro_batch:
+        allowed = ", ".join(str(d) for d in divisors(per_rank))
+        raise LayoutError(f"train.micro_batch_size: {micro_batch} does not divide the "
+                          f"{per_rank} images per rank (batch_size {batch_size} over {ranks} "
+                          f"ranks); allowed: {allowed}")
+
+
 def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: int,
              micro_batch: int | None = None, checkpointing: bool = False,
              precision: str = "bf16", gpu: bool = True,
@@ -173,10 +196,11 @@ def estimate(cfg, layout: str, *, ranks: int = 1, nodes: int = 1, batch_size: in
     """
     if layout not in LAYOUTS:
         raise LayoutError(f"train.layout {layout!r}: allowed: auto, {', '.join(LAYOUTS)}")
+    check_split(batch_size, ranks, micro_batch)
     sh = Shapes.of(cfg)
     check_layout(layout, sh, ranks)
-    per_rank = max(1, batch_size // ranks)
-    micro = min(micro_batch or per_rank, per_rank)
+    per_rank = batch_size // ranks
+    micro = micro_batch or per_rank
     act = 2 if precision == "bf16" else FP32
     moe = len(sh.moe_blocks)
 
@@ -305,6 +329,7 @@ def cheapest(cfg, options: dict) -> MemoryPlan:
     """``auto``: the first layout of :data:`LAYOUTS` (cheapest communication first) whose
     plan fits; with none fitting, the one of the lowest peak. One process: ``ddp`` (nothing
     to shard); a CPU run (no limit): ``ddp``."""
+    check_split(options["batch_size"], options["ranks"], options["micro_batch"])
     if options["ranks"] == 1 or options["limit_gb"] is None:
         return estimate(cfg, "ddp", **options)
     plans = []
@@ -334,27 +359,43 @@ def what_would_fit(study, spec, plan: MemoryPlan) -> list[str]:
             options.append(f"train.layout {layout} ({other.peak_gb:.0f} GB)")
             break
     layout = "auto" if spec.train.layout == "auto" else plan.layout
-    micro = plan.micro_batch // 2
-    while micro >= 1:
+    per_rank = plan.micro_batch * plan.accumulation
+    for micro in reversed([d for d in divisors(per_rank) if d < plan.micro_batch]):
         smaller = run_plan(study, spec, layout, micro_batch=micro)
         if smaller.fits:
             options.append(f"train.micro_batch_size {micro} ({smaller.peak_gb:.0f} GB)")
             break
-        micro //= 2
     if not plan.checkpointing:
         recomputed = run_plan(study, spec, layout, checkpointing=True)
         if recomputed.fits:
             options.append(f"train.activation_checkpointing ({recomputed.peak_gb:.0f} GB)")
-    per_node = max(1, plan.ranks // plan.nodes)
+    if more := more_gpus(study, spec, plan):
+        options.append(more)
+    return options
+
+
+def more_gpus(study, spec, plan: MemoryPlan) -> str | None:
+    """The fewest GPUs (doubling) on which the run fits with its own batch split, as many
+    per node as the run has (at least :data:`GPUS_PER_NODE`, a node's usual count); more
+    nodes only on SLURM, each with the same number of GPUs."""
+    per_node = max(plan.ranks // plan.nodes, GPUS_PER_NODE)
+    slurm = study.executor.name == "slurm"
     ranks = plan.ranks * 2
     while ranks <= 4096 and ranks <= spec.train.batch_size:
-        more = run_plan(study, spec, "auto", ranks=ranks, nodes=-(-ranks // per_node))
-        if more.fits:
-            nodes = f" on {more.nodes} nodes" if more.nodes > 1 else ""
-            options.append(f"{ranks} GPUs{nodes} ({more.layout}, {more.peak_gb:.0f} GB)")
-            break
+        nodes = -(-ranks // per_node)
+        while ranks % nodes:
+            nodes += 1
+        if nodes > 1 and not slurm:
+            return None
+        try:
+            more = run_plan(study, spec, "auto", ranks=ranks, nodes=nodes)
+        except LayoutError:  # the batch or the micro-batch does not split over them
+            more = None
+        if more is not None and more.fits:
+            where = f" on {nodes} nodes" if nodes > 1 else ""
+            return f"{ranks} GPUs{where} ({more.layout}, {more.peak_gb:.0f} GB)"
         ranks *= 2
-    return options
+    return None
 
 
 def refusal(study, spec, plan: MemoryPlan) -> str:

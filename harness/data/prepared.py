@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harness.errors import HarnessError, shorten
+from harness.runtime.lifeline import children, kill_tree, tether, this_process
 from harness.spec.config import DataConfig
 
 FORMAT = "moe-harness-prepared"
@@ -91,31 +92,50 @@ def prepare(src: Path, out: Path, resolution: int, *, shard_size: int = 1024,
     workers = workers or len(os.sched_getaffinity(0))
     manifest = {"format": FORMAT, "version": VERSION, "resolution": resolution,
                 "classes": data.train.classes, "source": str(src), "splits": {}}
-    with ProcessPoolExecutor(workers) as pool:
+    # the decoding workers die with this process, even killed (SIGTERM, SIGKILL): else they
+    # would wait for work for ever; interrupted (Ctrl-C), it ends them before it stops
+    before = set(children(os.getpid()))
+    pool = ProcessPoolExecutor(workers, initializer=tether, initargs=(this_process(),))
+    try:
         for split, files in zip(SPLITS, (data.train, data.test), strict=True):
-            paths = [p for p, _ in files.samples]
-            labels = files.labels.numpy().astype(np.int64)
-            shards = []
-            starts = range(0, len(paths), shard_size)
-            for n, start in enumerate(starts):
-                name = f"{split}-{n:05d}.npy"
-                chunk = paths[start:start + shard_size]
-                step = max(1, -(-len(chunk) // (4 * workers)))  # a few jobs per worker
-                jobs = [(chunk[i:i + step], resolution) for i in range(0, len(chunk), step)]
-                array = np.concatenate(list(pool.map(_square_all, jobs)))
-                np.save(out / name, array)
-                shards.append({"file": name, "count": len(chunk), "sha256": sha256(out / name)})
-                log(f"{split}: shard {n + 1}/{len(starts)} ({start + len(chunk)}/{len(paths)} "
-                    "images)")
-            np.save(out / f"{split}-labels.npy", labels)
-            manifest["splits"][split] = {
-                "count": len(paths), "shard_size": shard_size, "shards": shards,
-                "class_counts": np.bincount(labels, minlength=len(data.train.classes)).tolist(),
-                "labels": {"file": f"{split}-labels.npy",
-                           "sha256": sha256(out / f"{split}-labels.npy")}}
+            manifest["splits"][split] = _write_split(
+                pool, split, files, out, (resolution, shard_size, workers),
+                len(data.train.classes), log)
+    except BaseException:
+        for pid in set(children(os.getpid())) - before:
+            kill_tree(pid)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     manifest["checksum"] = _checksum(manifest)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _write_split(pool, split: str, files, out: Path, sizes: tuple[int, int, int],
+                 num_classes: int, log) -> dict:
+    """Decode one split's images into shards with the pool's workers (``sizes``: resolution,
+    shard size, workers); its manifest entry."""
+    resolution, shard_size, workers = sizes
+    paths = [p for p, _ in files.samples]
+    labels = files.labels.numpy().astype(np.int64)
+    shards = []
+    starts = range(0, len(paths), shard_size)
+    for n, start in enumerate(starts):
+        name = f"{split}-{n:05d}.npy"
+        chunk = paths[start:start + shard_size]
+        step = max(1, -(-len(chunk) // (4 * workers)))  # a few jobs per worker
+        jobs = [(chunk[i:i + step], resolution) for i in range(0, len(chunk), step)]
+        array = np.concatenate(list(pool.map(_square_all, jobs)))
+        np.save(out / name, array)
+        shards.append({"file": name, "count": len(chunk), "sha256": sha256(out / name)})
+        log(f"{split}: shard {n + 1}/{len(starts)} ({start + len(chunk)}/{len(paths)} "
+            "images)")
+    np.save(out / f"{split}-labels.npy", labels)
+    return {"count": len(paths), "shard_size": shard_size, "shards": shards,
+            "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+            "labels": {"file": f"{split}-labels.npy",
+                       "sha256": sha256(out / f"{split}-labels.npy")}}
 
 
 def _checksum(manifest: dict) -> str:

@@ -35,14 +35,32 @@ def mlflow_client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def artifact_root(results_root: Path) -> Path:
+    """Where an embedded (SQLite) store keeps its artifacts: under the results root, never in
+    the current folder (MLflow's default, ``./mlruns``)."""
+    return Path(results_root).resolve() / MLFLOW_ARTIFACTS
+
+
+def create_store(uri: str, results_root: Path) -> None:
+    """Create (or migrate) an embedded SQLite store with its artifact root under the results
+    root: MLflow would make its ``Default`` experiment's artifact location the process's
+    working folder. Other stores are created by their server."""
+    if not uri.startswith("sqlite:///"):
+        return
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:
+        raise HarnessError("MLflow is not installed: pip install 'moe-harness[mlflow]'") from None
+    SqlAlchemyStore(uri, artifact_root(results_root).as_uri())
+
+
 def mlflow_experiment(client, study: str, results_root: Path | None = None) -> str:
     """The id of the study's experiment (named after the study), created or restored."""
     exp = client.get_experiment_by_name(study)
     if exp is None:
         # an embedded store keeps its artifacts beside it, not in the current folder
         local = client.tracking_uri.startswith("sqlite:///") and results_root is not None
-        where = (Path(results_root).resolve() / MLFLOW_ARTIFACTS / study).as_uri() if local \
-            else None
+        where = (artifact_root(results_root) / study).as_uri() if local else None
         try:
             return client.create_experiment(study, artifact_location=where)
         except Exception:
@@ -148,7 +166,8 @@ def prepare_tracking(uri: str, results_root: Path, study: str,
     tracker calls it again (quick once done), so that parallel runs never migrate one SQLite
     store at once, which leaves it half-migrated."""
     with tracking_lock(uri, results_root, wait):
-        client = mlflow_client(uri)  # an SQL store is created and migrated here
+        create_store(uri, results_root)  # an SQLite store is created and migrated here
+        client = mlflow_client(uri)
         return mlflow_experiment(client, study, results_root)
 
 

@@ -235,15 +235,23 @@ def gpus_per_node(gres: str) -> tuple[int, str] | None:
 
 
 def check_storage(url: str) -> Check:
-    """An Optuna storage URL reachable (nothing is created: a connection is opened, closed)."""
-    if url.startswith("journal:") or url.endswith(".journal"):
-        path = Path(url.removeprefix("journal:"))
-        return _writable_parent("storage", url, path)
-    if url.startswith("sqlite:///"):
-        return _writable_parent("storage", url, Path(url.removeprefix("sqlite:///")))
-    if "://" not in url:
-        return Check("storage", "fail", f"{url!r}: not a storage URL",
-                     "sqlite:///PATH, journal:PATH or postgresql+psycopg2://USER@HOST:PORT/DB")
+    """An Optuna storage URL reachable (nothing is created: a connection is opened, closed);
+    a file storage checked as ``tune`` checks it (``harness.results.storage.check_storage``)."""
+    from harness.errors import HarnessError
+    from harness.results.storage import check_storage as check_url
+
+    try:
+        path = check_url(url)
+    except HarnessError as err:
+        return Check("storage", "fail", str(err),
+                     "sqlite:///PATH or journal:PATH in an existing, writable folder, or "
+                     "postgresql+psycopg2://USER@HOST:PORT/DB")
+    if path is not None:
+        fs, _ = file_system(path.parent)
+        note = " (SQLite's locks are unsafe on network file systems: use journal: there)" \
+            if url.startswith("sqlite") and fs.startswith(("nfs", "lustre", "gpfs", "beegfs")) \
+            else ""
+        return ok("storage", f"{url}: {path.parent} writable ({fs}){note}")
     try:
         import sqlalchemy
 
@@ -257,18 +265,6 @@ def check_storage(url: str) -> Check:
                      f"{_first_line(err)}", "check the host, port, database, user (password "
                      "in ~/.pgpass or $PGPASSWORD) and that the driver is installed")
     return ok("storage", f"{_hide_password(url)}: reachable")
-
-
-def _writable_parent(name: str, url: str, path: Path) -> Check:
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not os.access(folder, os.W_OK):
-        return Check(name, "fail", f"{url}: {folder} is not writable", "pick a writable path")
-    fs, _ = file_system(folder)
-    note = " (SQLite's locks are unsafe on network file systems: use journal: there)" \
-        if url.startswith("sqlite") and fs.startswith(("nfs", "lustre", "gpfs", "beegfs")) else ""
-    return ok(name, f"{url}: {folder} writable ({fs}){note}")
 
 
 def _hide_password(url: str) -> str:

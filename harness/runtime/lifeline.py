@@ -49,7 +49,8 @@ def alive(pid: int, start: str | None) -> bool:
 
 
 def this_process() -> tuple[int, str | None]:
-    """This process's PID and start time (what :func:`alive` checks)."""
+    """This process's PID and start time (what :func:`alive` checks), for :func:`tether` in
+    the processes it starts."""
     return os.getpid(), process_start(os.getpid())
 
 
@@ -83,6 +84,13 @@ def kill_tree(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def tether(submitter: tuple[int, str | None], interval_s: float = 0.5) -> None:
+    """Make this process (a pool's worker, a spawned rank) end within ``interval_s`` of
+    ``submitter``'s death (:func:`this_process` of the process that started it): the
+    initializer of a process pool, the first call of a spawned process."""
+    watch(*submitter, interval_s)
 
 
 def watch(pid: int, start: str | None, interval_s: float = 0.5) -> threading.Thread:

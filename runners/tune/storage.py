@@ -20,22 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.results.storage import check_storage, storage_file, storage_kind
 from harness.results.store import tune_dir
 from harness.spec.study import Study
 from runners.executors import runner_class
 
 if TYPE_CHECKING:
     from runners.tune.schema import TuneConfig
-
-
-def storage_kind(url: str, where: str = "--storage") -> str:
-    """``journal`` or ``rdb``; anything else is a clear error."""
-    if url.startswith("journal:") or url.endswith(".journal"):
-        return "journal"
-    if "://" in url:
-        return "rdb"
-    raise HarnessError(f"{where}: {url!r}: expected an SQLAlchemy URL (sqlite:///PATH, "
-                       f"postgresql+psycopg2://USER@HOST:PORT/DB) or journal:PATH")
 
 
 def dashboard_command(url: str) -> list[str]:
@@ -58,13 +49,6 @@ def _pointer(store_dir: Path) -> Path:
     return tune_dir(store_dir) / "storage.json"
 
 
-def _file_of(url: str) -> Path | None:
-    """The file of a SQLite or journal storage; None for a server."""
-    if storage_kind(url) == "journal":
-        return Path(journal_path(url))
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
 def resolve_storage(study: Study, cfg: TuneConfig, store_dir: Path, given: str | None,
                     executor: str) -> str:
     """--storage, else tune.storage, else the storage used last time, else a default file:
@@ -72,14 +56,15 @@ def resolve_storage(study: Study, cfg: TuneConfig, store_dir: Path, given: str |
     runner's, SLURM's: SQLite's locks are unsafe on network file systems)."""
     if given or cfg.storage:
         url = given or cfg.storage
-        storage_kind(url)
+        check_storage(url, "--storage" if given else
+                      f"{study.source or study.name}: tune.storage")
         return url
     last = recorded_storage(store_dir)
     if last:
         return last
     defaults = default_storages(store_dir)
     for kind in ("rdb", "journal"):
-        if _file_of(defaults[kind]).exists():
+        if storage_file(defaults[kind]).exists():
             return defaults[kind]
     return defaults["journal" if runner_class(executor).remote else "rdb"]
 
@@ -89,11 +74,11 @@ def existing_storage(cfg: TuneConfig, store_dir: Path, given: str | None = None)
     one, or a default file that exists); None when there is none yet."""
     url = given or cfg.storage or recorded_storage(store_dir)
     if url is None:
-        url = next((u for u in default_storages(store_dir).values() if _file_of(u).exists()),
+        url = next((u for u in default_storages(store_dir).values() if storage_file(u).exists()),
                    None)
     if url is None:
         return None
-    path = _file_of(url)
+    path = storage_file(url)
     return None if path is not None and not path.exists() else url
 
 

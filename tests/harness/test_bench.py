@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from harness.bench import layers as bench
 from harness.cli import app
+from harness.errors import HarnessError
 
 
 # --- the layer benchmark ------------------------------------------------------------------------
@@ -68,3 +69,21 @@ def test_inspect_time_adds_measurements(tmp_path):
     row = json.loads(out.read_text())[0]
     assert row["infer_images_per_s"] > 0 and row["train_step_ms"] > 0
     assert row["peak_memory_mb"] > 0
+
+
+def test_bench_tracking_trains_at_the_resolution_the_model_names(monkeypatch):
+    import harness.runtime.train
+    from harness.bench.tracking import bench_tracking
+
+    class Stop(Exception):
+        pass
+
+    def fit(net, run, data, **kwargs):
+        raise Stop(run.data.image_size, run.model_config_().spec)
+
+    monkeypatch.setattr(harness.runtime.train, "fit", fit)
+    with pytest.raises(Stop) as stopped:
+        bench_tracking(model="vit-w64d4h4m256/4@8", steps=2, repeats=1, batch_size=4)
+    assert stopped.value.args[0] == 8 and "@8:" in stopped.value.args[1]
+    with pytest.raises(HarnessError, match="--model 'vit-s': expected a backbone"):
+        bench_tracking(model="vit-s", steps=2, repeats=1, batch_size=4)

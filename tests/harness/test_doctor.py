@@ -93,9 +93,9 @@ def test_no_slurm_client_warns_unless_required(monkeypatch, tmp_path):
 
 
 def test_storage_urls(tmp_path):
-    assert doctor.check_storage(f"sqlite:///{tmp_path}/tune/optuna.db").status == "ok"
+    assert doctor.check_storage(f"sqlite:///{tmp_path}/optuna.db").status == "ok"
     assert doctor.check_storage(f"journal:{tmp_path}/optuna.journal").status == "ok"
-    assert not (tmp_path / "tune").exists()  # nothing created
+    assert not list(tmp_path.iterdir())  # nothing created
     refused = doctor.check_storage("postgresql+psycopg2://user:secret@127.0.0.1:1/db")
     assert refused.status == "fail" and "cannot connect" in refused.detail
     assert "secret" not in refused.detail
@@ -116,3 +116,30 @@ def test_the_gpus_of_a_local_multi_rank_run(monkeypatch):
     assert doctor.local_ranks(2) == ("a local run of train.gpus: N (N <= 2) uses N of "
                                      "cuda:0..1, one rank each (CUDA_VISIBLE_DEVICES=2,3)")
 
+def test_doctor_and_tune_check_a_storage_the_same_way(tmp_path, capsys):
+    """What ``tune`` refuses, ``doctor --storage`` reports failed, with the same words; what
+    doctor finds writable, tune takes."""
+    from harness.cli import run_cli
+
+    study = "studies/tune_slots.yaml"
+    results = tmp_path / "results"
+    for url, says in [(f"sqlite:///{tmp_path}/missing/optuna.db", "no such folder"),
+                      (f"journal:{tmp_path}/missing/optuna.journal", "no such folder"),
+                      (f"{tmp_path}/missing/optuna.journal", "no such folder"),
+                      (f"sqlite:///{tmp_path}", "is a folder"),
+                      ("nonsense", "expected an SQLAlchemy URL")]:
+        check = doctor.check_storage(url)
+        assert check.status == "fail" and says in check.detail, (url, check)
+        assert run_cli(["tune", study, "--storage", url, "--results", str(results),
+                        "--show"]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line == f"error: {check.detail}"
+        assert run_cli(["tune", study, "--set", f"tune.storage={url}", "--results",
+                        str(results), "--trials", "1"]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: {study}: tune.storage") and says in line
+    assert not (tmp_path / "missing").exists()
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    assert doctor.check_storage(url).status == "ok"
+    assert run_cli(["tune", study, "--storage", url, "--results", str(results), "--show"]) == 2
+    assert "no tuning storage yet" in capsys.readouterr().err  # taken: nothing tuned there yet

@@ -5,6 +5,7 @@ not fit before anything is submitted."""
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,15 @@ import pytest
 from helpers import free_ports
 
 from harness.cli import run_cli
-from harness.cost.memory import LAYOUTS, LayoutError, Shapes, estimate, run_plan, study_plans
+from harness.cost.memory import (
+    LAYOUTS,
+    LayoutError,
+    Shapes,
+    estimate,
+    run_plan,
+    study_plans,
+    unfit,
+)
 from harness.spec.model import parse_model_spec
 from harness.spec.study import load
 
@@ -384,3 +393,52 @@ grid: {model: [vit-w64d4h4m256/4], router: [soft], num_experts: [16]}
     assert record["estimated_memory_limit_gb"] is None  # a CPU run: no GPU to fit
     measured = record["peak_memory_mb"] * 2**20 / 1e9
     assert 0.75 <= record["estimated_peak_memory_gb"] / measured <= 1.25
+
+
+# --- batch splits, refused before anything runs ------------------------------------------------
+def split_study(tmp_path: Path, train: str, executor: str = "{name: local}",
+                limit: float = 80) -> Path:
+    path = tmp_path / "split.yaml"
+    path.write_text(f"""name: split
+data: {{name: prepared, path: {tmp_path}, image_size: 224, num_classes: 1000}}
+train: {{steps: 10, layout: auto, device: cuda, {train}}}
+grid: {{model: [vit-l/16], router: [soft], num_experts: [8]}}
+executor: {executor}
+estimate: {{gpu_memory_gb: {limit}}}
+""")
+    return path
+
+
+@pytest.mark.parametrize("train, field, allowed", [
+    ("batch_size: 100, gpus: 3", "train.batch_size: 100 does not split evenly over the run's "
+     "3 ranks", "allowed: a multiple of 3, e.g. 99, 102"),
+    ("batch_size: 200, gpus: 2, micro_batch_size: 12", "train.micro_batch_size: 12 does not "
+     "divide the 100 images per rank", "allowed: 1, 2, 4, 5, 10, 20, 25, 50, 100"),
+    ("batch_size: 8, micro_batch_size: 16", "train.micro_batch_size: 16 does not divide the 8 "
+     "images per rank", "allowed: 1, 2, 4, 8"),
+])
+def test_a_batch_split_that_fails_at_run_time_is_refused_by_the_dry_run(tmp_path, capsys, train,
+                                                                          field, allowed):
+    study = split_study(tmp_path, train)
+    for extra in (["--dry-run"], []):
+        assert run_cli(["run", str(study), "--results", str(tmp_path / "r"), *extra]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: {study}: ") and field in line and allowed in line
+    assert not (tmp_path / "r" / "split" / "runs").exists()
+
+
+def test_the_refusal_suggests_only_valid_micro_batches_and_gpus(tmp_path):
+    # 100 images on one GPU of one node: micro-batches that divide 100, GPUs on that node
+    s = load(split_study(tmp_path, "batch_size: 100, gpus: 1",
+                         "{name: slurm, slurm: {gpus_per_run: 1}}", limit=21.5))
+    specs = s.expand()
+    [line] = unfit(s, specs, study_plans(s, specs))
+    assert "train.micro_batch_size 20 (" in line  # halving would say 12
+    assert "2 GPUs (" in line and "nodes" not in line  # it said "2 GPUs on 2 nodes"
+    # 8 GPUs per node: more than 8 go on more nodes, each with as many
+    s = load(split_study(tmp_path, "batch_size: 96, gpus: 6, layout: ddp",
+                         "{name: slurm, slurm: {gpus_per_run: 6}}", limit=10))
+    specs = s.expand()
+    [line] = unfit(s, specs, study_plans(s, specs))
+    gpus = re.search(r"(\d+) GPUs on (\d+) nodes", line)
+    assert gpus and int(gpus[1]) % int(gpus[2]) == 0 and int(gpus[1]) // int(gpus[2]) <= 8

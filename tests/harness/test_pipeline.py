@@ -299,3 +299,78 @@ def test_data_verify_of_a_hostile_manifest_exits_2_with_one_line(prepared, tmp_p
     out = cli("data", "verify", root, check=False)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert f"{root / 'test-00000.npy'} is not a numpy array file" in out.stderr
+
+
+# --- no process left behind --------------------------------------------------------------------
+def _descendants(pid: int) -> list[tuple[int, str | None]]:
+    from harness.runtime.lifeline import children, process_start
+
+    out = []
+    for child in children(pid):
+        out += [(child, process_start(child)), *_descendants(child)]
+    return out
+
+
+def _killed_leaves_nothing(argv: list, sig: int, started) -> None:
+    """Start ``moe-harness ARGV``, wait until ``started(pid)`` (its worker processes are up),
+    send ``sig``, and find every process it started gone within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.runtime.lifeline import alive
+
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not started(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        workers = _descendants(proc.pid)
+        assert workers and proc.poll() is None
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "Traceback" not in err, err
+        else:
+            assert proc.returncode == -sig
+        deadline = time.monotonic() + 30
+        while any(alive(*w) for w in workers):
+            assert time.monotonic() < deadline, [w for w in workers if alive(*w)]
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL", "SIGINT"])
+def test_data_prepare_killed_leaves_no_worker_behind(tmp_path, sig):
+    """A decoding worker blocked on its input (a FIFO named like an image), others waiting
+    for work: killed or interrupted, the command takes every worker with it."""
+    import os
+    import signal
+
+    src = make_folder(tmp_path / "src", per_class=2)
+    os.mkfifo(src / "train" / "ant" / "zz-blocks.jpg")
+    _killed_leaves_nothing(["data", "prepare", src, tmp_path / "out", "--workers", "2"],
+                           getattr(signal, sig), lambda pid: len(_descendants(pid)) >= 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_bench_all_to_all_killed_leaves_no_rank_behind(tmp_path, sig):
+    import signal
+
+    def ranks_up(pid):
+        return sum(1 for child, _ in _descendants(pid)
+                   if "spawn_main" in open(f"/proc/{child}/cmdline").read()) >= 2
+
+    _killed_leaves_nothing(["bench", "all-to-all", "--ranks", "2", "--repeats", "1000000",
+                            "--dim", "16", "--tokens", "4", "--experts", "2"],
+                           getattr(signal, sig), ranks_up)

@@ -203,3 +203,32 @@ def test_a_sweep_prepares_the_store_once_or_warns(tmp_path):
     warning = prepare_sweep_tracking(down, tmp_path, "s")
     assert warning.startswith(f"warning: MLflow http://127.0.0.1:{port} not ready (")
     assert "\n" not in warning
+
+
+def test_an_embedded_store_keeps_every_artifact_under_the_results_root(tmp_path, monkeypatch):
+    """Created by a live run or by an export, from whatever folder: no experiment of the
+    SQLite store (MLflow's Default one included) has its artifacts in the working folder."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from harness.results.mlflow import mlflow_client, mlflow_uri, prepare_tracking
+    from harness.runtime.tracking import open_log
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = tmp_path / "t.yaml"
+    path.write_text(STUDY + "tracking: {tensorboard: false, mlflow: true}\n")
+    [spec] = load(path).expand()
+    live, exported = tmp_path / "live", tmp_path / "exported"
+    for root in (live, exported):
+        root.mkdir()
+    log, close = open_log(spec, live / "work", live)  # a live run creates the store
+    log(1, {"train/loss": 1.0})
+    assert close("ok") == {}
+    prepare_tracking(mlflow_uri(None, exported), exported, "tracked")  # as export does
+    for root in (live, exported):
+        client = mlflow_client(mlflow_uri(None, root))
+        locations = {e.name: e.artifact_location for e in client.search_experiments()}
+        assert set(locations) == {"Default", "tracked"}
+        assert all(where.startswith((root / "mlflow-artifacts").resolve().as_uri())
+                   for where in locations.values()), locations
+    assert not list(elsewhere.iterdir())

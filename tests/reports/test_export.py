@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -100,6 +101,52 @@ def test_export_refuses_an_unknown_format(tmp_path):
     result = cli("export", tmp_path / "any.yaml", "--to", "xlsx", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --to 'xlsx': allowed: parquet, csv, mlflow"
+
+
+def small_store(tmp_path) -> tuple[Path, Path]:
+    """(study file, results root) of a store of 12 synthetic records; nothing trained."""
+    from reports.synthetic import synthetic_records, write_store
+
+    root = tmp_path / "results"
+    write_store(synthetic_records(12, small=True, study="exported"), root / "exported" / "runs")
+    study_file = tmp_path / "exported.yaml"
+    study_file.write_text(STUDY)
+    return study_file, root
+
+
+def test_export_writes_into_existing_folders_only(tmp_path, capsys):
+    from harness.cli import run_cli
+
+    study_file, root = small_store(tmp_path)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    for out, says in ((tmp_path / "missing" / "t.csv", "no such folder"),
+                      (tmp_path, "is a folder")):
+        assert run_cli(["export", str(study_file), "--to", "csv", "--out", str(out),
+                        "--results", str(root)]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: --out {out}: ") and says in line
+    (tmp_path / "t-aggregated.csv").mkdir()  # the aggregated table's name taken by a folder
+    assert run_cli(["export", str(study_file), "--to", "csv", "--out", str(tmp_path / "t.csv"),
+                    "--results", str(root)]) == 2
+    assert "t-aggregated.csv: is a folder" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*")) == [*before, tmp_path / "t-aggregated.csv"]
+
+
+def test_a_full_disk_leaves_no_partial_export(tmp_path, monkeypatch):
+    import errno
+
+    study_file, root = small_store(tmp_path)
+
+    def full(self, path, *args, **kwargs):
+        Path(path).write_text("half a tab")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    for fmt, method in (("csv", "write_csv"), ("parquet", "write_parquet")):
+        monkeypatch.setattr(pl.DataFrame, method, full)
+        with pytest.raises(OSError, match="No space left"):
+            export_tables(Store(root, "exported"), fmt, tmp_path / f"t.{fmt}")
+        monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.yaml", "results"]
 
 
 # --- MLflow ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ seed noise, and the paper's published points."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -215,8 +216,8 @@ def test_report_section_json_and_plan_on_a_store(tmp_path):
         assert row["spec"] == cheapest and row["prediction"] is True
         lo, hi = row["predicted_interval"]
         assert lo <= row["predicted"] <= hi and row["predicted"] >= target
-        assert row["gpu_hours"] > 0 and row["memory"].endswith(" GB/process")
-        assert float(row["memory"].split()[0]) > 0
+        assert row["gpu_hours"] is None  # CPU runs
+        assert row["memory"].endswith(" GB/process") and float(row["memory"].split()[0]) > 0
     assert rows["soft"]["train_exaflops"] < rows["dense"]["train_exaflops"]
 
 
@@ -235,6 +236,23 @@ def test_plan_refuses_a_target_outside_the_metric(tmp_path):
         plan_rows(load(study, [], None), frame, 70.0, source="results/curves/runs")
     with pytest.raises(HarnessError, match="'router_slot_entropy' is not a quality metric"):
         plan_rows(load(study, [], None), frame, 0.7, "router_slot_entropy")
+
+
+def test_plan_refuses_nan_and_shows_gpu_hours_of_gpu_runs_only(tmp_path, capsys):
+    from harness.cli import run_cli
+
+    study = curve_study(tmp_path)
+    frame = records_frame(curve_records(study))
+    for target in (math.nan, math.inf):
+        with pytest.raises(HarnessError, match="--target-quality .*: give a finite number"):
+            plan_rows(load(study, [], None), frame, target, source="results/curves/runs")
+    assert run_cli(["plan", str(study), "--target-quality", "nan"]) == 2
+    assert "Invalid value for '--target-quality'" in capsys.readouterr().err
+    cpu = plan_rows(load(study, [], None), frame, 0.7, source="runs")
+    gpu = plan_rows(load(study, ["train.device=cuda"], None), frame, 0.7, source="runs")
+    assert [r.router for r in cpu] == [r.router for r in gpu] == ["dense", "soft"]
+    assert all(r.gpu_hours is None and r.needed_gpu_hours is None for r in cpu)
+    assert all(r.gpu_hours > 0 and r.needed_gpu_hours > 0 for r in gpu)
 
 
 def test_small_study_gets_the_note_not_a_curve(tmp_path):
