@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STUDY ?= studies/quickstart.yaml
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20
 EXTRAS := dev,bench
 
 GPU_OUT ?= results/gpu
