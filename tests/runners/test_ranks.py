@@ -86,9 +86,8 @@ def test_more_ranks_than_gpus_are_refused_in_one_line(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["experts", "ddp", "fsdp"])
 def test_a_two_rank_local_run_records_two_ranks_and_one_rank_losses(tmp_path, layout):
-    """Soft MoE in every layout; the sparse routers (router noise off) in the experts layout,
-    where they differ most from one process."""
-    routers = "[soft, tokens_choice, experts_choice]" if layout == "experts" else "[soft]"
+    """Every router (the sparse ones with router noise off) in every layout."""
+    routers = "[soft, tokens_choice, experts_choice]"
     root, by = tmp_path / "results", {}
     for gpus in (1, 2):
         study = study_of(tmp_path, f"eq{layout}", layout=layout, grid=f"{{router: {routers}}}",
